@@ -1,0 +1,1 @@
+"""Command line interface (click). Commands stay thin over the library."""
