@@ -1,0 +1,81 @@
+"""``ckprof analyze``: the main report, for a trace file or a directory of rank traces."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from ckprof.errors import TraceNotFoundError
+
+EXAMPLE = """
+\b
+Examples:
+  ckprof analyze traces/demo/host_123_rank0_w0.pt.trace.json.gz
+  ckprof analyze trace.json --format json | jq .recompute_overhead_pct
+  ckprof analyze trace.json --recompute-detection sequence   # cross-check the markers
+  ckprof analyze runs/job42/            # every rank's trace, in parallel
+  ckprof analyze --with-hta runs/job42/ # HTA kernel breakdown split by phase
+"""
+
+
+@click.command(epilog=EXAMPLE)
+@click.argument("trace", type=click.Path(path_type=Path))
+@click.option("--step", type=int, default=None, help="Only this ProfilerStep#N.")
+@click.option(
+    "--format", "fmt", type=click.Choice(["table", "json", "csv", "markdown"]), default="table",
+    show_default=True, help="Output format; json is a stable contract for scripts.",
+)
+@click.option(
+    "--recompute-detection", type=click.Choice(["auto", "markers", "stack", "sequence"]),
+    default="auto", show_default=True,
+    help="How to find forward recompute: ckprof markers, recompute_fn Python frames, "
+    "or grad-mode ops inside backward. auto picks the most exact one the trace supports.",
+)
+@click.option("--salvage", is_flag=True, help="Analyse the complete events of a truncated trace.")
+@click.option("--workers", type=int, default=None, help="Processes for a directory of traces (default: cores).")
+@click.option("--engine", type=click.Choice(["processes", "dask"]), default="processes", show_default=True,
+              help="Where per-rank analyses of a directory run.")
+@click.option("--with-hta", is_flag=True, help="Also print HTA's kernel breakdown / idle time split by phase (needs ckprof[hta]).")
+@click.option("-o", "--output", type=click.Path(path_type=Path), default=None,
+              help="Write to this file instead of stdout (never overwrites).")
+def analyze(trace: Path, step: int | None, fmt: str, recompute_detection: str, salvage: bool,
+            workers: int | None, engine: str, with_hta: bool, output: Path | None) -> None:
+    """Split a training step's time into forward, backward, forward recompute (per
+    checkpointed region) and optimizer, and report peak memory per phase.
+
+    TRACE is a Chrome/Kineto trace (.json or .json.gz, from export_chrome_trace or
+    tensorboard_trace_handler, with or without ckprof markers), an Nsight Systems
+    sqlite export, or a directory of such traces (one per rank).
+    """
+    from ckprof.cli._output import emit
+
+    if not trace.exists():
+        raise TraceNotFoundError("no such file or directory", path=str(trace),
+                                 hint="Check the path; ckprof demo writes traces under traces/demo/")
+    if with_hta:
+        from ckprof.hta import hta_phase_tables, render_hta_tables
+
+        directory = trace if trace.is_dir() else trace.parent
+        text = render_hta_tables(hta_phase_tables(directory, recompute_detection=recompute_detection), fmt)
+        emit(text, output)
+        return
+    if trace.is_dir():
+        from ckprof.trace.load import find_trace_files
+
+        files = find_trace_files(trace)
+        if len(files) == 1:
+            trace = files[0]
+        else:
+            from ckprof.ranks import analyze_directory, render_rank_summary
+
+            summary = analyze_directory(trace, workers=workers, recompute_detection=recompute_detection,
+                                        engine=engine)
+            emit(render_rank_summary(summary, fmt), output)
+            return
+
+    from ckprof.analysis import load
+    from ckprof.report.tables import render
+
+    analysis = load(trace, recompute_detection=recompute_detection, step=step, salvage=salvage)
+    emit(render(analysis, fmt), output)

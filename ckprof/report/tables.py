@@ -1,0 +1,229 @@
+"""Render an :class:`~ckprof.analysis.Analysis` as text, JSON, CSV or Markdown.
+
+Pure functions from an Analysis (or its DataFrames) to a string; nothing here
+prints or writes files. The text form is for people on a terminal; JSON is the
+stable contract for scripts (see README); CSV is one tidy table (one row per
+figure, a ``table`` column says which); Markdown is for issues and PRs.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from typing import TYPE_CHECKING
+
+from ckprof.markers import PHASES
+
+if TYPE_CHECKING:
+    from ckprof.analysis import Analysis
+
+__all__ = ["FORMATS", "format_bytes", "render", "render_csv", "render_json", "render_markdown", "render_text"]
+
+FORMATS = ("table", "json", "csv", "markdown")
+
+
+def render(analysis: Analysis, fmt: str = "table") -> str:
+    """Dispatch on ``fmt`` (one of :data:`FORMATS`)."""
+    if fmt == "table":
+        return render_text(analysis)
+    if fmt == "json":
+        return render_json(analysis)
+    if fmt == "csv":
+        return render_csv(analysis)
+    if fmt == "markdown":
+        return render_markdown(analysis)
+    raise ValueError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
+
+
+def format_bytes(n: float | int | None) -> str:
+    """Binary units, 1 decimal: 1536 -> '1.5 KiB'."""
+    if n is None or (isinstance(n, float) and math.isnan(n)):
+        return "—"
+    value = float(n)
+    sign = "-" if value < 0 else ""
+    value = abs(value)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if value < 1024 or unit == "TiB":
+            return f"{sign}{value:.0f} {unit}" if unit == "B" else f"{sign}{value:.1f} {unit}"
+        value /= 1024
+    return f"{sign}{value:.1f} TiB"  # pragma: no cover
+
+
+def _ms(x: float | None) -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "—"
+    return f"{x:,.3f}"
+
+
+def _pct(x: float | None) -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "—"
+    return f"{x:.1f}%"
+
+
+def _table(headers: list[str], rows: list[list[str]], align: str) -> list[str]:
+    """Fixed-width table; ``align`` is one char per column: l or r."""
+    widths = [len(h) for h in headers]
+    for row in rows:
+        widths = [max(w, len(c)) for w, c in zip(widths, row, strict=True)]
+
+    def fmt(cells: list[str]) -> str:
+        out = []
+        for cell, width, a in zip(cells, widths, align, strict=True):
+            out.append(cell.ljust(width) if a == "l" else cell.rjust(width))
+        return "  " + "  ".join(out).rstrip()
+
+    return [fmt(headers), "  " + "  ".join("-" * w for w in widths), *(fmt(r) for r in rows)]
+
+
+def _headline(analysis: Analysis) -> list[str]:
+    d = analysis.to_dict()
+    n = len(d["steps_analyzed"])
+    mean = d["step_ms"] / n if n else 0.0
+    overhead = d["recompute_overhead_pct"]
+    parts = [
+        f"{n} step(s) analysed ({', '.join(str(s) for s in d['steps_analyzed'])})",
+        f"{mean:,.3f} ms per step",
+        f"recompute overhead {_pct(overhead)}",
+    ]
+    return [
+        f"ckprof {d['ckprof_version']} · {d['trace']}",
+        " · ".join(parts),
+        f"recompute found by: {d['recompute_detection']}"
+        + ("" if analysis.has_gpu else " · no GPU kernels in trace (GPU ms: —)"),
+    ]
+
+
+def render_text(analysis: Analysis) -> str:
+    lines = _headline(analysis)
+    totals = analysis.totals_table()
+    rows = [
+        [r.phase, _ms(r.wall_ms), _pct(r.pct_of_step), _ms(r.gpu_ms)]
+        for r in totals.itertuples(index=False)
+    ]
+    step_ms = float(totals["wall_ms"].sum())
+    gpu_total = totals["gpu_ms"].sum(min_count=1)
+    rows.append(["step (sum)", _ms(step_ms), _pct(100.0 if step_ms else None), _ms(gpu_total)])
+    lines += ["", "Time by phase (all analysed steps)"]
+    lines += _table(["phase", "wall ms", "% of step", "GPU ms"], rows, "lrrr")
+
+    wide = analysis.steps_wide()
+    if 1 < len(wide) <= 20:
+        lines += ["", "Per step (wall ms)"]
+        headers = ["step", "step ms", *PHASES]
+        rows = [
+            [str(int(r["step"])), _ms(r["step_ms"]), *(_ms(r[f"{p}_ms"]) for p in PHASES)]
+            for _, r in wide.iterrows()
+        ]
+        lines += _table(headers, rows, "l" + "r" * (len(headers) - 1))
+
+    regions = analysis.regions_table()
+    lines += ["", "Recompute by checkpointed region"]
+    if regions.empty:
+        lines.append("  (no recompute found: " + _no_recompute_reason(analysis) + ")")
+    else:
+        rows = [
+            [r.region, str(r.count), _ms(r.wall_ms), _ms(r.gpu_ms), _ms(r.forward_wall_ms) if r.forward_wall_ms else "—"]
+            for r in regions.itertuples(index=False)
+        ]
+        lines += _table(["region", "count", "recompute ms", "GPU ms", "first-run fwd ms"], rows, "lrrrr")
+
+    mem = analysis.memory_table()
+    lines += ["", "Peak memory by phase"]
+    if not analysis.memory.captured:
+        lines.append(f"  not captured: {analysis.memory.reason}")
+    else:
+        baseline = analysis.memory.baseline_bytes
+        for device, grp in mem.groupby("device", sort=True):
+            base = baseline.get(device)
+            absolute = analysis.memory.absolute.get(device, False)
+            how = (
+                "absolute (allocator counter)"
+                if absolute
+                else (f"includes {format_bytes(base)} live before profiling" if base else "relative to profiling start")
+            )
+            lines.append(f"  {device}: {how}")
+            rows = [
+                [r.phase, format_bytes(r.peak_bytes), f"{int(r.peak_bytes):,}", str(int(r.step)), r.at_op or "—"]
+                for r in grp.itertuples(index=False)
+            ]
+            lines += _table(["phase", "peak", "bytes", "step", "at op"], rows, "lrrrl")
+    notes = analysis.notes
+    if notes:
+        lines += ["", "Notes"]
+        lines += [f"  - {n}" for n in notes]
+    return "\n".join(lines) + "\n"
+
+
+def _no_recompute_reason(analysis: Analysis) -> str:
+    if analysis.recompute_detection == "none":
+        return "no checkpointed regions were recomputed in these steps"
+    return f"method {analysis.recompute_detection} found none"
+
+
+def render_json(analysis: Analysis) -> str:
+    return json.dumps(analysis.to_dict(), indent=2, sort_keys=False, allow_nan=False) + "\n"
+
+
+CSV_COLUMNS = ["table", "step", "phase", "region", "device", "count", "wall_ms", "gpu_ms", "peak_bytes", "at_op"]
+
+
+def render_csv(analysis: Analysis) -> str:
+    """One tidy table: ``table`` is total | step | region | memory."""
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(CSV_COLUMNS)
+
+    def num(x: float | None) -> str:
+        return "" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.6f}"
+
+    for r in analysis.totals_table().itertuples(index=False):
+        w.writerow(["total", "", r.phase, "", "", "", num(r.wall_ms), num(r.gpu_ms), "", ""])
+    for r in analysis.steps_table().itertuples(index=False):
+        w.writerow(["step", r.step, r.phase, "", "", "", num(r.wall_ms), num(r.gpu_ms), "", ""])
+    for r in analysis.regions_table().itertuples(index=False):
+        w.writerow(["region", "", "recompute", r.region, "", r.count, num(r.wall_ms), num(r.gpu_ms), "", ""])
+    for r in analysis.memory_table().itertuples(index=False):
+        w.writerow(["memory", r.step, r.phase, "", r.device, "", "", "", r.peak_bytes, r.at_op])
+    return buf.getvalue()
+
+
+def _md_table(headers: list[str], rows: list[list[str]]) -> list[str]:
+    def esc(s: str) -> str:
+        return s.replace("|", "\\|")
+
+    out = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
+    out += ["| " + " | ".join(esc(c) for c in row) + " |" for row in rows]
+    return out
+
+
+def render_markdown(analysis: Analysis) -> str:
+    head = _headline(analysis)
+    lines = [f"### {head[0]}", "", head[1] + "  ", head[2], "", "#### Time by phase", ""]
+    lines += _md_table(
+        ["phase", "wall ms", "% of step", "GPU ms"],
+        [[r.phase, _ms(r.wall_ms), _pct(r.pct_of_step), _ms(r.gpu_ms)] for r in analysis.totals_table().itertuples(index=False)],
+    )
+    regions = analysis.regions_table()
+    lines += ["", "#### Recompute by region", ""]
+    if regions.empty:
+        lines.append("No recompute found.")
+    else:
+        lines += _md_table(
+            ["region", "count", "recompute ms", "GPU ms"],
+            [[r.region, str(r.count), _ms(r.wall_ms), _ms(r.gpu_ms)] for r in regions.itertuples(index=False)],
+        )
+    lines += ["", "#### Peak memory by phase", ""]
+    if not analysis.memory.captured:
+        lines.append(f"Not captured: {analysis.memory.reason}")
+    else:
+        lines += _md_table(
+            ["phase", "device", "peak", "bytes", "at op"],
+            [
+                [r.phase, r.device, format_bytes(r.peak_bytes), f"{int(r.peak_bytes):,}", r.at_op or "—"]
+                for r in analysis.memory_table().itertuples(index=False)
+            ],
+        )
+    return "\n".join(lines) + "\n"
