@@ -11,7 +11,7 @@ from ckprof.errors import TraceNotFoundError
 EXAMPLE = """
 \b
 Examples:
-  ckprof analyze traces/demo/host_123_rank0_w0.pt.trace.json.gz
+  ckprof analyze traces/demo/host_123_rank0_0.pt.trace.json.gz
   ckprof analyze trace.json --format json | jq .recompute_overhead_pct
   ckprof analyze trace.json --recompute-detection sequence   # cross-check the markers
   ckprof analyze runs/job42/            # every rank's trace, in parallel
@@ -27,7 +27,7 @@ Examples:
     show_default=True, help="Output format; json is a stable contract for scripts.",
 )
 @click.option(
-    "--recompute-detection", type=click.Choice(["auto", "markers", "stack", "sequence"]),
+    "--recompute-detection", type=click.Choice(["auto", "markers", "stack", "sequence", "none"]),
     default="auto", show_default=True,
     help="How to find forward recompute: ckprof markers, recompute_fn Python frames, "
     "or grad-mode ops inside backward. auto picks the most exact one the trace supports.",
@@ -56,8 +56,8 @@ def analyze(trace: Path, step: int | None, fmt: str, recompute_detection: str, s
     if with_hta:
         from ckprof.hta import hta_phase_tables, render_hta_tables
 
-        directory = trace if trace.is_dir() else trace.parent
-        text = render_hta_tables(hta_phase_tables(directory, recompute_detection=recompute_detection), fmt)
+        tables = hta_phase_tables(trace, recompute_detection=recompute_detection, step=step)
+        text = render_hta_tables(tables, fmt)
         emit(text, output)
         return
     if trace.is_dir():

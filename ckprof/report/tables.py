@@ -139,11 +139,12 @@ def render_text(analysis: Analysis) -> str:
         for device, grp in mem.groupby("device", sort=True):
             base = baseline.get(device)
             absolute = analysis.memory.absolute.get(device, False)
-            how = (
-                "absolute (allocator counter)"
-                if absolute
-                else (f"includes {format_bytes(base)} live before profiling" if base else "relative to profiling start")
-            )
+            if base and device == "cpu":
+                how = f"absolute: includes {format_bytes(base)} live before profiling (ckprof baseline)"
+            elif absolute:
+                how = "absolute (allocator counter)"
+            else:
+                how = "relative to profiling start (no baseline recorded)"
             lines.append(f"  {device}: {how}")
             rows = [
                 [r.phase, format_bytes(r.peak_bytes), f"{int(r.peak_bytes):,}", str(int(r.step)), r.at_op or "—"]

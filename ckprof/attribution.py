@@ -1,0 +1,207 @@
+"""Stage 3: wall-clock and GPU time per step, phase and checkpointed region.
+
+Contract::
+
+    attribute_time(trace, phases) -> TimeAttribution
+
+- ``by_step``: ``step``, ``phase``, ``wall_ns`` (int64), ``gpu_ns`` (float, NaN when the
+  trace has no GPU events): every step of ``phases.steps`` x every phase of ``PHASES``.
+  Per step, ``wall_ns`` sums exactly to the step's duration (the segments tile it).
+- ``totals``: ``phase``, ``wall_ns``, ``gpu_ns``: sums over steps, in ``PHASES`` order.
+- ``regions``: ``region``, ``count`` (recompute occurrences), ``wall_ns`` (recompute wall
+  time, exclusive: nested regions are not counted twice), ``gpu_ns`` (GPU time of what
+  was launched during its recompute), ``forward_wall_ns`` (duration of the region's
+  forward runs from ``ckprof::checkpoint::<region>`` markers, 0 when unknown), all
+  summed over the steps in ``phases``.
+- ``gpu_events``: one row per GPU event (kernel, memcpy, memset) attributed to a step:
+  ``event`` (row in ``trace.events``), ``step``, ``phase``, ``region``, ``dur_ns``,
+  ``launched_by`` (row of the launching runtime event, -1 when unmatched).
+- ``has_gpu``; ``recompute_overhead_pct`` = recompute / (steps - recompute) x 100 over all
+  steps (NaN without steps); ``notes``; ``self_check()``.
+
+GPU time of a phase is the sum of its GPU events' durations: kernels that run at the
+same time on different streams both count, so it can exceed the phase's wall time.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from ckprof.markers import CHECKPOINT_PREFIX, PHASES
+from ckprof.phases import PhaseTable
+from ckprof.trace.model import GPU_KINDS, Trace
+
+__all__ = ["TimeAttribution", "attribute_time"]
+
+
+@dataclass(frozen=True)
+class TimeAttribution:
+    """Where the time of each step went. See the module docstring."""
+
+    by_step: pd.DataFrame
+    totals: pd.DataFrame
+    regions: pd.DataFrame
+    gpu_events: pd.DataFrame
+    has_gpu: bool
+    recompute_overhead_pct: float
+    notes: tuple[str, ...] = ()
+    #: the steps attributed (``step``, ``start_ns``, ``end_ns``), for self_check
+    steps: pd.DataFrame | None = None
+
+    def self_check(self) -> None:
+        """Assert the invariants: phase wall times add up to each step, every GPU
+        event is attributed exactly once, totals and regions agree with by_step."""
+        bs = self.by_step
+        assert set(bs["phase"]) <= set(PHASES), "unknown phase in by_step"
+        assert not bs.duplicated(["step", "phase"]).any(), "step x phase listed twice"
+        assert (bs["wall_ns"] >= 0).all(), "negative wall time"
+        if self.steps is not None:
+            want = (self.steps["end_ns"] - self.steps["start_ns"]).to_numpy()
+            got = bs.groupby("step")["wall_ns"].sum().reindex(self.steps["step"]).to_numpy()
+            assert np.array_equal(want, got), f"phase wall times {got} != step durations {want}"
+        g = self.gpu_events
+        assert not g["event"].duplicated().any(), "a GPU event is attributed twice"
+        if self.has_gpu:
+            per = g.groupby(["step", "phase"])["dur_ns"].sum()
+            got = bs.set_index(["step", "phase"])["gpu_ns"]
+            want = per.reindex(got.index, fill_value=0).astype(float)
+            assert np.allclose(got.to_numpy(), want.to_numpy(), rtol=0, atol=0.5), \
+                "by_step gpu_ns != sum of attributed GPU events"
+            assert got.sum() == float(g["dur_ns"].sum()), "GPU time lost or double counted"
+        else:
+            assert bs["gpu_ns"].isna().all(), "gpu_ns must be NaN without GPU events"
+        tot = bs.groupby("phase")["wall_ns"].sum()
+        assert np.array_equal(tot.reindex(list(PHASES)).to_numpy(),
+                              self.totals.set_index("phase")["wall_ns"].reindex(
+                                  list(PHASES)).to_numpy()), "totals != sum of by_step"
+        rc = int(tot.get("recompute", 0))
+        assert int(self.regions["wall_ns"].sum()) == rc, "regions do not add up to recompute"
+
+
+def _gpu_attribution(trace: Trace, phases: PhaseTable, notes: list[str]) -> pd.DataFrame:
+    # NOTE [ GPU attribution ]
+    # A GPU event runs after its launch, often in the next phase, so its own timestamp
+    # says nothing about who asked for it. It takes the phase of the CPU op that launched
+    # it: the runtime event (cudaLaunchKernel, cuLaunchKernel, hipLaunchKernel,
+    # cudaMemcpyAsync ...) with the same ``correlation`` id, looked up at the runtime
+    # event's start (the runtime call sits inside the launching cpu_op). GPU events
+    # without a matching runtime event fall back to their own start (counted in notes).
+    # The step is decided the same way: a kernel launched in step N belongs to step N
+    # even when it runs after step N ended; GPU events launched outside every step are
+    # not counted.
+    ev = trace.events
+    g = np.flatnonzero(ev["kind"].isin(GPU_KINDS).to_numpy())
+    corr = ev["correlation"].to_numpy(dtype=np.int64)
+    ts = ev["ts_ns"].to_numpy(dtype=np.int64)
+    rt = np.flatnonzero((ev["kind"] == "runtime").to_numpy() & (corr >= 0))
+    rt = rt[np.argsort(corr[rt], kind="stable")]  # stable: earliest first per id
+    rc = corr[rt]
+    dup = int((rc[1:] == rc[:-1]).sum()) if len(rc) else 0
+    if dup:
+        notes.append(f"{dup} runtime event(s) share a correlation id with another: the "
+                     "earliest is taken as the launch")
+    gc = corr[g]
+    pos = np.searchsorted(rc, gc, side="left")
+    hit = (gc >= 0) & (pos < len(rc))
+    hit[hit] = rc[pos[hit]] == gc[hit]
+    launched_by = np.where(hit, rt[np.minimum(pos, max(len(rt) - 1, 0))] if len(rt) else -1, -1)
+    at = np.where(hit, ts[np.maximum(launched_by, 0)], ts[g])
+    step, phase, region = phases.lookup(at)
+    inside = step >= 0
+    unmatched = int((~hit & inside).sum())
+    if unmatched:
+        notes.append(f"{unmatched} GPU event(s) have no launching runtime event (no "
+                     "correlation match): attributed by their own start time")
+    outside = int((~inside).sum())
+    if outside and len(g):
+        notes.append(f"{outside} of {len(g)} GPU event(s) were launched outside the "
+                     "analysed steps: not counted")
+    return pd.DataFrame({
+        "event": g[inside].astype(np.int64),
+        "step": step[inside].astype(np.int64),
+        "phase": phase[inside].astype(object),
+        "region": region[inside].astype(object),
+        "dur_ns": ev["dur_ns"].to_numpy(dtype=np.int64)[g][inside],
+        "launched_by": launched_by[inside].astype(np.int64),
+    })
+
+
+def _forward_wall(trace: Trace, phases: PhaseTable) -> pd.Series:
+    ev = trace.events
+    names = ev["name"]
+    cats = pd.Index(names.cat.categories.astype(str) if hasattr(names, "cat")
+                    else names.astype(str).unique())
+    wanted = cats[cats.str.startswith(CHECKPOINT_PREFIX)]
+    is_cp = ((ev["kind"] == "user_annotation") & names.isin(wanted)).to_numpy()
+    cp = ev[is_cp]
+    if cp.empty:
+        return pd.Series(dtype="int64")
+    st = phases.steps
+    s = st["start_ns"].to_numpy(dtype=np.int64)
+    e = st["end_ns"].to_numpy(dtype=np.int64)
+    t = cp["ts_ns"].to_numpy(dtype=np.int64)
+    idx = np.searchsorted(s, t, side="right") - 1
+    ok = idx >= 0
+    ok[ok] = t[ok] < e[idx[ok]]
+    region = cp["name"].astype(str).str[len(CHECKPOINT_PREFIX):].to_numpy()[ok]
+    return pd.Series(cp["dur_ns"].to_numpy(dtype=np.int64)[ok]).groupby(region).sum()
+
+
+def attribute_time(trace: Trace, phases: PhaseTable) -> TimeAttribution:
+    """Wall and GPU time per step x phase and per recomputed region (pure)."""
+    notes: list[str] = []
+    seg = phases.segments
+    steps = phases.steps[["step", "start_ns", "end_ns"]].reset_index(drop=True)
+    wall = (seg.assign(wall_ns=seg["end_ns"] - seg["start_ns"])
+            .groupby(["step", "phase"])["wall_ns"].sum())
+    grid = pd.MultiIndex.from_product([steps["step"].to_numpy(dtype=np.int64), list(PHASES)],
+                                      names=["step", "phase"])
+    has_gpu = bool(trace.has_gpu)
+    gpu_events = _gpu_attribution(trace, phases, notes)
+    gsum = gpu_events.groupby(["step", "phase"])["dur_ns"].sum()
+    by_step = pd.DataFrame({
+        "wall_ns": wall.reindex(grid, fill_value=0).astype(np.int64),
+        "gpu_ns": (gsum.reindex(grid, fill_value=0).astype(float) if has_gpu
+                   else pd.Series(np.nan, index=grid)),
+    }).reset_index()
+    by_step = by_step.astype({"step": "int64", "phase": object})
+    totals = (by_step.groupby("phase", sort=False)
+              .agg(wall_ns=("wall_ns", "sum"),
+                   gpu_ns=("gpu_ns", lambda x: x.sum(min_count=1)))
+              .reindex(list(PHASES)).reset_index())
+    totals["wall_ns"] = totals["wall_ns"].fillna(0).astype(np.int64)
+
+    # regions
+    rec = phases.recompute
+    count = rec.groupby("region").size()
+    rseg = seg[seg["phase"] == "recompute"]
+    rwall = (rseg["end_ns"] - rseg["start_ns"]).groupby(rseg["region"]).sum()
+    rg = gpu_events[gpu_events["phase"] == "recompute"]
+    rgpu = rg.groupby("region")["dur_ns"].sum()
+    fwd = _forward_wall(trace, phases)
+    names = list(dict.fromkeys([*count.index, *rwall.index]))
+    if phases.recompute_detection in ("markers", "none"):
+        names += [r for r in fwd.index if r not in names]
+    elif len(fwd):
+        notes.append("checkpoint markers name regions differently from "
+                     f"{phases.recompute_detection} detection: forward times per region "
+                     "only shown with marker detection")
+    regions = pd.DataFrame({
+        "region": pd.Series(names, dtype=object),
+        "count": count.reindex(names, fill_value=0).to_numpy(dtype=np.int64),
+        "wall_ns": rwall.reindex(names, fill_value=0).to_numpy(dtype=np.int64),
+        "gpu_ns": (rgpu.reindex(names, fill_value=0).to_numpy(dtype=float) if has_gpu
+                   else np.full(len(names), np.nan)),
+        "forward_wall_ns": fwd.reindex(names, fill_value=0).to_numpy(dtype=np.int64),
+    })
+
+    step_total = int((steps["end_ns"] - steps["start_ns"]).sum())
+    rc_total = int(totals.loc[totals["phase"] == "recompute", "wall_ns"].sum())
+    denom = step_total - rc_total
+    pct = rc_total / denom * 100.0 if len(steps) and denom > 0 else float("nan")
+    return TimeAttribution(by_step=by_step, totals=totals, regions=regions,
+                           gpu_events=gpu_events, has_gpu=has_gpu,
+                           recompute_overhead_pct=float(pct), notes=tuple(notes), steps=steps)

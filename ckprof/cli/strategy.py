@@ -1,0 +1,161 @@
+"""``ckprof compare`` and ``ckprof sweep``: choose a checkpointing strategy.
+
+Thin commands over :func:`ckprof.compare.compare` and :func:`ckprof.sweep.sweep`.
+Errors are :class:`ckprof.errors.CkprofError` (mapped to exit codes by the group).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from ckprof.errors import OutputExistsError
+
+FORMATS = ("table", "json", "csv", "markdown")
+
+
+def _check_output(path: str | None, force: bool) -> None:
+    if path and Path(path).exists() and not force:
+        raise OutputExistsError("file exists", path=path, hint="Pass --force to overwrite it")
+
+
+def _emit(text: str, output: str | None) -> None:
+    if output:
+        Path(output).write_text(text, encoding="utf-8")
+        click.echo(f"wrote {output}", err=True)
+    else:
+        click.echo(text, nl=False)
+
+
+@click.command()
+@click.argument("baseline", type=click.Path(dir_okay=False))
+@click.argument("candidate", type=click.Path(dir_okay=False))
+@click.option("--format", "fmt", type=click.Choice(FORMATS), default="table", show_default=True,
+              help="Output format.")
+@click.option("--top", type=click.IntRange(min=1), default=15, show_default=True,
+              help="Ops listed in the text/markdown op table (json/csv list all).")
+@click.option("--recompute-detection", type=click.Choice(["auto", "markers", "stack", "sequence"]),
+              default="auto", show_default=True, help="How recompute is found in both traces.")
+@click.option("-o", "--output", type=click.Path(dir_okay=False), default=None,
+              help="Write to this file instead of stdout.")
+@click.option("--force", is_flag=True, help="Overwrite --output if it exists.")
+def compare(baseline: str, candidate: str, fmt: str, top: int, recompute_detection: str,
+            output: str | None, force: bool) -> None:
+    """Compare two traces: step time, each phase, recompute, GPU time and peak memory
+    side by side, with absolute and relative differences, per region and per op.
+
+    Times are means per step, so runs with different step counts compare. Works with
+    any two traces ckprof reads, with or without ckprof markers.
+
+    \b
+    Example:
+      ckprof compare traces/none/trace.json.gz traces/full/trace.json.gz
+      ckprof compare a.json.gz b.json.gz --format markdown -o diff.md
+    """
+    from ckprof.compare import compare as run_compare
+    from ckprof.compare import render_comparison
+
+    _check_output(output, force)
+    result = run_compare(baseline, candidate, recompute_detection=recompute_detection)
+    _emit(render_comparison(result, fmt, top_ops=top), output)
+
+
+def _parse_budget(ctx: click.Context, param: click.Parameter, value: str | None) -> int | None:
+    if value is None:
+        return None
+    from ckprof.sweep import parse_bytes
+
+    try:
+        return parse_bytes(value)
+    except ValueError as err:
+        raise click.BadParameter(str(err)) from err
+
+
+def _parse_policies(ctx: click.Context, param: click.Parameter, value: tuple[str, ...]) -> tuple[str, ...] | None:
+    if not value:
+        return None
+    from ckprof.policies import parse_policy
+
+    names = tuple(p.strip() for v in value for p in v.split(",") if p.strip())
+    for name in names:
+        if ":" in name and not name.lower().startswith("selective:"):
+            continue  # module:function, resolved in the worker
+        try:
+            parse_policy(name)
+        except ValueError as err:
+            raise click.BadParameter(str(err)) from err
+    return names
+
+
+@click.command()
+@click.option("--model", "model", default="ckprof.demo_model:make_demo", show_default=True,
+              help="module:function returning (model, batch, loss_fn); called with batch_size= "
+                   "when it accepts it. Default: ckprof's demo transformer.")
+@click.option("-p", "--policy", "policies", multiple=True, callback=_parse_policies,
+              help="Policy to run (repeat, or comma-separate): none, full, every_<k>, sqrt, selective, "
+                   "selective:<op>,..., module:function. Default: none, full, every_2, sqrt, selective.")
+@click.option("--blocks", default=None, help="Path of the container of repeated blocks (default: the "
+                                             "largest nn.ModuleList).")
+@click.option("--steps", type=click.IntRange(min=1), default=5, show_default=True,
+              help="Profiled steps per policy (median and spread are taken over them).")
+@click.option("--warmup", type=click.IntRange(min=0), default=1, show_default=True,
+              help="Unprofiled warm-up steps per policy.")
+@click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:1 ...")
+@click.option("--batch-size", type=click.IntRange(min=1), default=None,
+              help="Batch size (when --model accepts batch_size).")
+@click.option("--second-batch-size", type=click.IntRange(min=1), default=None,
+              help="Also measure this batch size, so the max-batch estimate uses a measured slope.")
+@click.option("--memory-budget", callback=_parse_budget, default=None,
+              help="Recommend the fastest policy whose peak fits this (bytes, or 8GiB / 512MiB / 1.5GB).")
+@click.option("-o", "--output", "plot_path", type=click.Path(dir_okay=False), default=None,
+              help="Write the memory-vs-time frontier plot here (.png, .svg, .pdf).")
+@click.option("--out-dir", type=click.Path(file_okay=False), default=None,
+              help="Keep each policy's trace under this folder (default: temporary, deleted).")
+@click.option("--isolation", type=click.Choice(["auto", "process", "inline"]), default="auto",
+              show_default=True, help="Run each policy in its own spawned process (process) or here (inline).")
+@click.option("--optimizer", type=click.Choice(["adamw", "sgd"]), default="adamw", show_default=True,
+              help="Optimizer each run trains with (its state counts in peak memory).")
+@click.option("--threads", type=click.IntRange(min=1), default=None,
+              help="torch intra-op threads per run (default: torch's choice).")
+@click.option("--format", "fmt", type=click.Choice(FORMATS), default="table", show_default=True)
+@click.option("--force", is_flag=True, help="Overwrite the plot file if it exists.")
+def sweep(model: str, policies: tuple[str, ...] | None, blocks: str | None, steps: int, warmup: int,
+          device: str, batch_size: int | None, second_batch_size: int | None, memory_budget: int | None,
+          plot_path: str | None, out_dir: str | None, isolation: str, optimizer: str,
+          threads: int | None, fmt: str, force: bool) -> None:
+    """Profile checkpointing policies on a model and recommend one.
+
+    Each policy runs on a fresh model (in its own process by default), under ckprof's
+    capture. Prints step time (median, IQR, min-max), recompute overhead, peak memory
+    and saving against no checkpointing, throughput, the Pareto frontier, an
+    ESTIMATE of the largest batch that fits the budget, and a recommendation.
+
+    \b
+    Example:
+      ckprof sweep --memory-budget 200MiB -o frontier.png
+      ckprof sweep --model mypkg.train:build --policy none,full,selective --device cuda
+    """
+    from ckprof.sweep import sweep as run_sweep
+
+    _check_output(plot_path, force)
+    if str(Path.cwd()) not in sys.path:
+        sys.path.insert(0, str(Path.cwd()))  # --model mymodule:fn from the current folder
+    sizes = None
+    if second_batch_size is not None:
+        if batch_size is None:
+            raise click.BadParameter("give --batch-size too", param_hint="--second-batch-size")
+        sizes = (batch_size, second_batch_size)
+    click.echo(f"ckprof sweep: profiling {len(policies) if policies else 'the default'} policies "
+               f"on {device}, {steps} step(s) each...", err=True)
+    result = run_sweep(
+        model, None, policies=policies, steps=steps, device=device, batch_size=batch_size,
+        batch_sizes=sizes, blocks=blocks, warmup=warmup, out_dir=out_dir, isolation=isolation,
+        memory_budget=memory_budget, optimizer=optimizer, threads=threads,
+    )
+    click.echo(result.render(fmt), nl=False)
+    if plot_path:
+        fig = result.plot()
+        fig.savefig(plot_path)
+        click.echo(f"wrote {plot_path}", err=True)

@@ -1,0 +1,275 @@
+"""Stage 3b: allocated memory over time, and its peak per step x phase x device.
+
+Contract::
+
+    peak_memory_by_phase(trace, phases) -> MemoryReport
+
+- ``timeline``: ``ts_ns``, ``device``, ``allocated_bytes`` (absolute when
+  ``absolute[device]``), ``step``, ``phase``, ``region`` (phase at that instant; step -1
+  and phase ``other`` outside every step). One row per ``[memory]`` event.
+- ``peaks``: ``step``, ``phase``, ``device``, ``peak_bytes``, ``at_ts_ns``, ``at_op``: one
+  row per step x phase x device where the phase has time in the step and the device's
+  level is known there (an event inside the phase or before it).
+- ``peaks_total``: ``phase``, ``device``, ``peak_bytes``, ``step``, ``at_ts_ns``,
+  ``at_op``: the maximum over steps (the earliest step on ties).
+- ``baseline_bytes`` / ``absolute``: per device; ``captured``; ``reason`` (why not
+  captured, "" when captured); ``notes``.
+
+# NOTE [ Memory levels ]
+# ``Total Allocated`` in a ``[memory]`` event is the allocator's counter right after
+# that (de)allocation. CUDA/ROCm counters are absolute (caching allocator). The CPU
+# counter only counts blocks allocated while memory profiling is on, so it is relative:
+#     level = baseline + (total_allocated - counter_start)
+#     counter_start = total_allocated_first - bytes_first
+# with ``baseline`` = bytes live when profiling started, recorded by ckprof capture in
+# ``trace.ckprof["memory_baseline"][device]["bytes"]`` (0 and "relative to profiling
+# start" without it). Legacy traces carry no ``Total Allocated``: the level is rebuilt as
+# the running sum of ``Bytes`` (relative). A device counts as absolute when its
+# metadata says ``counter_absolute`` (or, without metadata, when it is not the CPU and
+# the counter is present).
+#
+# NOTE [ Peak per phase ]
+# A phase in a step is one or more segments (backward is cut by recompute). The peak
+# of a segment is the maximum level over the events inside [start, end) AND the level
+# the segment was entered with (the last event before start): memory held when the
+# phase begins is memory of that phase even if it allocates nothing. When the entering
+# level is the peak, ``at_ts_ns`` is the time of the event that set it (before the
+# phase). Ties go to the earliest event. ``at_op`` is the innermost cpu_op on the
+# allocating thread enclosing the peak event ("" when none).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from ckprof.markers import PHASES, ZERO_GRAD
+from ckprof.phases import PhaseTable
+from ckprof.trace.model import Trace
+
+__all__ = ["NO_MEMORY_REASON", "MemoryReport", "peak_memory_by_phase"]
+
+NO_MEMORY_REASON = "trace has no [memory] events (capture with profile_memory=True)"
+
+_PEAK_COLUMNS = {"step": "int64", "phase": object, "device": object, "peak_bytes": "int64",
+                 "at_ts_ns": "int64", "at_op": object}
+_TIMELINE_COLUMNS = {"ts_ns": "int64", "device": object, "allocated_bytes": "int64",
+                     "step": "int64", "phase": object, "region": object}
+
+
+@dataclass(frozen=True)
+class MemoryReport:
+    """Memory levels over time and peaks per phase. See the module docstring."""
+
+    timeline: pd.DataFrame
+    peaks: pd.DataFrame
+    peaks_total: pd.DataFrame
+    baseline_bytes: Mapping[str, int] = field(default_factory=dict)
+    absolute: Mapping[str, bool] = field(default_factory=dict)
+    captured: bool = False
+    reason: str = ""
+    notes: tuple[str, ...] = ()
+
+
+def _empty(cols: dict[str, object]) -> pd.DataFrame:
+    return pd.DataFrame({c: pd.Series([], dtype=d) for c, d in cols.items()})
+
+
+def _baseline_meta(trace: Trace, device: str) -> Mapping[str, object] | None:
+    meta = trace.ckprof or {}
+    base = meta.get("memory_baseline") if isinstance(meta, Mapping) else None
+    if isinstance(base, Mapping) and isinstance(base.get(device), Mapping):
+        return base[device]
+    return None
+
+
+def _levels(trace: Trace, device: str, ta: np.ndarray, b: np.ndarray,
+            notes: list[str], ts: np.ndarray) -> tuple[np.ndarray, int, bool]:
+    """(levels, baseline_bytes, absolute) for one device's events in time order."""
+    meta = _baseline_meta(trace, device)
+    base = int(meta.get("bytes", 0)) if meta is not None else 0
+    if (ta < 0).any():
+        notes.append(f"{device}: events lack 'Total Allocated' (legacy trace): levels rebuilt "
+                     "as the running sum of 'Bytes'"
+                     + ("" if meta else ", relative to profiling start"))
+        return base + np.cumsum(b), base, meta is not None
+    if meta is not None and "counter_absolute" in meta:
+        counter_absolute = bool(meta["counter_absolute"])
+    else:
+        counter_absolute = device != "cpu"
+    if counter_absolute:
+        return ta.copy(), base, True
+    counter_start = int(ta[0] - b[0])
+    if meta is None:
+        notes.append(f"{device}: memory is relative to profiling start (no baseline recorded; "
+                     "capture with ckprof to include memory live before profiling)")
+    levels = base + (ta - counter_start)
+    if meta is not None:
+        levels = _correct_unseen_frees(trace, device, ts, levels, notes)
+    return levels, base, meta is not None
+
+
+def _correct_unseen_frees(trace: Trace, device: str, ts: np.ndarray, levels: np.ndarray,
+                          notes: list[str]) -> np.ndarray:
+    """Subtract blocks freed during the window that the CPU profiler never reported.
+
+    # NOTE [ Unseen CPU frees ]
+    # torch's CPU profiler does not emit a [memory] event for the free of a block that
+    # was allocated before recording started. The typical one: last step's gradients,
+    # freed by ``zero_grad(set_to_none=True)`` in the first profiled step. Capture
+    # records ``memory_end[device].freed_unseen_bytes`` (storages live at the start and
+    # gone at the end, found by a gc scan). Gradients are the only such blocks a
+    # training step frees, so the correction applies from the end of the first
+    # ``ckprof::zero_grad`` range; without that marker the levels are left as they are
+    # and a note bounds the over-count.
+    """
+    # The profiler sometimes does report such a free (it matches a stale address from
+    # an earlier session in the process), so the amount subtracted is what the levels
+    # over-count at the end of the window, at most ``freed_unseen_bytes``.
+    end_meta = ((trace.ckprof or {}).get("memory_end") or {}).get(device) or {}
+    unseen = int(end_meta.get("freed_unseen_bytes", 0) or 0)
+    if "bytes" in end_meta and len(levels):
+        unseen = min(unseen, max(0, int(levels[-1]) - int(end_meta["bytes"])))
+    if unseen <= 0:
+        return levels
+    ev = trace.events
+    zg = ev[(ev["name"] == ZERO_GRAD)]
+    if len(zg) == 0:
+        notes.append(f"{device}: levels may over-count by up to {unseen:,} bytes freed during the "
+                     "window but allocated before it (the CPU profiler does not report those frees)")
+        return levels
+    first_end = int((zg["ts_ns"] + zg["dur_ns"]).min())
+    notes.append(f"{device}: {unseen:,} bytes allocated before profiling and freed by zero_grad "
+                 "(unreported by the CPU profiler) subtracted from the end of the first zero_grad")
+    return np.where(ts >= first_end, levels - unseen, levels)
+
+
+def _innermost_ops(ev: pd.DataFrame, pid: np.ndarray, tid: np.ndarray,
+                   t: np.ndarray) -> np.ndarray:
+    """Name of the innermost cpu_op on thread (pid[i], tid[i]) enclosing instant t[i]
+    ("" when none). Vectorised: one searchsorted per thread, then a parent walk."""
+    out = np.full(len(t), "", dtype=object)
+    if len(t) == 0 or len(ev) == 0:
+        return out
+    ts = ev["ts_ns"].to_numpy(dtype=np.int64)
+    end = ts + ev["dur_ns"].to_numpy(dtype=np.int64)
+    parent = ev["parent"].to_numpy(dtype=np.int64)
+    is_op = (ev["kind"] == "cpu_op").to_numpy()
+    cpu_side = np.flatnonzero(ev["kind"].isin(["cpu_op", "user_annotation", "runtime",
+                                               "other"]).to_numpy())
+    keys = pd.DataFrame({"pid": ev["pid"].to_numpy()[cpu_side],
+                         "tid": ev["tid"].to_numpy()[cpu_side]})
+    j = np.full(len(t), -1, dtype=np.int64)
+    want = pd.DataFrame({"pid": pid, "tid": tid})
+    wanted = want.groupby(["pid", "tid"]).indices
+    for key, idx in keys.groupby(["pid", "tid"]).indices.items():
+        at = wanted.get(key)
+        if at is None:
+            continue
+        rows = cpu_side[idx]                       # already in time order
+        k = np.searchsorted(ts[rows], t[at], side="right") - 1
+        j[at] = np.where(k >= 0, rows[np.maximum(k, 0)], -1)
+    # the last event starting at or before t is the innermost one containing t when it
+    # contains t; otherwise one of its ancestors does (or none)
+    found = np.full(len(t), -1, dtype=np.int64)
+    pending = j >= 0
+    while pending.any():
+        p = np.flatnonzero(pending)
+        jj = j[p]
+        hit = is_op[jj] & (ts[jj] <= t[p]) & (t[p] < end[jj])
+        found[p[hit]] = jj[hit]
+        j[p] = np.where(hit, -1, parent[jj])
+        pending = j >= 0
+    names = ev["name"].to_numpy(dtype=object)
+    ok = found >= 0
+    out[ok] = [str(x) for x in names[found[ok]]]
+    return out
+
+
+def peak_memory_by_phase(trace: Trace, phases: PhaseTable) -> MemoryReport:
+    """Allocated bytes per device over time and the peak of every step x phase (pure)."""
+    mem = trace.memory
+    if len(mem) == 0:
+        return MemoryReport(timeline=_empty(_TIMELINE_COLUMNS), peaks=_empty(_PEAK_COLUMNS),
+                            peaks_total=_empty(_PEAK_COLUMNS)[
+                                ["phase", "device", "peak_bytes", "step", "at_ts_ns", "at_op"]],
+                            captured=False, reason=NO_MEMORY_REASON,
+                            notes=(NO_MEMORY_REASON,))
+    notes: list[str] = []
+    ts_all = mem["ts_ns"].to_numpy(dtype=np.int64)
+    dev_all = mem["device"].astype(str).to_numpy(dtype=object)
+    ta_all = mem["total_allocated_bytes"].to_numpy(dtype=np.int64)
+    b_all = mem["bytes"].to_numpy(dtype=np.int64)
+    level_all = np.zeros(len(mem), dtype=np.int64)
+    baseline: dict[str, int] = {}
+    absolute: dict[str, bool] = {}
+    seg = phases.segments
+    s_start = seg["start_ns"].to_numpy(dtype=np.int64)
+    s_end = seg["end_ns"].to_numpy(dtype=np.int64)
+    seg_parts: list[pd.DataFrame] = []
+    for device in sorted(set(dev_all)):
+        rows = np.flatnonzero(dev_all == device)          # time order (memory is sorted)
+        lv, baseline[device], absolute[device] = _levels(trace, device, ta_all[rows],
+                                                         b_all[rows], notes, ts_all[rows])
+        level_all[rows] = lv
+        t = ts_all[rows]
+        i0 = np.searchsorted(t, s_start, side="left")
+        hi = np.searchsorted(t, s_end, side="left")
+        lo = np.where(i0 > 0, i0 - 1, i0)                 # include the entering level
+        ok = hi > lo
+        if not ok.any():
+            continue
+        lo_v, hi_v = lo[ok], hi[ok]
+        ext = np.append(lv, 0)
+        peak = np.maximum.reduceat(ext, np.ravel(np.column_stack([lo_v, hi_v])))[::2]
+        # first position reaching the peak in each [lo, hi)
+        lens = hi_v - lo_v
+        seg_id = np.repeat(np.arange(len(lo_v)), lens)
+        offs = np.cumsum(lens) - lens
+        pos = lo_v[seg_id] + (np.arange(int(lens.sum())) - offs[seg_id])
+        hit = lv[pos] == peak[seg_id]
+        _, first = np.unique(seg_id[hit], return_index=True)
+        at_pos = pos[hit][first]
+        seg_parts.append(pd.DataFrame({
+            "step": seg["step"].to_numpy(dtype=np.int64)[ok],
+            "phase": seg["phase"].to_numpy(dtype=object)[ok],
+            "device": device,
+            "peak_bytes": peak.astype(np.int64),
+            "at_ts_ns": t[at_pos],
+            "mem_row": rows[at_pos],
+        }))
+    step, phase, region = phases.lookup(ts_all)
+    timeline = pd.DataFrame({"ts_ns": ts_all, "device": dev_all, "allocated_bytes": level_all,
+                             "step": step, "phase": phase, "region": region})
+    if seg_parts:
+        per_seg = pd.concat(seg_parts, ignore_index=True)
+        order = {p: i for i, p in enumerate(PHASES)}
+        peaks = (per_seg.assign(_neg=-per_seg["peak_bytes"])
+                 .sort_values(["_neg", "at_ts_ns"], kind="stable")
+                 .drop_duplicates(["step", "phase", "device"])
+                 .assign(_p=lambda d: d["phase"].map(order))
+                 .sort_values(["step", "_p", "device"], kind="stable")
+                 .drop(columns=["_neg", "_p"]).reset_index(drop=True))
+    else:
+        peaks = _empty({**_PEAK_COLUMNS, "mem_row": "int64"}).drop(columns="at_op")
+    ev = trace.events
+    mrow = peaks["mem_row"].to_numpy(dtype=np.int64)
+    at_op = _innermost_ops(ev, mem["pid"].to_numpy(dtype=np.int64)[mrow],
+                           mem["tid"].to_numpy(dtype=np.int64)[mrow], ts_all[mrow])
+    peaks = peaks.assign(at_op=at_op).drop(columns="mem_row")
+    peaks = peaks.astype({c: d for c, d in _PEAK_COLUMNS.items()})[list(_PEAK_COLUMNS)]
+    order = {p: i for i, p in enumerate(PHASES)}
+    peaks_total = (peaks.assign(_neg=-peaks["peak_bytes"])
+                   .sort_values(["_neg", "step"], kind="stable")
+                   .drop_duplicates(["phase", "device"])
+                   .assign(_p=lambda d: d["phase"].map(order))
+                   .sort_values(["_p", "device"], kind="stable")
+                   .drop(columns=["_neg", "_p"])
+                   [["phase", "device", "peak_bytes", "step", "at_ts_ns", "at_op"]]
+                   .reset_index(drop=True))
+    return MemoryReport(timeline=timeline, peaks=peaks, peaks_total=peaks_total,
+                        baseline_bytes=baseline, absolute=absolute, captured=True,
+                        reason="", notes=tuple(notes))

@@ -1,0 +1,384 @@
+"""Checkpointing policies: which of a model's repeated blocks to checkpoint, and how.
+
+Contract::
+
+    Policy                         frozen description (no torch needed to build one)
+    builtin_policies(n_blocks)     none, full, every_2, sqrt (every ceil(sqrt(N))-th), selective
+    parse_policy(text)             "none" | "full" | "every_<k>" | "sqrt" | "selective"
+                                   | "selective:<op>,<op>" | "module:function"
+    find_blocks(model, path=None)  -> Blocks: the children of the largest nn.ModuleList
+                                   (or of the container named by ``path``)
+    apply_policy(model, policy, blocks=None)   context manager: checkpoint while inside
+
+# NOTE [ How a policy is applied ]
+# ``apply_policy`` wraps blocks IN PLACE and unwraps them on exit: it sets an
+# instance attribute ``forward`` on each chosen block that runs the block's own
+# forward through ``ckprof.checkpoint`` (non-reentrant, region named after the
+# block's path, so ``ckprof::checkpoint::<region>`` / ``ckprof::recompute::<region>``
+# markers are emitted). The module tree, parameter objects and ``state_dict`` keys
+# never change, so an optimizer built before or after stays valid. On exit the
+# attribute is removed (or the previous instance attribute put back). Nothing is
+# deep-copied: the sweep builds a fresh model per run (in its own process) instead.
+#
+# "every_k" checkpoints blocks 0, k, 2k, ... (k = 1 is "full"); "sqrt" is every_k
+# with k = ceil(sqrt(N)), i.e. about sqrt(N) checkpointed blocks.
+# "selective" checkpoints every block through
+# ``torch.utils.checkpoint.create_selective_checkpoint_contexts``: outputs of the
+# ops in ``save_ops`` (matmuls, convolutions, attention) are saved, every other op
+# is recomputed in backward.
+
+Only this module's functions that touch modules import torch, and they do so on
+call: ``import ckprof.policies`` works without torch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import math
+import re
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from importlib import import_module
+from typing import Any
+
+from ckprof.errors import CkprofError
+
+__all__ = [
+    "DEFAULT_SAVE_OPS",
+    "POLICY_KINDS",
+    "Blocks",
+    "Policy",
+    "apply_policy",
+    "builtin_policies",
+    "find_blocks",
+    "parse_policy",
+    "resolve_policies",
+]
+
+POLICY_KINDS: tuple[str, ...] = ("none", "every", "sqrt", "selective", "custom")
+
+#: aten overload packets whose outputs "selective" saves (names without "aten.").
+DEFAULT_SAVE_OPS: tuple[str, ...] = (
+    "mm",
+    "addmm",
+    "bmm",
+    "baddbmm",
+    "convolution",
+    "_scaled_dot_product_flash_attention",
+    "_scaled_dot_product_flash_attention_for_cpu",
+    "_scaled_dot_product_efficient_attention",
+    "_scaled_dot_product_cudnn_attention",
+    "_scaled_dot_product_fused_attention_overrideable",
+)
+
+
+@dataclass(frozen=True)
+class Policy:
+    """One checkpointing policy.
+
+    ``kind``: ``none`` (no checkpointing), ``every`` (blocks whose index is a multiple
+    of ``every``; ``every=1`` is full), ``sqrt`` (``every = ceil(sqrt(N))``),
+    ``selective`` (every block, saving the outputs of ``save_ops``), ``custom``
+    (``select(index, n_blocks) -> bool`` picks the blocks, ``op_policy`` -- a
+    ``create_selective_checkpoint_contexts`` policy function or ``None`` -- says
+    what to save inside them).
+    """
+
+    name: str
+    kind: str
+    every: int = 1
+    save_ops: tuple[str, ...] = DEFAULT_SAVE_OPS
+    select: Callable[[int, int], bool] | None = field(default=None, compare=False)
+    op_policy: Callable[..., Any] | None = field(default=None, compare=False)
+    #: text the policy was parsed from ("module:function" for custom ones), for reruns
+    spec: str = ""
+
+    def __post_init__(self) -> None:
+        if self.kind not in POLICY_KINDS:
+            raise ValueError(f"policy kind must be one of {POLICY_KINDS}, not {self.kind!r}")
+        if self.every < 1:
+            raise ValueError(f"policy {self.name!r}: every must be >= 1, not {self.every}")
+
+    # ---- constructors ------------------------------------------------------------
+    @classmethod
+    def none(cls) -> Policy:
+        return cls("none", "none", spec="none")
+
+    @classmethod
+    def full(cls) -> Policy:
+        return cls("full", "every", every=1, spec="full")
+
+    @classmethod
+    def every_k(cls, k: int) -> Policy:
+        if k == 1:
+            return cls.full()
+        return cls(f"every_{k}", "every", every=int(k), spec=f"every_{k}")
+
+    @classmethod
+    def sqrt(cls) -> Policy:
+        return cls("sqrt", "sqrt", spec="sqrt")
+
+    @classmethod
+    def selective(cls, save_ops: Sequence[str] = DEFAULT_SAVE_OPS, name: str = "selective") -> Policy:
+        ops = tuple(_op_name(op) for op in save_ops)
+        spec = "selective" if ops == DEFAULT_SAVE_OPS else "selective:" + ",".join(ops)
+        return cls(name, "selective", save_ops=ops, spec=spec)
+
+    @classmethod
+    def custom(
+        cls,
+        name: str,
+        select: Callable[[int, int], bool] | None = None,
+        op_policy: Callable[..., Any] | None = None,
+        spec: str = "",
+    ) -> Policy:
+        """A user policy: ``select(index, n_blocks)`` picks blocks (default: all),
+        ``op_policy(ctx, op, *args, **kwargs) -> CheckpointPolicy`` (optional) makes it
+        selective."""
+        return cls(name, "custom", select=select, op_policy=op_policy, spec=spec)
+
+    # ---- what it does ------------------------------------------------------------
+    def chosen(self, n_blocks: int) -> tuple[int, ...]:
+        """Indices of the blocks this policy checkpoints, out of ``n_blocks``."""
+        if self.kind == "none":
+            return ()
+        if self.kind == "selective":
+            return tuple(range(n_blocks))
+        if self.kind == "custom":
+            pick = self.select or (lambda i, n: True)
+            return tuple(i for i in range(n_blocks) if pick(i, n_blocks))
+        k = sqrt_k(n_blocks) if self.kind == "sqrt" else self.every
+        return tuple(i for i in range(n_blocks) if i % k == 0)
+
+    def describe(self, n_blocks: int) -> str:
+        chosen = self.chosen(n_blocks)
+        what = f"{len(chosen)}/{n_blocks} blocks"
+        if self.kind == "selective":
+            return f"{what}, save matmul/attn" if self.save_ops == DEFAULT_SAVE_OPS else (
+                f"{what}, save {','.join(self.save_ops[:3])}{'...' if len(self.save_ops) > 3 else ''}")
+        if self.kind == "sqrt":
+            return f"{what} (every {sqrt_k(n_blocks)})"
+        if self.kind == "custom" and self.op_policy is not None:
+            return f"{what}, custom op policy"
+        return what
+
+
+def sqrt_k(n_blocks: int) -> int:
+    """k for the "sqrt" policy: ceil(sqrt(N)), at least 1."""
+    return max(1, math.ceil(math.sqrt(max(n_blocks, 1))))
+
+
+def builtin_policies(n_blocks: int | None = None) -> tuple[Policy, ...]:
+    """The default sweep: none, full, every_2, sqrt, selective (sqrt dropped when it
+    selects the same blocks as another every_k policy for ``n_blocks``)."""
+    out = [Policy.none(), Policy.full(), Policy.every_k(2)]
+    if n_blocks is None or sqrt_k(n_blocks) not in (1, 2):
+        out.append(Policy.sqrt())
+    out.append(Policy.selective())
+    return tuple(out)
+
+
+_EVERY = re.compile(r"^every[_:\-]?(\d+)$")
+
+
+def parse_policy(text: str) -> Policy:
+    """Parse a policy name as given on the command line.
+
+    ``none``, ``full``, ``every_<k>`` (also ``every<k>``, ``every:<k>``), ``sqrt``,
+    ``selective``, ``selective:<op>[,<op>...]`` (aten op names), or
+    ``package.module:function`` naming a function that returns a :class:`Policy`
+    (called with no arguments) -- the form that also travels to a worker process.
+    """
+    raw = str(text).strip()
+    low = raw.lower()
+    if low in ("none", "no", "off"):
+        return Policy.none()
+    if low in ("full", "all"):
+        return Policy.full()
+    if low == "sqrt":
+        return Policy.sqrt()
+    if low == "selective":
+        return Policy.selective()
+    if low.startswith("selective:"):
+        ops = [op for op in raw.split(":", 1)[1].split(",") if op.strip()]
+        if not ops:
+            raise ValueError(f"policy {raw!r}: name at least one op after 'selective:'")
+        return Policy.selective(ops, name=raw)
+    m = _EVERY.match(low)
+    if m:
+        return Policy.every_k(int(m.group(1)))
+    if ":" in raw:
+        module_name, _, attr = raw.partition(":")
+        try:
+            factory: Any = import_module(module_name)
+            for part in attr.split("."):
+                factory = getattr(factory, part)
+        except (ImportError, AttributeError) as err:
+            raise ValueError(f"policy {raw!r}: cannot import {attr!r} from {module_name!r} ({err})") from err
+        if not callable(factory):
+            raise ValueError(f"policy {raw!r}: {attr} is a {type(factory).__name__}, not a function")
+        policy = factory()
+        if not isinstance(policy, Policy):
+            raise ValueError(f"policy {raw!r}: {raw} returned {type(policy).__name__}, not ckprof.policies.Policy")
+        return policy if policy.spec else _with_spec(policy, raw)
+    raise ValueError(
+        f"unknown policy {raw!r}: use none, full, every_<k>, sqrt, selective, "
+        "selective:<op>,<op> or module:function"
+    )
+
+
+def _with_spec(policy: Policy, spec: str) -> Policy:
+    import dataclasses
+
+    return dataclasses.replace(policy, spec=spec)
+
+
+def resolve_policies(policies: Sequence[Policy | str] | None, n_blocks: int | None = None) -> tuple[Policy, ...]:
+    """Policies from objects or names; the built-in set when ``None``. Names must be unique."""
+    if policies is None:
+        return builtin_policies(n_blocks)
+    out = tuple(p if isinstance(p, Policy) else parse_policy(p) for p in policies)
+    names = [p.name for p in out]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise ValueError(f"policy names must be unique; repeated: {', '.join(dupes)}")
+    if not out:
+        raise ValueError("give at least one policy")
+    return out
+
+
+def _op_name(op: Any) -> str:
+    """'aten.mm' / 'aten::mm' / torch.ops.aten.mm / 'mm' -> 'mm'."""
+    text = str(getattr(op, "__name__", op) if not isinstance(op, str) else op)
+    text = text.replace("::", ".")
+    if text.startswith("aten."):
+        text = text[5:]
+    return text.split(".")[0]
+
+
+# ---- modules (torch needed from here on, imported on call) --------------------------
+
+
+@dataclass(frozen=True)
+class Blocks:
+    """The repeated blocks a policy applies to: ``path`` of their container in the
+    model ("" for the model itself) and ``(name, module)`` pairs in order."""
+
+    path: str
+    items: tuple[tuple[str, Any], ...]
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(name for name, _ in self.items)
+
+
+def find_blocks(model: Any, path: str | None = None) -> Blocks:
+    """The repeated blocks of ``model``.
+
+    With ``path`` (e.g. ``"encoder.layers"``): the children of that submodule. Without:
+    the children of the largest ``nn.ModuleList`` (most children; ties go to the one
+    holding more parameters, then to the first in ``named_modules`` order). Raises
+    :class:`~ckprof.errors.CkprofError` when there is none.
+    """
+    import torch.nn as nn
+
+    if path:
+        try:
+            container = model.get_submodule(path)
+        except AttributeError as err:
+            raise CkprofError(
+                f"model has no submodule {path!r}",
+                hint="Name the container of the repeated blocks, e.g. 'encoder.layers'",
+            ) from err
+        found = path
+    else:
+        best: tuple[int, int, int] | None = None
+        found, container = "", None
+        for order, (name, module) in enumerate(model.named_modules()):
+            if isinstance(module, nn.ModuleList) and len(module) > 0:
+                n_params = sum(p.numel() for p in module.parameters())
+                key = (len(module), n_params, -order)
+                if best is None or key > best:
+                    best, found, container = key, name, module
+        if container is None:
+            raise CkprofError(
+                f"{type(model).__name__} has no nn.ModuleList of blocks to checkpoint",
+                hint="Pass blocks='<path of the container>' (CLI: --blocks)",
+            )
+    children = tuple(
+        (f"{found}.{name}" if found else name, child) for name, child in container.named_children()
+    )
+    if not children:
+        raise CkprofError(f"{path or type(model).__name__}: the container has no child modules",
+                          hint="Name the container of the repeated blocks")
+    return Blocks(path=found, items=children)
+
+
+def _region_name(name: str) -> str:
+    return name.replace("::", ".") or "block"
+
+
+def _context_fn(policy: Policy) -> Callable[[], Any] | None:
+    """The ``context_fn`` for torch's checkpoint (``None``: plain recompute everything)."""
+    if policy.kind == "selective":
+        from torch.utils.checkpoint import CheckpointPolicy, create_selective_checkpoint_contexts
+
+        save = frozenset(policy.save_ops)
+
+        def save_matmuls(ctx: Any, op: Any, *args: Any, **kwargs: Any) -> Any:
+            packet = _op_name(getattr(op, "overloadpacket", op))
+            return CheckpointPolicy.MUST_SAVE if packet in save else CheckpointPolicy.PREFER_RECOMPUTE
+
+        return functools.partial(create_selective_checkpoint_contexts, save_matmuls)
+    if policy.kind == "custom" and policy.op_policy is not None:
+        from torch.utils.checkpoint import create_selective_checkpoint_contexts
+
+        return functools.partial(create_selective_checkpoint_contexts, policy.op_policy)
+    return None
+
+
+def _checkpointed_forward(forward: Callable[..., Any], region: str, context_fn: Callable[[], Any] | None):
+    from ckprof.capture import checkpoint
+
+    @functools.wraps(forward)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        extra: dict[str, Any] = {"name": region, "use_reentrant": False}
+        if context_fn is not None:
+            extra["context_fn"] = context_fn
+        return checkpoint(forward, *args, **extra, **kwargs)
+
+    return run
+
+
+_MISSING = object()
+
+
+@contextlib.contextmanager
+def apply_policy(model: Any, policy: Policy, blocks: Blocks | str | None = None) -> Iterator[Blocks]:
+    """Checkpoint ``model``'s blocks per ``policy`` while inside the ``with``.
+
+    Yields the :class:`Blocks` found (``blocks`` may be a :class:`Blocks`, a container
+    path, or ``None`` to find them). The model is restored on exit, also on error;
+    see ``NOTE [ How a policy is applied ]``.
+    """
+    found = blocks if isinstance(blocks, Blocks) else find_blocks(model, blocks)
+    chosen = policy.chosen(len(found))
+    context_fn = _context_fn(policy)
+    saved: list[tuple[Any, Any]] = []
+    try:
+        for index in chosen:
+            name, block = found.items[index]
+            previous = block.__dict__.get("forward", _MISSING)
+            saved.append((block, previous))
+            block.forward = _checkpointed_forward(block.forward, _region_name(name), context_fn)
+        yield found
+    finally:
+        for block, previous in reversed(saved):
+            if previous is _MISSING:
+                block.__dict__.pop("forward", None)
+            else:
+                block.forward = previous

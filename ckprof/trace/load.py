@@ -1,0 +1,287 @@
+"""Read a Chrome/Kineto trace file into a :class:`~ckprof.trace.model.Trace`.
+
+Contract::
+
+    load_trace(path, *, salvage=False) -> Trace
+    find_trace_files(directory, *, recursive=False) -> list[Path]
+    is_trace_path(path) -> bool
+
+Input: ``.json`` or gzip-compressed JSON (detected by magic bytes, not the name), as
+written by ``torch.profiler`` ``export_chrome_trace`` / ``tensorboard_trace_handler``
+(CPU, CUDA, ROCm), Kineto's 2021 legacy format, or the Chrome "array format" (a bare
+list of events). ``path`` may be a directory holding exactly one trace.
+
+Output: a Trace that passes ``Trace.check()``: events sorted by ``(ts_ns, -dur_ns)``
+with exact integer-nanosecond times, kinds normalised, parent/depth per the
+NOTE [ Event tree rules ] in ``_build``, ``[memory]`` events in ``memory``, all other
+top-level keys in ``metadata`` and the ``ckprof`` object in ``ckprof``.
+
+Errors (all ``ckprof.errors`` subclasses, one-line messages, never another type):
+missing path or directory without traces -> TraceNotFoundError; not JSON, not a
+trace, damaged gzip -> TraceFormatError; JSON or gzip stream that ends early ->
+TraceTruncatedError (``events_recovered``; with ``salvage=True`` the complete events
+are returned and a note says "salvaged N events from truncated file"); no usable
+complete events -> EmptyTraceError; too big for this machine's memory ->
+TraceTooLargeError. Individual unusable events are skipped and counted in
+``Trace.notes`` (see NOTE [ Event field rules ] in ``_careful``).
+
+Two readers, one result: the fast reader (``_fast``: msgspec, chunked, bounded memory)
+handles Kineto-shaped input; a piece of it holding an odd event is re-read event by
+event with the careful rules; anything else odd (another layout, truncation, B/E
+events, damaged gzip) makes the loader start over with the careful reader
+(``_careful``: stdlib json, event by event), which is also the reference the tests
+compare the fast one against. ``CKPROF_LOAD_WORKERS=N`` (N > 1) decodes plain files of
+256 MB or more in N worker processes (opt-in; same result).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import mmap
+import os
+import re
+import sys
+import zlib
+from pathlib import Path
+
+from ckprof.errors import (
+    CkprofError,
+    EmptyTraceError,
+    TraceFormatError,
+    TraceNotFoundError,
+    TraceTooLargeError,
+    TraceTruncatedError,
+)
+from ckprof.trace import _source
+from ckprof.trace._build import Columns, build_trace, is_legacy
+from ckprof.trace._careful import read_careful
+from ckprof.trace._fast import Odd, read_fast
+from ckprof.trace.model import Trace
+
+__all__ = ["find_trace_files", "is_trace_path", "load_trace"]
+
+#: bytes of JSON text the fast reader decodes at once
+CHUNK_BYTES = 24 * 1024 * 1024
+#: plain files at least this big are decoded by worker processes (NOTE [ Parallel pieces ])
+PARALLEL_MIN_BYTES = 256 * 1024 * 1024
+
+# NOTE [ Memory guard ]
+# Measured peak RSS above the interpreter with pandas loaded: the fast reader needs
+# about 0.9-1.0 x the uncompressed size (the numpy columns, ~100 bytes per event, plus
+# the sort and tree temporaries of the final build; one ~24 MB piece at a time before
+# that); the careful reader about 2.9 x (the whole text plus Python objects). We
+# refuse when the estimate exceeds what /proc/meminfo calls available, instead of
+# swapping for an hour: on a 24 GiB machine with ~21 GiB available that admits plain
+# traces up to ~20 GB (fast path) and odd-layout ones up to ~6 GB.
+FAST_BYTES_PER_BYTE = 1.0
+CAREFUL_BYTES_PER_BYTE = 3.5
+FIXED_OVERHEAD_BYTES = 96 * 1024 * 1024
+
+
+def _check_memory(path: str, size_bytes: int, factor: float, what: str) -> None:
+    available = _source.available_memory_bytes()
+    if available is None:
+        return
+    needed = int(size_bytes * factor) + FIXED_OVERHEAD_BYTES
+    if needed > available:
+        raise TraceTooLargeError(
+            f"{what} needs about {needed / 2**30:.1f} GiB of memory to load "
+            f"({size_bytes / 2**30:.1f} GiB of JSON) but only {available / 2**30:.1f} GiB is "
+            "available", path=path,
+            hint="Run on a machine with more memory, or profile fewer steps (smaller active "
+                 "window in the schedule)")
+
+
+def load_trace(path: str | os.PathLike[str], *, salvage: bool = False) -> Trace:
+    """Load one Chrome/Kineto trace (see the module docstring for the contract)."""
+    p = Path(path)
+    shown = str(path)
+    if not p.exists():
+        raise TraceNotFoundError("no such file or directory", path=shown,
+                                 hint="Check the path; traces are *.pt.trace.json[.gz] files")
+    if p.is_dir():
+        found = find_trace_files(p)
+        if not found:
+            raise TraceNotFoundError("the directory holds no trace files", path=shown,
+                                     hint="Point at a *.json or *.json.gz trace, or the folder "
+                                          "tensorboard_trace_handler wrote into")
+        if len(found) > 1:
+            listed = ", ".join(f.name for f in found[:3]) + (", ..." if len(found) > 3 else "")
+            raise CkprofError(f"the directory holds {len(found)} traces ({listed})", path=shown,
+                              hint="Pass one of the files")
+        p = found[0]
+        shown = str(p)
+    try:
+        return _load_file(p, shown, salvage)
+    except CkprofError:
+        raise
+    except MemoryError:
+        raise TraceTooLargeError("ran out of memory while loading", path=shown,
+                                 hint="Run on a machine with more memory") from None
+    except (OSError, zlib.error) as err:
+        raise TraceFormatError(f"could not read the file ({err})", path=shown,
+                               hint="Check the file is readable and complete") from None
+    except (ValueError, ArithmeticError, TypeError, LookupError, RecursionError) as err:
+        # a safety net for input no rule above foresaw: still a typed, one-line error
+        raise TraceFormatError(f"could not be read ({type(err).__name__}: {err})".replace(
+            "\n", " "), path=shown, hint="Please report this file to the ckprof authors"
+        ) from None
+
+
+def _load_file(p: Path, shown: str, salvage: bool) -> Trace:
+    reader = _source.BlockReader(p)
+    if reader.file_bytes == 0:
+        raise EmptyTraceError("the file is empty (0 bytes)", path=shown,
+                              hint="Capture the trace again; the profiler wrote nothing")
+    size = reader.estimated_size_bytes()
+    _check_memory(shown, size, FAST_BYTES_PER_BYTE, "this trace")
+    notes: list[str] = []
+    result: tuple[Columns, dict, str] | None
+    try:
+        result = _read_fast_file(reader)
+    except Odd:  # anything unexpected: start over with the careful reader
+        result = None
+    if result is not None and reader.problem is None and result[0].n_events > 0:
+        cols, metadata, fmt = result
+    else:
+        result = None  # let the fast reader's columns go before the careful read
+        _check_memory(shown, size, CAREFUL_BYTES_PER_BYTE,
+                      "this trace has an unusual layout; the careful reader")
+        data = reader.read_all()
+        problem = reader.problem
+        if problem is not None:
+            cols, metadata, fmt, notes = _read_damaged_gzip(data, shown, salvage, problem)
+        else:
+            cols, metadata, fmt, notes = read_careful(data, path=shown, salvage=salvage)
+        del data
+    if fmt == "kineto" and is_legacy(cols):
+        fmt = "kineto-legacy"
+    trace = build_trace(cols, path=shown, metadata=metadata, source_format=fmt, notes=notes)
+    del cols
+    if size > 64 * 1024 * 1024:
+        _release_free_memory()
+    return trace
+
+
+def _release_free_memory() -> None:
+    """Hand the heap pages freed by the chunk arrays back to the OS (glibc only)."""
+    with contextlib.suppress(OSError, AttributeError):  # not glibc: nothing to do
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
+def _read_fast_file(reader: _source.BlockReader) -> tuple[Columns, dict, str]:
+    if reader.compressed:
+        return read_fast(reader.blocks(), chunk_bytes=CHUNK_BYTES)
+    with open(reader.path, "rb") as f:
+        try:
+            mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)
+        except (OSError, ValueError):  # not mappable (a pipe, a special file): stream it
+            return read_fast(reader.blocks(), chunk_bytes=CHUNK_BYTES)
+    try:
+        workers = _workers() if reader.file_bytes >= PARALLEL_MIN_BYTES else 1
+        return read_fast(None, chunk_bytes=CHUNK_BYTES, mm=mm, path=str(reader.path),
+                         workers=workers)
+    finally:
+        with contextlib.suppress(BufferError):  # a view still alive: GC unmaps it later
+            mm.close()
+
+
+def _workers() -> int:
+    """Worker processes for one big plain file: ``CKPROF_LOAD_WORKERS`` (default 1).
+
+    Opt-in: on the 2-vCPU machines we measured, 2 workers were slower than one process
+    (12.4 s vs 8.7 s to decode 1 GB while other jobs shared the CPUs), see the report."""
+    env = os.environ.get("CKPROF_LOAD_WORKERS", "").strip()
+    if not env.isdigit() or not sys.platform.startswith("linux"):
+        return 1
+    return max(1, int(env))
+
+
+def _read_damaged_gzip(data: bytes, shown: str, salvage: bool,
+                       problem: str) -> tuple[Columns, dict, str, list[str]]:
+    """The gzip stream ended early or broke: read what decompressed, then decide."""
+    truncated = problem == "truncated"
+    what = "the gzip stream ends early (truncated file?)" if truncated else f"the gzip stream is {problem}"
+    try:
+        cols, metadata, fmt, notes = read_careful(data, path=shown, salvage=True)
+    except CkprofError:
+        cols = None
+    recovered = 0 if cols is None else cols.n_events + cols.n_memory
+    if not salvage or cols is None:
+        hint = ("Re-run with --salvage (salvage=True) to analyse them, or capture the trace again"
+                if recovered else "Capture the trace again")
+        if truncated:
+            raise TraceTruncatedError(f"{what}; {recovered} complete events precede the end",
+                                      path=shown, hint=hint, events_recovered=recovered)
+        raise TraceFormatError(f"{what}; {recovered} complete events could be read",
+                               path=shown, hint=hint)
+    notes = [n for n in notes if not n.startswith("salvaged")]
+    notes.insert(0, f"salvaged {recovered} events from {'truncated' if truncated else 'damaged'} "
+                    f"file ({what})")
+    return cols, metadata, fmt, notes
+
+
+# --------------------------------------------------------------------------- discovery
+
+_HTA_OUTPUT = re.compile(r"_with_counters\.json(\.gz)?$")
+_SNIFF_BYTES = 256 * 1024
+
+
+def _head_text(path: Path, limit: int = _SNIFF_BYTES) -> bytes:
+    with open(path, "rb") as f:
+        head = f.read(limit)
+    if head[:2] == _source.GZIP_MAGIC:
+        try:
+            return zlib.decompressobj(31).decompress(head, limit)
+        except zlib.error:
+            return b""
+    return head
+
+
+def _looks_like_trace(path: Path) -> bool:
+    try:
+        head = _head_text(path)
+    except OSError:
+        return False
+    lead = head.lstrip(b" \t\r\n\xef\xbb\xbf")
+    if lead[:1] == b"{":
+        return b'"traceEvents"' in head
+    if lead[:1] == b"[":
+        return b'"ph"' in head
+    return False
+
+
+def _is_candidate_name(name: str) -> bool:
+    low = name.lower()
+    if not (low.endswith(".json") or low.endswith(".json.gz")):
+        return False
+    return not (_HTA_OUTPUT.search(low) or ".ckprof." in low)
+
+
+def is_trace_path(path: str | os.PathLike[str]) -> bool:
+    """True for an existing file that holds a Chrome/Kineto trace (sniffed, not just named).
+
+    Never raises: unreadable or odd paths answer False."""
+    try:
+        p = Path(path)
+        return p.is_file() and _looks_like_trace(p)
+    except (OSError, ValueError):
+        return False
+
+
+def find_trace_files(directory: str | os.PathLike[str], *, recursive: bool = False) -> list[Path]:
+    """Trace files in ``directory``, sorted by name.
+
+    ``*.pt.trace.json[.gz]`` (tensorboard_trace_handler) and any other ``*.json[.gz]``
+    whose first bytes look like a trace. HTA's ``*_with_counters.json[.gz]`` and ckprof
+    outputs (``*.ckprof.*``, or JSON without ``traceEvents``) are skipped.
+    Raises TraceNotFoundError when ``directory`` is not a directory."""
+    d = Path(directory)
+    if not d.is_dir():
+        raise TraceNotFoundError("not a directory", path=str(directory),
+                                 hint="Pass the folder that holds the traces")
+    files = d.rglob("*") if recursive else d.iterdir()
+    found = [f for f in files
+             if _is_candidate_name(f.name) and f.is_file() and _looks_like_trace(f)]
+    return sorted(found)

@@ -1,0 +1,54 @@
+"""Notebooks run top to bottom and stay in the repository without outputs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+NOTEBOOK_DIR = Path(__file__).resolve().parents[1] / "notebooks"
+#: every notebook in the repository (all must be stored without outputs)
+NOTEBOOKS = sorted(NOTEBOOK_DIR.glob("*.ipynb"))
+#: the notebook executed here (others have their own execution tests)
+EXPLORE = NOTEBOOK_DIR / "explore_checkpointing.ipynb"
+
+
+def test_there_is_a_notebook():
+    """GIVEN the repository WHEN notebooks/ is listed THEN the exploration notebook is there."""
+    assert "explore_checkpointing.ipynb" in [p.name for p in NOTEBOOKS]
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_notebook_is_stored_without_outputs(path: Path):
+    """GIVEN a notebook in the repository WHEN read THEN no code cell carries
+    outputs or an execution count (clear them before committing)."""
+    nbformat = pytest.importorskip("nbformat")
+    nb = nbformat.read(path, as_version=4)
+    nbformat.validate(nb)
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    assert code
+    dirty = [i for i, c in enumerate(code) if c.get("outputs") or c.get("execution_count") is not None]
+    assert dirty == [], f"{path.name}: code cells {dirty} have outputs; clear them before committing"
+
+
+@pytest.mark.slow
+def test_explore_notebook_runs_top_to_bottom(tmp_path: Path):
+    """GIVEN the notebook WHEN executed by nbclient (kernel python3, cwd a temp dir)
+    THEN every cell runs without error, the Analysis objects display as ckprof's HTML
+    summary and every figure cell produces a PNG."""
+    pytest.importorskip("torch")
+    nbformat = pytest.importorskip("nbformat")
+    nbclient = pytest.importorskip("nbclient")
+    nb = nbformat.read(EXPLORE, as_version=4)
+    client = nbclient.NotebookClient(nb, timeout=120, kernel_name="python3",
+                                     resources={"metadata": {"path": str(tmp_path)}})
+    client.execute()
+    outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])]
+    assert not [o for o in outputs if o.get("output_type") == "error"]
+    html = [o["data"]["text/html"] for o in outputs if "text/html" in o.get("data", {})]
+    assert sum("ckprof-summary" in h for h in html) == 2
+    pngs = [o for o in outputs if "image/png" in o.get("data", {})]
+    n_fig_cells = sum(1 for c in nb.cells if c.cell_type == "code" and c.source.strip().endswith("fig"))
+    assert len(pngs) >= n_fig_cells >= 4
+    text = "".join(o.get("text", "") for o in outputs if o.get("output_type") == "stream")
+    assert "recompute overhead" in text and "peak memory" in text

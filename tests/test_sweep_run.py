@@ -1,0 +1,216 @@
+"""ckprof.sweep on real CPU captures of a tiny model (torch), and the sweep CLI."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+torch = pytest.importorskip("torch")
+nn = torch.nn
+
+from ckprof.analysis import load  # noqa: E402
+from ckprof.cli.main import cli  # noqa: E402
+from ckprof.errors import CkprofError  # noqa: E402
+from ckprof.sweep import parse_bytes, sweep  # noqa: E402
+
+DIM = 32
+
+
+class Block(nn.Module):
+    def __init__(self, d: int) -> None:
+        super().__init__()
+        self.ln = nn.LayerNorm(d)
+        self.fc1 = nn.Linear(d, 4 * d)
+        self.fc2 = nn.Linear(4 * d, d)
+
+    def forward(self, x):
+        return x + self.fc2(torch.nn.functional.gelu(self.fc1(self.ln(x))))
+
+
+class TinyNet(nn.Module):
+    def __init__(self, depth: int = 4) -> None:
+        super().__init__()
+        self.blocks = nn.ModuleList(Block(DIM) for _ in range(depth))
+        self.head = nn.Linear(DIM, 1)
+
+    def forward(self, x):
+        for b in self.blocks:
+            x = b(x)
+        return self.head(x)
+
+
+def make_model() -> TinyNet:
+    return TinyNet()
+
+
+def make_batch(batch_size: int) -> torch.Tensor:
+    return torch.randn(batch_size, 8, DIM)
+
+
+def make_tuple(batch_size: int = 32):
+    """CLI-style factory: (model, batch, loss_fn)."""
+    return TinyNet(), torch.randn(batch_size, 8, DIM), lambda out, batch: out.square().mean()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """One intra-op thread: on a busy shared 2-core machine, OpenMP threads waiting on
+    each other make tiny ops 100x slower; the tests measure structure, not speed."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def swept(one_thread, tmp_path_factory):
+    out = tmp_path_factory.mktemp("sweep")
+    result = sweep(make_model, make_batch, policies=["none", "full", "selective"], steps=3,
+                   batch_sizes=(8, 16), isolation="inline", out_dir=out, optimizer="sgd", warmup=0)
+    return result, out
+
+
+def test_sweep_measures_every_policy(swept):
+    """GIVEN none / full / selective on a tiny model WHEN swept (inline) THEN every policy
+    has 3 measured steps at the first batch size, recompute only where checkpointing, and
+    full checkpointing has the lowest measured peak."""
+    result, _ = swept
+    t = result.table.set_index("policy")
+    assert list(t.index) == ["none", "full", "selective"]
+    assert (t["steps"] == 3).all() and (t["batch_size"] == 8).all()
+    assert t.loc["none", "recompute_ms"] == 0
+    assert t.loc["full", "recompute_ms"] > 0 and t.loc["selective", "recompute_ms"] > 0
+    assert t.loc["full", "peak_bytes"] < t.loc["none", "peak_bytes"]
+    assert t.loc["selective", "peak_bytes"] < t.loc["none", "peak_bytes"]
+    assert t.loc["full", "saving_pct"] > 0
+    assert t.loc["full", "blocks"] == "4/4 blocks"
+    assert (t["step_ms_min"] <= t["step_ms"]).all() and (t["step_ms"] <= t["step_ms_max"]).all()
+    assert len(result.runs) == 3 * 3 * 2
+    # the per-step phases of each measured step add up to its step time
+    phases = result.runs[["forward_ms", "backward_ms", "recompute_ms", "optimizer_ms", "other_ms"]].sum(axis=1)
+    assert phases.to_numpy() == pytest.approx(result.runs["step_ms"].to_numpy(), rel=1e-9)
+
+
+def test_sweep_traces_are_kept_and_carry_markers(swept):
+    """GIVEN out_dir WHEN swept THEN one trace per (policy, batch), whose analysis finds
+    recompute by markers for the checkpointed blocks and the same peak the table shows."""
+    result, out = swept
+    assert len(result.traces) == 6
+    paths = {(p, b): Path(t) for p, b, t in result.traces}
+    assert all(p.is_file() and out in p.parents for p in paths.values())
+    full = load(paths[("full", 8)])
+    assert full.recompute_detection == "markers"
+    assert set(full.regions_table()["region"]) == {f"blocks.{i}" for i in range(4)}
+    peak = full.memory_table().query("device == 'cpu'")["peak_bytes"].max()
+    assert peak == result.table.set_index("policy").loc["full", "peak_bytes"]
+
+
+def test_sweep_batch_estimate_uses_measured_slope(swept):
+    """GIVEN two batch sizes WHEN a budget is applied THEN the estimate comes from the two
+    measured peaks, and the modelled peak at the estimated batch fits the budget while
+    one more sample would not."""
+    result, _ = swept
+    none_peak = result.table.set_index("policy").loc["none", "peak_bytes"]
+    judged = result.with_budget(int(none_peak * 1.5))
+    for r in judged.table.itertuples(index=False):
+        assert r.method == "measured slope (batch 8 and 16)"
+        assert r.bytes_per_sample_est > 0
+        fits = r.fixed_bytes_est + r.bytes_per_sample_est * r.max_batch_est
+        assert fits <= judged.budget_bytes < fits + r.bytes_per_sample_est
+    rec = judged.recommendation
+    assert rec.policy == "none" or "none" in rec.ties or judged.table.set_index("policy").loc[
+        rec.policy, "step_ms"] <= judged.table.set_index("policy").loc["none", "step_ms"]
+
+
+def test_sweep_recommendation_respects_budget(swept):
+    """GIVEN a budget between full's and none's peak WHEN judged THEN the recommended
+    policy fits and is the fastest of those that fit; 'none' does not fit."""
+    result, _ = swept
+    t = result.table.set_index("policy")
+    budget = int((t.loc["full", "peak_bytes"] + t.loc["none", "peak_bytes"]) / 2)
+    judged = result.with_budget(budget)
+    fitting = judged.table[judged.table["peak_bytes"] <= budget]
+    assert "none" not in set(fitting["policy"])
+    assert judged.recommendation.policy == fitting.sort_values("step_ms").iloc[0]["policy"]
+    fig = judged.plot()
+    assert fig.axes[0].get_legend() is not None
+
+
+@pytest.mark.slow
+def test_sweep_process_isolation(tmp_path):
+    """GIVEN importable factories WHEN swept with isolation='process' THEN the run happens
+    in a spawned worker and still returns measured figures."""
+    result = sweep(f"{__name__}:make_tuple", policies=["full"], steps=1, batch_size=8, isolation="process",
+                   warmup=0, optimizer="sgd", threads=1)
+    row = result.table.iloc[0]
+    assert row["policy"] == "full" and row["batch_size"] == 8
+    assert row["recompute_ms"] > 0 and row["peak_bytes"] > 0
+    assert not any("inline" in n for n in result.notes)
+
+
+def test_sweep_process_refuses_unimportable_factories():
+    """GIVEN a lambda factory WHEN process isolation is forced THEN a typed error."""
+    with pytest.raises(CkprofError, match="importable"):
+        sweep(lambda: TinyNet(), make_batch, policies=["none"], isolation="process")
+
+
+def test_sweep_rejects_bad_arguments():
+    """GIVEN bad arguments WHEN sweeping THEN ValueError before any run."""
+    with pytest.raises(ValueError, match="steps"):
+        sweep(make_model, make_batch, steps=0)
+    with pytest.raises(ValueError, match="isolation"):
+        sweep(make_model, make_batch, isolation="thread")
+    with pytest.raises(ValueError, match="not a size"):
+        sweep(make_model, make_batch, memory_budget="lots")
+
+
+# ---- CLI ------------------------------------------------------------------------------------
+
+
+def test_cli_sweep_user_model_writes_plot_and_recommends(tmp_path):
+    """GIVEN --model module:function WHEN `ckprof sweep` runs THEN it prints the table and
+    a recommendation and writes the frontier PNG; a second run refuses to overwrite it."""
+    png = tmp_path / "frontier.png"
+    args = ["sweep", "--model", f"{__name__}:make_tuple", "--policy", "none,full", "--steps", "1",
+            "--warmup", "0", "--isolation", "inline", "--memory-budget", "1GiB", "-o", str(png),
+            "--optimizer", "sgd"]
+    res = CliRunner().invoke(cli, args)
+    assert res.exit_code == 0, res.output
+    assert "Recommendation: Use " in res.output and "memory budget: 1.0 GiB" in res.output
+    assert png.read_bytes()[:4] == b"\x89PNG"
+    again = CliRunner().invoke(cli, args)
+    assert again.exit_code == 8 and "exists" in again.output
+
+
+def test_cli_sweep_demo_model_json(tmp_path):
+    """GIVEN no --model WHEN `ckprof sweep --format json` runs THEN the demo transformer is
+    swept and the JSON lists both policies with measured peaks."""
+    import json
+
+    res = CliRunner().invoke(cli, ["sweep", "--policy", "full", "--steps", "1",
+                                   "--warmup", "0", "--isolation", "inline", "--format", "json",
+                                   "--batch-size", "2"])
+    assert res.exit_code == 0, res.output
+    d = json.loads(res.output[res.output.index("{"):])
+    assert [p["policy"] for p in d["policies"]] == ["full"]
+    assert d["policies"][0]["peak_bytes"] > 0 and d["policies"][0]["recompute_ms"] > 0
+    assert d["recommendation"]["frontier"] == ["full"]
+
+
+@pytest.mark.parametrize(("args", "needle"), [
+    (["--memory-budget", "lots"], "not a size"),
+    (["--policy", "sometimes"], "unknown policy"),
+    (["--second-batch-size", "4"], "--batch-size"),
+])
+def test_cli_sweep_bad_options_exit_2(args, needle):
+    """GIVEN a bad option WHEN `ckprof sweep` parses it THEN usage error (exit 2)."""
+    res = CliRunner().invoke(cli, ["sweep", "--isolation", "inline", *args])
+    assert res.exit_code == 2 and needle in res.output
+
+
+def test_parse_bytes_matches_cli_budget():
+    """GIVEN the CLI's budget text WHEN parsed by the library THEN the same bytes."""
+    assert parse_bytes("1GiB") == 2**30 and not math.isnan(parse_bytes("0.5GiB"))
