@@ -27,7 +27,9 @@ annotated copy finds the same markers, phases and numbers as the original.
 # The loader turns ``ts`` (microseconds, 3 decimals) into integer ``ts_ns`` on the
 # file's own clock. We write ``ts = ts_ns / 1000`` back, which reproduces the
 # segment boundaries to the nanosecond for any trace whose timestamps fit a
-# double with ns resolution (Kineto's relative clock always does).
+# double with ns resolution (up to ~9e9 us). Older Kineto files with epoch
+# timestamps (~1.7e15 us) are re-encoded as doubles, original events included, so
+# there the copy is exact to 0.25 us only; the original file keeps full precision.
 """
 
 from __future__ import annotations
