@@ -52,6 +52,7 @@ import numpy as np
 import pandas as pd
 
 from ckprof.markers import PHASES
+from ckprof.output import format_bytes as fmt_bytes
 from ckprof.trace.model import GPU_KINDS
 
 __all__ = ["FORMATS", "Comparison", "compare", "op_times", "render_comparison"]
@@ -357,20 +358,6 @@ def _fmt_signed_ms(x: Any) -> str:
 
 def _fmt_pct(x: Any) -> str:
     return "—" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:+.1f}%"
-
-
-def fmt_bytes(n: Any) -> str:
-    """Binary units: 1536 -> '1.5 KiB'; NaN -> '—'."""
-    if n is None or (isinstance(n, float) and math.isnan(n)):
-        return "—"
-    value = float(n)
-    sign = "-" if value < 0 else ""
-    value = abs(value)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if value < 1024:
-            return f"{sign}{value:.0f} {unit}" if unit == "B" else f"{sign}{value:.1f} {unit}"
-        value /= 1024
-    return f"{sign}{value:.1f} TiB"
 
 
 def _fmt_signed_bytes(n: Any) -> str:

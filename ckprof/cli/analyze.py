@@ -36,11 +36,13 @@ Examples:
 @click.option("--workers", type=int, default=None, help="Processes for a directory of traces (default: cores).")
 @click.option("--engine", type=click.Choice(["processes", "dask"]), default="processes", show_default=True,
               help="Where per-rank analyses of a directory run.")
+@click.option("--scheduler", default=None,
+              help="Dask scheduler address for --engine dask (default: a local cluster).")
 @click.option("--with-hta", is_flag=True, help="Also print HTA's kernel breakdown / idle time split by phase (needs ckprof[hta]).")
 @click.option("-o", "--output", type=click.Path(path_type=Path), default=None,
               help="Write to this file instead of stdout (never overwrites).")
 def analyze(trace: Path, step: int | None, fmt: str, recompute_detection: str, salvage: bool,
-            workers: int | None, engine: str, with_hta: bool, output: Path | None) -> None:
+            workers: int | None, engine: str, scheduler: str | None, with_hta: bool, output: Path | None) -> None:
     """Split a training step's time into forward, backward, forward recompute (per
     checkpointed region) and optimizer, and report peak memory per phase.
 
@@ -70,7 +72,7 @@ def analyze(trace: Path, step: int | None, fmt: str, recompute_detection: str, s
             from ckprof.ranks import analyze_directory, render_rank_summary
 
             summary = analyze_directory(trace, workers=workers, recompute_detection=recompute_detection,
-                                        engine=engine)
+                                        engine=engine, scheduler=scheduler)
             emit(render_rank_summary(summary, fmt), output)
             return
 

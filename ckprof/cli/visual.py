@@ -106,8 +106,8 @@ def report(trace: Path, output: Path, title: str | None, force: bool, step: int 
            recompute_detection: str, salvage: bool) -> None:
     """Write a one-page HTML report of TRACE: headline numbers, time per phase,
     recompute per region, memory over time, each with a short guide to reading it."""
+    from ckprof.output import write_new_file
     from ckprof.report.html import render_report
-    from ckprof.report.plots import write_output
 
     if output.exists() and not force:
         from ckprof.errors import OutputExistsError
@@ -115,7 +115,7 @@ def report(trace: Path, output: Path, title: str | None, force: bool, step: int 
         raise OutputExistsError("already exists", path=str(output),
                                 hint="Choose another name or pass --force to overwrite it")
     analysis = _load(trace, recompute_detection, step, salvage)
-    write_output(output, render_report(analysis, title=title).encode("utf-8"), force=force)
+    write_new_file(output, render_report(analysis, title=title).encode("utf-8"), force=force)
     click.echo(f"wrote {output}", err=True)
 
 

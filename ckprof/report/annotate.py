@@ -198,7 +198,7 @@ def write_annotated_trace(analysis: Analysis, out_path: str | os.PathLike[str], 
 
     Refuses (:class:`OutputExistsError`) to replace an existing file unless
     ``force``, and always refuses (:class:`CkprofError`) to write over the input."""
-    from ckprof.report.plots import write_output
+    from ckprof.output import write_new_file
 
     out = Path(out_path)
     src = Path(str(analysis.trace.path))
@@ -211,4 +211,4 @@ def write_annotated_trace(analysis: Analysis, out_path: str | os.PathLike[str], 
         raise OutputExistsError("already exists", path=str(out),
                                 hint="Choose another name or pass --force to overwrite it")
     data = annotated_trace_bytes(analysis, gzip_output=out.name.endswith(".gz"))
-    return write_output(out, data, force=force)
+    return write_new_file(out, data, force=force)

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from ckprof.errors import CkprofError
 from ckprof.markers import PHASE_COLORS, PHASES
+from ckprof.output import format_bytes
 
 if TYPE_CHECKING:  # pragma: no cover
     from matplotlib.figure import Figure
@@ -47,9 +48,7 @@ PHASE_HELP: dict[str, str] = {
 
 # --------------------------------------------------------------------------- formatting
 def _fmt_bytes(n: Any) -> str:
-    from ckprof.report.plots import format_bytes
-
-    return format_bytes(n)
+    return format_bytes(n, missing="&mdash;")
 
 
 def _is_missing(x: Any) -> bool:

@@ -35,6 +35,7 @@ import pandas as pd
 
 from ckprof.errors import CkprofError, NotCapturedError, OutputExistsError, TraceFormatError
 from ckprof.markers import PHASE_COLORS, PHASES
+from ckprof.output import format_bytes, write_new_file
 
 if TYPE_CHECKING:  # pragma: no cover
     from matplotlib.axes import Axes
@@ -54,7 +55,6 @@ __all__ = [
     "plot_recompute_regions",
     "plot_time_breakdown",
     "save_figure",
-    "write_output",
 ]
 
 #: ``ckprof plot --kind`` values
@@ -77,21 +77,6 @@ def _new_figure(width_in: float, height_in: float) -> Figure:
     fig = Figure(figsize=(width_in, height_in), layout="constrained")
     FigureCanvasAgg(fig)
     return fig
-
-
-def format_bytes(n: float) -> str:
-    """``1536 -> '1.5 KiB'`` (binary units, 3 significant digits)."""
-    if n is None or (isinstance(n, float) and math.isnan(n)):
-        return "n/a"
-    sign = "-" if n < 0 else ""
-    value = float(abs(n))
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if value < 1024.0 or unit == "TiB":
-            if unit == "B":
-                return f"{sign}{int(value)} B"
-            return f"{sign}{value:.3g} {unit}"
-        value /= 1024.0
-    return f"{sign}{value:.3g} TiB"  # pragma: no cover
 
 
 def _bytes_unit(max_bytes: float) -> tuple[str, float]:
@@ -646,36 +631,6 @@ def make_plot(analysis: Analysis, kind: str, **options: Any) -> Figure:
     raise CkprofError(f"unknown plot kind {kind!r}", hint=f"Use one of {', '.join(PLOT_KINDS)}")
 
 
-def write_output(path: str | os.PathLike[str], data: bytes, *, force: bool = False) -> Path:
-    """Write ``data`` to a NEW file at ``path`` (temp file + rename in the same
-    directory). Raises :class:`OutputExistsError` when ``path`` exists and
-    ``force`` is false -- ckprof never replaces a file unless asked."""
-    out = Path(path)
-    if out.exists() and not force:
-        raise OutputExistsError("already exists", path=str(out),
-                                hint="Choose another name or pass --force to overwrite it")
-    if not out.parent.exists():
-        raise CkprofError("output directory does not exist", path=str(out.parent), hint="Create it first")
-    tmp = out.with_name(f".{out.name}.ckprof-tmp-{os.getpid()}")
-    try:
-        tmp.write_bytes(data)
-        if force:
-            os.replace(tmp, out)
-        else:
-            try:
-                os.link(tmp, out)  # fails if the file appeared meanwhile: no silent overwrite
-            except FileExistsError as err:
-                raise OutputExistsError("already exists", path=str(out),
-                                        hint="Choose another name or pass --force to overwrite it") from err
-    except OSError as err:
-        raise CkprofError(f"cannot write: {err.strerror or err}", path=str(out),
-                          hint="Check the directory is writable and has space") from err
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return out
-
-
 def figure_bytes(fig: Figure, fmt: str = "png", *, dpi: int = 120) -> bytes:
     """The figure rendered as ``png``, ``svg`` or ``pdf`` bytes."""
     import io
@@ -700,4 +655,4 @@ def save_figure(fig: Figure, path: str | os.PathLike[str], *, force: bool = Fals
     if out.exists() and not force:
         raise OutputExistsError("already exists", path=str(out),
                                 hint="Choose another name or pass --force to overwrite it")
-    return write_output(out, figure_bytes(fig, fmt, dpi=dpi), force=force)
+    return write_new_file(out, figure_bytes(fig, fmt, dpi=dpi), force=force)

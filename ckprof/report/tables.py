@@ -15,6 +15,7 @@ import math
 from typing import TYPE_CHECKING
 
 from ckprof.markers import PHASES
+from ckprof.output import format_bytes
 
 if TYPE_CHECKING:
     from ckprof.analysis import Analysis
@@ -35,20 +36,6 @@ def render(analysis: Analysis, fmt: str = "table") -> str:
     if fmt == "markdown":
         return render_markdown(analysis)
     raise ValueError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
-
-
-def format_bytes(n: float | int | None) -> str:
-    """Binary units, 1 decimal: 1536 -> '1.5 KiB'."""
-    if n is None or (isinstance(n, float) and math.isnan(n)):
-        return "—"
-    value = float(n)
-    sign = "-" if value < 0 else ""
-    value = abs(value)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if value < 1024 or unit == "TiB":
-            return f"{sign}{value:.0f} {unit}" if unit == "B" else f"{sign}{value:.1f} {unit}"
-        value /= 1024
-    return f"{sign}{value:.1f} TiB"  # pragma: no cover
 
 
 def _ms(x: float | None) -> str:
