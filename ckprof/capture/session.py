@@ -391,6 +391,9 @@ class Capture:
             _ACTIVE.append(self)
         self._started = True
         self._markers.thread_id = threading.get_ident()
+        # Pick the NVTX backend now (importing nvtx takes milliseconds): done lazily, it
+        # would land inside the first marker of the first profiled step.
+        _nvtx.backend()
         if self.nsys and not torch.cuda.is_available():
             self._warn(
                 "nsys=True needs CUDA (torch.cuda.profiler.start); this process has no "
