@@ -36,7 +36,7 @@ from __future__ import annotations
 import gc
 import mmap
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from operator import attrgetter
 from typing import Any, Union
 
@@ -293,6 +293,8 @@ class _Window:
             self.eof = False
         self.pos = 0  # first unread byte
         self.released = 0  # mmap bytes before this were handed back to the kernel
+        #: called with the number of bytes each piece consumed (progress reporting)
+        self.on_consumed: Callable[[int], None] | None = None
 
     def fill(self, want: int) -> None:
         """Make at least ``want`` unread bytes available (or reach EOF)."""
@@ -310,7 +312,9 @@ class _Window:
                 self.buf += nxt
                 self.end += len(nxt)
 
-    def consumed(self, upto: int) -> None:
+    def consumed(self, upto: int, *, report: bool = True) -> None:
+        if report and self.on_consumed is not None and upto > self.pos:
+            self.on_consumed(upto - self.pos)
         self.pos = upto
         if self.mm is not None:  # give read pages back: keeps RSS at one chunk
             page = mmap.PAGESIZE
@@ -459,29 +463,39 @@ def _run_parallel(win: _Window, path: str, pattern: bytes, chunk_bytes: int, wor
     ctx = multiprocessing.get_context("fork")
     with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
         futures = [pool.submit(_decode_range, path, a, b) for a, b in ranges]
+        sizes = {id(f): b - a for f, (a, b) in zip(futures, ranges, strict=True)}
+
+        def piece_bytes(fut: Any) -> int:
+            return sizes[id(fut)]
+
         try:
             for fut in futures:
                 piece = fut.result()
                 if isinstance(piece, str):
                     raise Odd(piece)
                 _merge_piece(cols, piece)
+                if win.on_consumed is not None:
+                    win.on_consumed(piece_bytes(fut))
         except BaseException:
             for fut in futures:
                 fut.cancel()
             raise
-    win.consumed(ranges[-1][1])
+    win.consumed(ranges[-1][1], report=False)
 
 
 def read_fast(blocks: Iterator[bytes] | None, *, chunk_bytes: int,
               mm: mmap.mmap | None = None, path: str | None = None,
-              workers: int = 1) -> tuple[Columns, dict[str, Any], str]:
+              workers: int = 1,
+              on_consumed: Callable[[int], None] | None = None) -> tuple[Columns, dict[str, Any], str]:
     """Decode a Kineto/Chrome trace from byte blocks (or a private mmap of ``path``,
-    optionally with ``workers`` processes, see NOTE [ Parallel pieces ]). Raises Odd."""
+    optionally with ``workers`` processes, see NOTE [ Parallel pieces ]). Raises Odd.
+    ``on_consumed(n)`` is told the (uncompressed) bytes of every piece decoded."""
     was_enabled = gc.isenabled()
     gc.disable()
     try:
-        return _read_fast(_Window(blocks, mm), chunk_bytes, path if mm is not None else None,
-                          workers)
+        win = _Window(blocks, mm)
+        win.on_consumed = on_consumed
+        return _read_fast(win, chunk_bytes, path if mm is not None else None, workers)
     except (BufferError, ValueError, TypeError, OverflowError, IndexError, KeyError,
             OSError, RuntimeError) as err:
         # anything unexpected in odd input (or a worker that died): the careful reader

@@ -54,6 +54,7 @@ from ckprof.errors import (
     TraceTooLargeError,
     TraceTruncatedError,
 )
+from ckprof.progress import Progress
 from ckprof.trace import _source
 from ckprof.trace._build import Columns, build_trace, is_legacy
 from ckprof.trace._careful import read_careful
@@ -66,6 +67,8 @@ __all__ = ["find_trace_files", "is_trace_path", "load_trace"]
 CHUNK_BYTES = 24 * 1024 * 1024
 #: plain files at least this big are decoded by worker processes (NOTE [ Parallel pieces ])
 PARALLEL_MIN_BYTES = 256 * 1024 * 1024
+#: files at least this big (uncompressed) show a progress bar on a terminal
+PROGRESS_MIN_BYTES = 64 * 1024 * 1024
 
 # NOTE [ Memory guard ]
 # Measured peak RSS above the interpreter with pandas loaded: the fast reader needs
@@ -172,20 +175,30 @@ def _release_free_memory() -> None:
 
 
 def _read_fast_file(reader: _source.BlockReader) -> tuple[Columns, dict, str]:
-    if reader.compressed:
-        return read_fast(reader.blocks(), chunk_bytes=CHUNK_BYTES)
-    with open(reader.path, "rb") as f:
+    total = reader.file_bytes if not reader.compressed else reader.estimated_size_bytes()
+    # a bar on stderr for long loads, only when stderr is a terminal (ckprof.progress)
+    with Progress(total, unit="MB", scale=1e6, label=f"reading {reader.path.name}",
+                  enabled=None if total >= PROGRESS_MIN_BYTES else False) as bar:
+
+        def consumed(n: int) -> None:
+            if bar.done + n > bar.total:  # gzip sizes are estimates
+                bar.total = bar.done + n
+            bar.update(n)
+
+        if reader.compressed:
+            return read_fast(reader.blocks(), chunk_bytes=CHUNK_BYTES, on_consumed=consumed)
+        with open(reader.path, "rb") as f:
+            try:
+                mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)
+            except (OSError, ValueError):  # not mappable (a pipe, a special file): stream it
+                return read_fast(reader.blocks(), chunk_bytes=CHUNK_BYTES, on_consumed=consumed)
         try:
-            mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)
-        except (OSError, ValueError):  # not mappable (a pipe, a special file): stream it
-            return read_fast(reader.blocks(), chunk_bytes=CHUNK_BYTES)
-    try:
-        workers = _workers() if reader.file_bytes >= PARALLEL_MIN_BYTES else 1
-        return read_fast(None, chunk_bytes=CHUNK_BYTES, mm=mm, path=str(reader.path),
-                         workers=workers)
-    finally:
-        with contextlib.suppress(BufferError):  # a view still alive: GC unmaps it later
-            mm.close()
+            workers = _workers() if reader.file_bytes >= PARALLEL_MIN_BYTES else 1
+            return read_fast(None, chunk_bytes=CHUNK_BYTES, mm=mm, path=str(reader.path),
+                             workers=workers, on_consumed=consumed)
+        finally:
+            with contextlib.suppress(BufferError):  # a view still alive: GC unmaps it later
+                mm.close()
 
 
 def _workers() -> int:
