@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from support.notebooks import execute_notebook
 
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOK = REPO / "notebooks" / "hta_phases.ipynb"
@@ -20,15 +21,8 @@ def test_hta_notebook_runs_and_splits_kernels_by_phase() -> None:
     the shared traces present the GPU part shows kernel time for forward, backward and
     optimizer; the notebook leaves no files behind."""
     pytest.importorskip("hta.trace_analysis")
-    pytest.importorskip("torch")
-    nbformat = pytest.importorskip("nbformat")
-    nbclient = pytest.importorskip("nbclient")
-    nb = nbformat.read(NOTEBOOK, as_version=4)
     before = sorted(p.name for p in NOTEBOOK.parent.iterdir())
-    nbclient.NotebookClient(nb, timeout=180, kernel_name="python3",
-                            resources={"metadata": {"path": str(NOTEBOOK.parent)}}).execute()
-    outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])]
-    assert not [o for o in outputs if o.get("output_type") == "error"]
+    nb, outputs = execute_notebook(NOTEBOOK, NOTEBOOK.parent, timeout_s=180)
     phase_counts = nb.cells[-3].outputs[-1]["data"]["text/plain"]
     for phase in ("forward", "backward", "recompute", "optimizer"):
         assert phase in phase_counts

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from support.notebooks import execute_notebook, html_outputs, stream_text
 
 NOTEBOOK_DIR = Path(__file__).resolve().parents[1] / "notebooks"
 #: every notebook in the repository (all must be stored without outputs)
@@ -36,19 +37,11 @@ def test_explore_notebook_runs_top_to_bottom(tmp_path: Path):
     """GIVEN the notebook WHEN executed by nbclient (kernel python3, cwd a temp dir)
     THEN every cell runs without error, the Analysis objects display as ckprof's HTML
     summary and every figure cell produces a PNG."""
-    pytest.importorskip("torch")
-    nbformat = pytest.importorskip("nbformat")
-    nbclient = pytest.importorskip("nbclient")
-    nb = nbformat.read(EXPLORE, as_version=4)
-    client = nbclient.NotebookClient(nb, timeout=120, kernel_name="python3",
-                                     resources={"metadata": {"path": str(tmp_path)}})
-    client.execute()
-    outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])]
-    assert not [o for o in outputs if o.get("output_type") == "error"]
-    html = [o["data"]["text/html"] for o in outputs if "text/html" in o.get("data", {})]
+    nb, outputs = execute_notebook(EXPLORE, tmp_path, timeout_s=120)
+    html = html_outputs(outputs)
     assert sum("ckprof-summary" in h for h in html) == 2
     pngs = [o for o in outputs if "image/png" in o.get("data", {})]
     n_fig_cells = sum(1 for c in nb.cells if c.cell_type == "code" and c.source.strip().endswith("fig"))
     assert len(pngs) >= n_fig_cells >= 4
-    text = "".join(o.get("text", "") for o in outputs if o.get("output_type") == "stream")
+    text = stream_text(outputs)
     assert "recompute overhead" in text and "peak memory" in text
