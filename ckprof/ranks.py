@@ -313,7 +313,7 @@ def _cross_rank(per_rank: pd.DataFrame) -> pd.DataFrame:
 def _list_files(directory: Path) -> list[Path]:
     from ckprof.trace.load import find_trace_files
 
-    return [Path(p) for p in find_trace_files(directory)]
+    return [Path(p) for p in find_trace_files(directory, include_nsys=True)]
 
 
 def default_workers(n_files: int) -> int:
@@ -351,7 +351,7 @@ def analyze_directory(
         raise CkprofError(f"unknown engine {engine!r}", hint=f"Choose one of {', '.join(ENGINES)}")
     files = _list_files(directory)
     if not files:
-        raise TraceNotFoundError("no trace files (*.json, *.json.gz) in this directory", path=str(directory),
+        raise TraceNotFoundError("no trace files (*.json, *.json.gz, nsys *.sqlite) in this directory", path=str(directory),
                                  hint="Point ckprof at the folder tensorboard_trace_handler wrote")
     n_workers = default_workers(len(files)) if workers is None else max(1, int(workers))
     # largest first: the longest task should not start last

@@ -65,7 +65,7 @@ def analyze(trace: Path, step: int | None, fmt: str, recompute_detection: str, s
     if trace.is_dir():
         from ckprof.trace.load import find_trace_files
 
-        files = find_trace_files(trace)
+        files = find_trace_files(trace, include_nsys=True)
         if len(files) == 1:
             trace = files[0]
         else:

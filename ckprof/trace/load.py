@@ -291,18 +291,28 @@ def is_trace_path(path: str | os.PathLike[str]) -> bool:
         return False
 
 
-def find_trace_files(directory: str | os.PathLike[str], *, recursive: bool = False) -> list[Path]:
+def find_trace_files(directory: str | os.PathLike[str], *, recursive: bool = False,
+                     include_nsys: bool = False) -> list[Path]:
     """Trace files in ``directory``, sorted by name.
 
     ``*.pt.trace.json[.gz]`` (tensorboard_trace_handler) and any other ``*.json[.gz]``
     whose first bytes look like a trace. HTA's ``*_with_counters.json[.gz]`` and ckprof
-    outputs (``*.ckprof.*``, or JSON without ``traceEvents``) are skipped.
+    outputs (``*.ckprof.*``, or JSON without ``traceEvents``) are skipped. With
+    ``include_nsys``, Nsight Systems sqlite exports (``*.sqlite``, sniffed) are listed
+    too -- ``ckprof.analysis.load`` reads both kinds; :func:`load_trace` only JSON.
     Raises TraceNotFoundError when ``directory`` is not a directory."""
     d = Path(directory)
     if not d.is_dir():
         raise TraceNotFoundError("not a directory", path=str(directory),
                                  hint="Pass the folder that holds the traces")
     files = d.rglob("*") if recursive else d.iterdir()
-    found = [f for f in files
-             if _is_candidate_name(f.name) and f.is_file() and _looks_like_trace(f)]
+    found = []
+    for f in files:
+        if _is_candidate_name(f.name) and f.is_file() and _looks_like_trace(f):
+            found.append(f)
+        elif include_nsys and f.name.endswith(".sqlite") and f.is_file():
+            from ckprof.nsys import is_nsys_sqlite
+
+            if is_nsys_sqlite(f):
+                found.append(f)
     return sorted(found)
