@@ -49,6 +49,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import gzip as _gzip
+import inspect
 import json
 import os
 import shutil
@@ -751,98 +752,47 @@ def _place_without_overwrite(tmp: Path, out_dir: Path, stem: str, ext: str) -> P
     raise OSError(f"no free file name for {stem}{ext} in {out_dir}")
 
 
-def capture(
-    out_dir: str | os.PathLike[str] = "ckprof_traces",
-    *,
-    wait: int = 1,
-    warmup: int = 1,
-    active: int = 3,
-    repeat: int = 1,
-    skip_first: int = 0,
-    with_stack: bool = False,
-    gzip: bool = True,
-    nsys: bool = False,
-    markers: bool = True,
-    record_shapes: bool = True,
-) -> Capture:
+def capture(out_dir: str | os.PathLike[str] = "ckprof_traces", **options: Any) -> Capture:
     """Profile the steps of a training loop; call ``.step()`` after each step.
 
-    >>> with ckprof.capture(out_dir="traces/run1") as cap:      # doctest: +SKIP
-    ...     for batch in loader:
-    ...         train_step(batch)
-    ...         cap.step()
-    >>> cap.trace_paths                                          # doctest: +SKIP
+    Takes exactly :class:`Capture`'s options (``wait``, ``warmup``, ``active``,
+    ``repeat``, ``skip_first``, ``with_stack``, ``gzip``, ``nsys``, ``markers``,
+    ``record_shapes``)::
+
+        with ckprof.capture(out_dir="traces/run1") as cap:
+            for batch in loader:
+                train_step(batch)
+                cap.step()
+        cap.trace_paths
 
     ``nsys=True`` brackets the active steps with ``torch.cuda.profiler.start/stop``
     (for ``nsys profile --capture-range=cudaProfilerApi``), forces NVTX ranges there
     and leaves CUDA activity to Nsight (the torch trace keeps CPU ops and memory).
     """
-    return Capture(
-        out_dir,
-        wait=wait,
-        warmup=warmup,
-        active=active,
-        repeat=repeat,
-        skip_first=skip_first,
-        with_stack=with_stack,
-        gzip=gzip,
-        nsys=nsys,
-        markers=markers,
-        record_shapes=record_shapes,
-    )
+    return Capture(out_dir, **options)
 
 
-def profile_step(
-    out_dir: str | os.PathLike[str] = "ckprof_traces",
-    *,
-    wait: int = 1,
-    warmup: int = 1,
-    active: int = 3,
-    repeat: int = 1,
-    skip_first: int = 0,
-    with_stack: bool = False,
-    gzip: bool = True,
-    nsys: bool = False,
-    markers: bool = True,
-    record_shapes: bool = True,
-) -> Callable[[F], F]:
-    """Decorator: each call of the function is one step of a :func:`capture`.
+def profile_step(out_dir: str | os.PathLike[str] = "ckprof_traces", **options: Any) -> Callable[[F], F]:
+    """Decorator: each call of the function is one step of a :func:`capture` (same
+    options, checked now).
 
     The capture starts at the first call and stops by itself when the schedule is
     done; after that (and in wait steps) a call costs a couple of attribute checks.
-    The decorated function gets ``.ckprof_capture`` (the :class:`Capture`, or None
-    before the first call) and ``.trace_paths``. An exception in the function stops
-    the capture (completed windows stay saved) and propagates unchanged.
+    The decorated function gets ``.ckprof_capture`` (its :class:`Capture`) and
+    ``.trace_paths``. An exception in the function stops the capture (completed
+    windows stay saved) and propagates unchanged.
     """
-    options = {
-        "wait": wait,
-        "warmup": warmup,
-        "active": active,
-        "repeat": repeat,
-        "skip_first": skip_first,
-        "with_stack": with_stack,
-        "gzip": gzip,
-        "nsys": nsys,
-        "markers": markers,
-        "record_shapes": record_shapes,
-    }
-    _check_schedule(wait=wait, warmup=warmup, active=active, repeat=repeat, skip_first=skip_first)
+    Capture(out_dir, **options)  # bad options fail here, not at the first step (nothing starts)
 
     def decorate(fn: F) -> F:
-        cell: list[Capture] = []
+        cap = Capture(out_dir, **options)
         done = [False]
 
         @functools.wraps(fn)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
             if done[0]:
                 return fn(*args, **kwargs)
-            if not cell:
-                cap = Capture(out_dir, **options)
-                cell.append(cap)
-                wrapper.ckprof_capture = cap  # type: ignore[attr-defined]
-                wrapper.trace_paths = cap.trace_paths  # type: ignore[attr-defined]
-                cap.start()
-            cap = cell[0]
+            cap.start()  # no-op once started
             try:
                 result = fn(*args, **kwargs)
             except BaseException:
@@ -855,8 +805,14 @@ def profile_step(
                 cap.stop()
             return result
 
-        wrapper.ckprof_capture = None  # type: ignore[attr-defined]
-        wrapper.trace_paths = []  # type: ignore[attr-defined]
+        wrapper.ckprof_capture = cap  # type: ignore[attr-defined]
+        wrapper.trace_paths = cap.trace_paths  # type: ignore[attr-defined]
         return wrapper  # type: ignore[return-value]
 
     return decorate
+
+
+# help(ckprof.capture) / help(ckprof.profile_step) show every option of Capture
+capture.__signature__ = inspect.signature(Capture).replace(return_annotation="Capture")  # type: ignore[attr-defined]
+profile_step.__signature__ = inspect.signature(Capture).replace(  # type: ignore[attr-defined]
+    return_annotation="Callable[[F], F]")
