@@ -9,6 +9,7 @@ from collections import defaultdict
 
 import pytest
 from support.builders import TraceBuilder
+from support.reference import reference_segment_peaks
 
 from ckprof.memory import NO_MEMORY_REASON, peak_memory_by_phase
 from ckprof.phases import find_phases
@@ -155,21 +156,7 @@ def reference_peaks(raw: dict, segments: list[tuple]) -> dict[tuple, tuple[int, 
         over = min(end.get("freed_unseen_bytes", 0), max(0, lv[-1][1] - end["bytes"]))
         cut = min(zg_ends)
         levels[dev] = [(ts, lvl - over if ts >= cut else lvl) for ts, lvl in lv]
-    out: dict[tuple, tuple[int, int]] = {}
-    for step, phase, s, e in segments:
-        for dev, lv in levels.items():
-            cands = [(lvl, ts) for ts, lvl in lv if s <= ts < e]
-            before = [(lvl, ts) for ts, lvl in lv if ts < s]
-            if before:
-                cands.append(before[-1])
-            if not cands:
-                continue
-            best = max(lvl for lvl, _ in cands)
-            at = min(ts for lvl, ts in cands if lvl == best)
-            key = (step, phase, dev)
-            if key not in out or best > out[key][0] or (best == out[key][0] and at < out[key][1]):
-                out[key] = (best, at)
-    return out
+    return reference_segment_peaks(levels, segments)
 
 
 def test_peaks_match_plain_python_on_real_trace(captured_markers):

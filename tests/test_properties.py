@@ -19,6 +19,7 @@ import numpy as np
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from support.builders import EVAL_PREFIX, TraceBuilder
+from support.reference import reference_segment_peaks
 
 from ckprof.attribution import attribute_time
 from ckprof.memory import peak_memory_by_phase
@@ -190,21 +191,8 @@ def check_memory_peaks_equal_linear_scan(t, pt):
     levels = {}
     for r in m.timeline.itertuples():
         levels.setdefault(r.device, []).append((r.ts_ns, r.allocated_bytes))
-    want = {}
-    for st_, ph, _rg, s, e in pt.segments[["step", "phase", "region", "start_ns", "end_ns"]
-                                          ].itertuples(index=False, name=None):
-        for dev, lv in levels.items():
-            cands = [(v, ts) for ts, v in lv if s <= ts < e]
-            before = [(v, ts) for ts, v in lv if ts < s]
-            if before:
-                cands.append(before[-1])
-            if not cands:
-                continue
-            best = max(v for v, _ in cands)
-            at = min(ts for v, ts in cands if v == best)
-            k = (st_, ph, dev)
-            if k not in want or (best, -at) > (want[k][0], -want[k][1]):
-                want[k] = (best, at)
+    segs = pt.segments[["step", "phase", "start_ns", "end_ns"]].itertuples(index=False, name=None)
+    want = reference_segment_peaks(levels, segs)
     got = {(r.step, r.phase, r.device): (r.peak_bytes, r.at_ts_ns) for r in m.peaks.itertuples()}
     assert got == want
     # the CPU level includes the recorded baseline

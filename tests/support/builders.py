@@ -25,7 +25,8 @@ correlation), ``memory`` (``[memory]``, ``device="cpu"|"cuda:N"``), ``meta`` (to
 keys, e.g. ``ckprof={...}``), ``raw``. Outputs: ``events()``, ``to_json()``,
 ``write(path, gzip=False)``, ``to_trace()``.
 
-``to_trace()`` builds the Trace directly (categories mapped to kinds like the loader,
+``to_trace()`` builds the Trace directly (categories mapped to kinds by the loader's own
+``kind_of_category``,
 ``parent``/``depth`` by a simple per-thread stack). It is a reference implementation
 of the model contract for small inputs, not a fast loader; tests/test_phases.py checks
 that it equals ``load_trace`` of the written file.
@@ -52,28 +53,12 @@ from ckprof.markers import (
     RECOMPUTE_PREFIX,
     ZERO_GRAD,
 )
+from ckprof.trace._build import kind_of_category
 from ckprof.trace.model import EVENT_COLUMNS, MEMORY_COLUMNS, Trace
 
 __all__ = ["EVAL_PREFIX", "TraceBuilder", "trace_from_chrome"]
 
 EVAL_PREFIX = "autograd::engine::evaluate_function: "
-
-#: raw category -> normalised kind (legacy 2021 names included)
-CAT_TO_KIND: dict[str, str] = {
-    "cpu_op": "cpu_op",
-    "operator": "cpu_op",
-    "user_annotation": "user_annotation",
-    "python_function": "python_function",
-    "kernel": "kernel",
-    "gpu_memcpy": "gpu_memcpy",
-    "memcpy": "gpu_memcpy",
-    "gpu_memset": "gpu_memset",
-    "memset": "gpu_memset",
-    "cuda_runtime": "runtime",
-    "cuda_driver": "runtime",
-    "runtime": "runtime",
-    "gpu_user_annotation": "gpu_annotation",
-}
 
 _GPU_KINDS = {"kernel", "gpu_memcpy", "gpu_memset", "gpu_annotation"}
 
@@ -341,7 +326,7 @@ def trace_from_chrome(obj: Mapping[str, Any] | list[Any], *, path: str = "<memor
             continue
         cat = str(e.get("cat", ""))
         legacy = legacy or cat in ("Operator", "Kernel", "Runtime")
-        kind = CAT_TO_KIND.get(cat.lower(), "other")
+        kind = kind_of_category(cat)
         ext = args.get("External id", args.get("external id", -1))
         rows.append((
             str(e.get("name", "")), cat, kind,
