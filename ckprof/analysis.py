@@ -39,15 +39,17 @@ __all__ = ["Analysis", "analyze", "load", "load_any_trace"]
 RECOMPUTE_DETECTIONS = ("auto", "markers", "stack", "sequence", "none")
 
 
-def load_any_trace(path: str | os.PathLike[str], *, salvage: bool = False) -> Trace:
+def load_any_trace(path: str | os.PathLike[str], *, salvage: bool = False,
+                   load_workers: int | None = None) -> Trace:
     """Read a Chrome/Kineto JSON trace (plain or gzip) or an Nsight Systems sqlite
-    export into a :class:`Trace` (dispatch on the file's first bytes)."""
+    export into a :class:`Trace` (dispatch on the file's first bytes).
+    ``load_workers``: see :func:`ckprof.trace.load.load_trace` ``workers``."""
     from ckprof.nsys import is_nsys_sqlite, load_nsys
     from ckprof.trace.load import load_trace
 
     if is_nsys_sqlite(path):
         return load_nsys(path)
-    return load_trace(path, salvage=salvage)
+    return load_trace(path, salvage=salvage, workers=load_workers)
 
 
 def load(
@@ -55,9 +57,10 @@ def load(
     recompute_detection: str = "auto",
     step: int | None = None,
     salvage: bool = False,
+    load_workers: int | None = None,
 ) -> Analysis:
     """Read ``path`` and run every analysis stage on it."""
-    trace = load_any_trace(path, salvage=salvage)
+    trace = load_any_trace(path, salvage=salvage, load_workers=load_workers)
     return analyze(trace, recompute_detection=recompute_detection, step=step)
 
 

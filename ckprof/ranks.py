@@ -116,15 +116,11 @@ def analyze_rank_file(path: str, recompute_detection: str = "auto") -> RankResul
     one-line message, so that one damaged rank does not stop the others. Top-level (and
     therefore picklable) so process pools and Dask can ship it.
     """
-    import multiprocessing
-
-    if multiprocessing.parent_process() is not None:
-        # already one file per worker process: no nested loader processes
-        os.environ.setdefault("CKPROF_LOAD_WORKERS", "1")
     try:
         from ckprof.analysis import load
 
-        analysis = load(path, recompute_detection=recompute_detection)
+        # one file per worker process already: no nested loader processes
+        analysis = load(path, recompute_detection=recompute_detection, load_workers=1)
         totals = analysis.totals_table()
         mem = analysis.memory_table()
         rank, source = rank_from_metadata(analysis.trace.metadata, analysis.trace.ckprof)

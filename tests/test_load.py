@@ -474,6 +474,10 @@ def test_parallel_pieces_give_the_same_trace(captured, shared_or_none, monkeypat
         merged.clear()
         assert_same_trace(load_trace(f), expected)
         assert len(merged) >= 2, "the worker processes were not used"
+    # an explicit workers=1 (what ckprof analyze DIR passes) wins over the environment
+    merged.clear()
+    assert_same_trace(load_trace(files[0], workers=1), single[files[0]])
+    assert merged == [], "workers=1 must not start worker processes"
 
 
 @pytest.fixture

@@ -97,8 +97,12 @@ def _check_memory(path: str, size_bytes: int, factor: float, what: str) -> None:
                  "window in the schedule)")
 
 
-def load_trace(path: str | os.PathLike[str], *, salvage: bool = False) -> Trace:
-    """Load one Chrome/Kineto trace (see the module docstring for the contract)."""
+def load_trace(path: str | os.PathLike[str], *, salvage: bool = False,
+               workers: int | None = None) -> Trace:
+    """Load one Chrome/Kineto trace (see the module docstring for the contract).
+
+    ``workers``: processes decoding a big plain file (None: ``CKPROF_LOAD_WORKERS``, else
+    2 on machines with 2+ cores; see :func:`_workers`)."""
     p = Path(path)
     shown = str(path)
     if not p.exists():
@@ -117,7 +121,7 @@ def load_trace(path: str | os.PathLike[str], *, salvage: bool = False) -> Trace:
         p = found[0]
         shown = str(p)
     try:
-        return _load_file(p, shown, salvage)
+        return _load_file(p, shown, salvage, workers)
     except CkprofError:
         raise
     except MemoryError:
@@ -133,7 +137,7 @@ def load_trace(path: str | os.PathLike[str], *, salvage: bool = False) -> Trace:
         ) from None
 
 
-def _load_file(p: Path, shown: str, salvage: bool) -> Trace:
+def _load_file(p: Path, shown: str, salvage: bool, workers: int | None) -> Trace:
     reader = _source.BlockReader(p)
     if reader.file_bytes == 0:
         raise EmptyTraceError("the file is empty (0 bytes)", path=shown,
@@ -143,7 +147,7 @@ def _load_file(p: Path, shown: str, salvage: bool) -> Trace:
     notes: list[str] = []
     result: tuple[Columns, dict, str] | None
     try:
-        result = _read_fast_file(reader)
+        result = _read_fast_file(reader, workers)
     except Odd:  # anything unexpected: start over with the careful reader
         result = None
     if result is not None and reader.problem is None and result[0].n_events > 0:
@@ -174,7 +178,7 @@ def _release_free_memory() -> None:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
-def _read_fast_file(reader: _source.BlockReader) -> tuple[Columns, dict, str]:
+def _read_fast_file(reader: _source.BlockReader, workers: int | None) -> tuple[Columns, dict, str]:
     total = reader.file_bytes if not reader.compressed else reader.estimated_size_bytes()
     # a bar on stderr for long loads, only when stderr is a terminal (ckprof.progress)
     with Progress(total, unit="MB", scale=1e6, label=f"reading {reader.path.name}",
@@ -193,7 +197,10 @@ def _read_fast_file(reader: _source.BlockReader) -> tuple[Columns, dict, str]:
             except (OSError, ValueError):  # not mappable (a pipe, a special file): stream it
                 return read_fast(reader.blocks(), chunk_bytes=CHUNK_BYTES, on_consumed=consumed)
         try:
-            workers = _workers() if reader.file_bytes >= PARALLEL_MIN_BYTES else 1
+            if reader.file_bytes < PARALLEL_MIN_BYTES:
+                workers = 1
+            elif workers is None:
+                workers = _workers()
             return read_fast(None, chunk_bytes=CHUNK_BYTES, mm=mm, path=str(reader.path),
                              workers=workers, on_consumed=consumed)
         finally:
@@ -210,7 +217,7 @@ def _workers() -> int:
     process, 7.2 s with two (analyze end to end 11.9 s -> 9.2 s, 88 -> 114 MB/s; peak RSS
     0.69 -> 0.72x the file). When other jobs already use the cores, two workers can be
     slower (12.4 s vs 8.7 s measured under load): set CKPROF_LOAD_WORKERS=1 there.
-    ``ckprof analyze DIR`` runs one file per worker process and turns this off."""
+    ``ckprof analyze DIR`` runs one file per worker process and passes ``workers=1``."""
     if not sys.platform.startswith("linux"):
         return 1
     env = os.environ.get("CKPROF_LOAD_WORKERS", "").strip()
