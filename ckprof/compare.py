@@ -43,14 +43,13 @@ import io
 import json
 import math
 import os
-import sys as _sys
-import types as _types
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from ckprof._callable_module import make_module_callable
 from ckprof.markers import PHASES
 from ckprof.output import format_bytes as fmt_bytes
 from ckprof.trace.model import GPU_KINDS
@@ -477,15 +476,5 @@ def _render_csv(c: Comparison) -> str:
     return buf.getvalue()
 
 
-# NOTE [ Callable module ]
-# ``ckprof.compare`` is meant to be this module's function ``compare`` (resolved lazily by
-# ckprof/__init__.py). But importing the submodule ``ckprof.compare`` -- which other
-# modules and ``from ckprof.compare import ...`` do -- makes the import system set the
-# package attribute ``ckprof.compare`` to the MODULE, shadowing the lazy function. So
-# the module itself is made callable: ``ckprof.compare(...)`` works either way.
-class _CallableModule(_types.ModuleType):
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        return compare(*args, **kwargs)
-
-
-_sys.modules[__name__].__class__ = _CallableModule
+# ``ckprof.compare`` is both this module and its function: NOTE [ Callable module ].
+make_module_callable(__name__, "compare")

@@ -54,9 +54,7 @@ import math
 import os
 import pickle
 import re
-import sys as _sys
 import tempfile
-import types as _types
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import import_module
@@ -66,6 +64,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from ckprof._callable_module import make_module_callable
 from ckprof.compare import fmt_bytes, markdown_table, text_table
 from ckprof.errors import CaptureError, CkprofError
 
@@ -768,15 +767,5 @@ def _run_in_process(spec: Mapping[str, Any]) -> dict[str, Any]:
             ) from err
 
 
-# NOTE [ Callable module ]
-# ``ckprof.sweep`` is meant to be this module's function ``sweep`` (resolved lazily by
-# ckprof/__init__.py). But importing the submodule ``ckprof.sweep`` -- which other
-# modules and ``from ckprof.sweep import ...`` do -- makes the import system set the
-# package attribute ``ckprof.sweep`` to the MODULE, shadowing the lazy function. So
-# the module itself is made callable: ``ckprof.sweep(...)`` works either way.
-class _CallableModule(_types.ModuleType):
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        return sweep(*args, **kwargs)
-
-
-_sys.modules[__name__].__class__ = _CallableModule
+# ``ckprof.sweep`` is both this module and its function: NOTE [ Callable module ].
+make_module_callable(__name__, "sweep")

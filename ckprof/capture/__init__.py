@@ -16,10 +16,7 @@ top-level key holds the capture metadata described in docs/ARCHITECTURE.md.
 
 from __future__ import annotations
 
-import sys as _sys
-import types as _types
-from typing import Any
-
+from ckprof._callable_module import make_module_callable
 from ckprof.capture.regions import checkpoint, instrument_checkpointing, region_name
 from ckprof.capture.session import Capture, CaptureWarning, capture, phase, profile_step
 
@@ -35,14 +32,5 @@ __all__ = [
 ]
 
 
-# NOTE [ ckprof.capture is both a package and a function ]
-# ``ckprof.capture(...)`` is the public context manager, but importing any submodule
-# (``ckprof.capture.session``) makes Python bind the *package* to the attribute
-# ``ckprof.capture``, shadowing the lazily resolved function. Making the package
-# module callable keeps ``ckprof.capture(out_dir=...)`` working in either case.
-class _CallableModule(_types.ModuleType):
-    def __call__(self, *args: Any, **kwargs: Any) -> Capture:
-        return capture(*args, **kwargs)
-
-
-_sys.modules[__name__].__class__ = _CallableModule
+# ``ckprof.capture`` is both this module and its function: NOTE [ Callable module ].
+make_module_callable(__name__, "capture")
