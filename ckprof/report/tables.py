@@ -66,19 +66,20 @@ def _table(headers: list[str], rows: list[list[str]], align: str) -> list[str]:
 
 
 def _headline(analysis: Analysis) -> list[str]:
-    d = analysis.to_dict()
-    n = len(d["steps_analyzed"])
-    mean = d["step_ms"] / n if n else 0.0
-    overhead = d["recompute_overhead_pct"]
+    from ckprof._version import __version__
+
+    steps = [int(x) for x in analysis.phases.steps["step"].tolist()]
+    n = len(steps)
+    mean = analysis.step_total_ns / 1e6 / n if n else 0.0
     parts = [
-        f"{n} step(s) analysed ({', '.join(str(s) for s in d['steps_analyzed'])})",
+        f"{n} step(s) analysed ({', '.join(str(s) for s in steps)})",
         f"{mean:,.3f} ms per step",
-        f"recompute overhead {_pct(overhead)}",
+        f"recompute overhead {_pct(analysis.time.recompute_overhead_pct)}",
     ]
     return [
-        f"ckprof {d['ckprof_version']} · {d['trace']}",
+        f"ckprof {__version__} · {analysis.trace.path}",
         " · ".join(parts),
-        f"recompute found by: {d['recompute_detection']}"
+        f"recompute found by: {analysis.recompute_detection}"
         + ("" if analysis.has_gpu else " · no GPU kernels in trace (GPU ms: —)"),
     ]
 
