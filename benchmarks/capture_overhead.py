@@ -34,7 +34,7 @@ import torch
 import torch.utils.checkpoint as tcp
 
 import ckprof
-from ckprof.demo_model import build_demo
+from ckprof.capture.demo import build_demo
 
 
 def _train_step(model: Any, opt: Any, batch: Any, loss_fn: Any) -> None:

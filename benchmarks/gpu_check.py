@@ -25,7 +25,7 @@ What is checked (each line prints PASS / FAIL / SKIP with the numbers behind it)
                 no-ops, so only nsys can show they are *recorded*; see 6).
 6. nsys         (when ``nsys`` is on PATH) the same training under ``nsys profile`` with
                 ckprof.capture(nsys=True), exported with ``nsys export --type sqlite`` and
-                read by ckprof.nsys.load_nsys: same regions, same recompute count, non-zero
+                read by ckprof.trace.nsys.load_nsys: same regions, same recompute count, non-zero
                 recompute GPU time per region, and a recompute share of GPU time within
                 2x of the Chrome trace's (CUDA memory events are counted, not required:
                 a warmed-up caching allocator may not cudaMalloc inside the range).
@@ -223,8 +223,8 @@ def check_memory(ctx: Context) -> str:
 
 def check_recompute(ctx: Context) -> str:
     a = _analysis(ctx)
-    if a.phases.recompute_detection != "markers":
-        raise AssertionError(f"recompute found by {a.phases.recompute_detection!r}, not markers")
+    if a.phases.recompute_found_by != "markers":
+        raise AssertionError(f"recompute found by {a.phases.recompute_found_by!r}, not markers")
     regions = a.regions_table()
     ctx.state["regions"] = regions
     if len(regions) != BLOCKS:
@@ -246,7 +246,7 @@ def check_recompute(ctx: Context) -> str:
 
 def check_nvtx(ctx: Context) -> str:
     from ckprof.capture import nvtx as ck_nvtx
-    from ckprof.markers import BACKWARD, FORWARD, OPTIMIZER, RECOMPUTE_PREFIX
+    from ckprof.trace.markers import BACKWARD, FORWARD, OPTIMIZER, RECOMPUTE_PREFIX
 
     backend = ck_nvtx.backend()
     if backend not in ("nvtx", "torch"):
@@ -299,7 +299,7 @@ def check_nsys(ctx: Context, script: Path, no_nsys: bool) -> str:
         raise Skip("nsys not on PATH")
     chrome = _analysis(ctx)
     from ckprof.cli.nsys_command import build_nsys_command
-    from ckprof.nsys import load_nsys
+    from ckprof.trace.nsys import load_nsys
 
     rep = ctx.out / "nsys_run"
     argv = build_nsys_command(
@@ -327,8 +327,8 @@ def check_nsys(ctx: Context, script: Path, no_nsys: bool) -> str:
 
     a = analyze(trace)
     problems = []
-    if a.phases.recompute_detection != "markers":
-        problems.append(f"recompute found by {a.phases.recompute_detection!r}")
+    if a.phases.recompute_found_by != "markers":
+        problems.append(f"recompute found by {a.phases.recompute_found_by!r}")
     got = a.regions_table().set_index("region")
     want = chrome.regions_table().set_index("region")
     if set(got.index) != set(want.index):

@@ -38,8 +38,8 @@ __all__ = [
 _LAZY: dict[str, str] = {
     "load": "ckprof.analysis",
     "Analysis": "ckprof.analysis",
-    "compare": "ckprof.compare",
-    "sweep": "ckprof.sweep",
+    "compare": "ckprof.strategy.compare",
+    "sweep": "ckprof.strategy.runner",
     "capture": "ckprof.capture",
     "profile_step": "ckprof.capture",
     "phase": "ckprof.capture",

@@ -10,7 +10,7 @@ Exit codes (documented in the README, never renumbered):
 code  class                      meaning
 ====  =========================  ==================================================
 1     CkprofError                anything else ckprof refused to do
-2     (click)                    bad command line usage
+2     UsageError (and click)     bad command line usage / bad argument value
 3     TraceNotFoundError         path does not exist / directory holds no trace
 4     TraceFormatError           not JSON, damaged gzip, not a trace, wrong fields
 5     TraceTruncatedError        JSON ends early (process killed while writing)
@@ -36,6 +36,7 @@ __all__ = [
     "TraceNotFoundError",
     "TraceTooLargeError",
     "TraceTruncatedError",
+    "UsageError",
 ]
 
 
@@ -52,6 +53,14 @@ class CkprofError(Exception):
         if hint:
             text = f"{text.rstrip('.')}. {hint}"
         super().__init__(text)
+
+
+class UsageError(CkprofError, ValueError):
+    """A bad argument value (an unknown format or detection method, a nonsense worker
+    count): the same error from the Python API and the command line. Also a
+    ``ValueError``, so callers that caught the old ``ValueError`` keep working."""
+
+    exit_code = 2
 
 
 class TraceNotFoundError(CkprofError):

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from support.builders import TraceBuilder
 
-from ckprof.attribution import attribute_time
-from ckprof.markers import PHASES
-from ckprof.phases import find_phases
+from ckprof.analysis.attribution import attribute_time
+from ckprof.analysis.phases import find_phases
+from ckprof.trace.markers import PHASES
 
 US = 1000
 

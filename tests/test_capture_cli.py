@@ -77,7 +77,7 @@ def test_run_demo_writes_a_marked_trace(tmp_path: Path) -> None:
     pytest.importorskip("torch")
     from support.capture import annotation_counts, one_torch_thread, read_trace
 
-    from ckprof.demo_model import run_demo
+    from ckprof.capture.demo import run_demo
 
     with one_torch_thread():
         path = run_demo(tmp_path, steps=1)
@@ -96,7 +96,7 @@ def test_build_demo_is_seeded_and_sweep_compatible() -> None:
     WHEN built twice with the same seed THEN parameters and batches are equal; the
     model returns logits, or the loss when given targets, equal to loss_fn's."""
     torch = pytest.importorskip("torch")
-    from ckprof.demo_model import build_demo, make_demo
+    from ckprof.capture.demo import build_demo, make_demo
 
     (m1, b1, loss_fn), (m2, b2, _) = build_demo(depth=2, dim=32), build_demo(depth=2, dim=32)
     assert all(torch.equal(a, b) for a, b in zip(m1.parameters(), m2.parameters(), strict=True))

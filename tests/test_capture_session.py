@@ -23,10 +23,11 @@ from support.capture import (  # noqa: E402
 )
 
 import ckprof  # noqa: E402
+from ckprof.capture import hooks, session  # noqa: E402
 from ckprof.capture import nvtx as ck_nvtx  # noqa: E402
-from ckprof.capture import session  # noqa: E402
 from ckprof.capture.metadata import cpu_storages  # noqa: E402
 from ckprof.errors import CaptureError  # noqa: E402
+from ckprof.report.output import link_to_free_name  # noqa: E402
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -177,13 +178,13 @@ def test_truncated_export_is_rejected(tmp_path: Path, model_opt_x: Any,
     assert os.listdir(tmp_path) == []
 
 
-def test_place_without_overwrite(tmp_path: Path) -> None:
+def test_link_to_free_name(tmp_path: Path) -> None:
     """GIVEN a temporary file and a taken final name
     WHEN it is placed THEN it takes stem-1, the taken file and content stay, tmp is gone."""
     (tmp_path / "a.json").write_text("old")
     tmp = tmp_path / ".tmp"
     tmp.write_text("new")
-    placed = session._place_without_overwrite(tmp, tmp_path, "a", ".json")
+    placed = link_to_free_name(tmp, tmp_path, "a", ".json")
     tmp.unlink()  # the caller removes its temporary; the link keeps the content
     assert placed.name == "a-1.json" and placed.read_text() == "new"
     assert (tmp_path / "a.json").read_text() == "old"
@@ -217,7 +218,7 @@ def test_exception_in_step_propagates_and_completed_window_is_saved(tmp_path: Pa
     assert os.listdir(tmp_path) == [cap.trace_paths[0].name]
     assert not torch._C._autograd._profiler_enabled()
     assert torch.autograd.backward is original_backward
-    assert not session._ACTIVE
+    assert not hooks.LIVE
     with ckprof.capture(tmp_path, wait=0, warmup=0, active=1) as again:
         train_step(*model_opt_x)
         again.step()

@@ -1,4 +1,4 @@
-"""ckprof.compare: two runs side by side (synthetic traces; no torch needed)."""
+"""ckprof.strategy.compare: two runs side by side (synthetic traces; no torch needed)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 from support.builders import TraceBuilder
 
-from ckprof.compare import (
+from ckprof.strategy.compare import (
     compare,
     compare_memory,
     compare_ops,
@@ -200,10 +200,10 @@ def test_compare_real_gpu_trace_with_itself(shared_traces):
 
 
 def test_ckprof_compare_is_callable_after_submodule_import(two_runs):
-    """GIVEN `import ckprof.compare` (which binds the module on the package) WHEN
+    """GIVEN `import ckprof.strategy.compare` (which binds the module on the package) WHEN
     `ckprof.compare(a, b)` is called THEN it still compares (see NOTE [ Callable module ])."""
     import ckprof
-    import ckprof.compare
+    import ckprof.strategy.compare
 
     c = ckprof.compare(*two_runs)
     assert c.phases.iloc[0]["phase"] == "step"

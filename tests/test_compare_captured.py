@@ -11,7 +11,7 @@ from click.testing import CliRunner
 from support.builders import TraceBuilder
 
 from ckprof.cli.main import cli
-from ckprof.compare import compare
+from ckprof.strategy.compare import compare
 
 
 @pytest.fixture(scope="module")
@@ -20,7 +20,7 @@ def captured(tmp_path_factory):
     torch = pytest.importorskip("torch")
     from test_sweep_run import make_batch, make_model
 
-    from ckprof.sweep import run_policy
+    from ckprof.strategy.runner import run_policy
 
     out = tmp_path_factory.mktemp("cmp")
     before = torch.get_num_threads()

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from ckprof.attribution import attribute_time
-from ckprof.memory import peak_memory_by_phase
-from ckprof.phases import find_phases
+from ckprof.analysis.attribution import attribute_time
+from ckprof.analysis.memory import peak_memory_by_phase
+from ckprof.analysis.phases import find_phases
 from ckprof.trace.load import load_trace
 
 pytestmark = pytest.mark.shared_traces
@@ -86,7 +86,7 @@ def test_real_trace_phases_and_exact_gpu_sums(shared_traces, name):
     a = attribute_time(t, ph)
     a.self_check()
     assert a.has_gpu is want_gpu
-    assert ph.recompute_detection == "none"
+    assert ph.recompute_found_by == "none"
     wall = a.by_step.pivot(index="step", columns="phase", values="wall_ns")
     full = wall.sum(axis=1) >= 0.5 * wall.sum(axis=1).max()      # skip a cut-off last step
     assert full.sum() >= 1

@@ -1,4 +1,4 @@
-"""ckprof.hta: ckprof's phase labels inside Holistic Trace Analysis.
+"""ckprof.integrations.hta: ckprof's phase labels inside Holistic Trace Analysis.
 
 Real GPU traces come from ../shared/traces (skipped when absent) and are always
 copied into a temporary directory first: HTA reads every trace in a folder and can
@@ -23,9 +23,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ckprof import hta as ckhta
 from ckprof.errors import CkprofError, NotCapturedError, OptionalDependencyError
-from ckprof.markers import PHASES
+from ckprof.integrations import hta as ckhta
+from ckprof.trace.markers import PHASES
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "traces"
 V100 = "v100_cnn_train_rank0.pt.trace.json.gz"
@@ -85,7 +85,7 @@ def ddp_labels(tmp_path_factory: pytest.TempPathFactory) -> ckhta.HtaLabels:
 
 def test_missing_hta_raises_optional_dependency_error(monkeypatch: pytest.MonkeyPatch) -> None:
     """GIVEN HTA cannot be imported
-    WHEN ckprof.hta needs it
+    WHEN ckprof.integrations.hta needs it
     THEN OptionalDependencyError (exit code 11) says how to install the extra."""
     for mod in [m for m in sys.modules if m == "hta" or m.startswith("hta.")]:
         monkeypatch.delitem(sys.modules, mod)
@@ -99,7 +99,7 @@ def test_missing_hta_raises_optional_dependency_error(monkeypatch: pytest.Monkey
 
 def test_missing_undeclared_hta_dependency_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
     """GIVEN HTA is installed but psutil (which HTA 0.5.0 imports without declaring it) is not
-    WHEN ckprof.hta imports HTA
+    WHEN ckprof.integrations.hta imports HTA
     THEN the error names the missing module instead of a bare traceback."""
     _need_hta()
     for mod in [m for m in sys.modules if m == "hta" or m.startswith("hta.")]:
@@ -496,15 +496,18 @@ HTA analyses split by ckprof phase: runs/job42
 
 GPU kernel time by phase (HTA kernels, us)
   rank  phase      kernels  kernel_time_us   pct
+  ----  ---------  -------  --------------  ----
      0  forward          3           300.0  75.0
      0  recompute        1           100.0  25.0
 
 HTA kernel-type breakdown by phase (us)
   rank  phase    kernel_type  time_us    pct
+  ----  -------  -----------  -------  -----
      0  forward  COMPUTATION    300.0  100.0
 
 HTA top kernels by phase (us)
   rank  phase    kernel_type  name  count  sum_us  mean_us  max_us  min_us  std_us
+  ----  -------  -----------  ----  -----  ------  -------  ------  ------  ------
      0  forward  COMPUTATION  gemm      3   300.0    100.0   120.0    80.0       —
 
 HTA GPU idle time by phase (us; a gap counts for the kernel after it)
@@ -555,7 +558,7 @@ def test_cli_with_hta_prints_phase_tables(tmp_path: Path) -> None:
     result = CliRunner().invoke(cli, ["analyze", "--with-hta", str(tmp_path)])
     assert result.exit_code == 0, result.output
     block = result.output.split("GPU kernel time by phase (HTA kernels, us)\n", 1)[1].split("\n\n", 1)[0]
-    assert [line.split()[1] for line in block.splitlines()[1:]] == ["forward", "backward", "optimizer"]
+    assert [line.split()[1] for line in block.splitlines()[2:]] == ["forward", "backward", "optimizer"]
 
 
 def test_cli_with_hta_without_hta_installed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 from test_plots import build_checkpointed
 
-from ckprof.markers import PHASES
 from ckprof.report import html as ckhtml
 from ckprof.report.plots import format_bytes
+from ckprof.trace.markers import PHASES
 
 
 class _Page(HTMLParser):

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from test_plots import build_checkpointed
 
-from ckprof.markers import PHASES
+from ckprof.trace.markers import PHASES
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 

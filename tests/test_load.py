@@ -18,9 +18,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ckprof.errors import CkprofError, TraceNotFoundError
-from ckprof.trace import _build, _fast, _source
+from ckprof.trace import _build
 from ckprof.trace import load as load_mod
-from ckprof.trace._careful import read_careful
+from ckprof.trace.kineto import fast as _fast
+from ckprof.trace.kineto import source as _source
+from ckprof.trace.kineto.careful import read_careful
 from ckprof.trace.load import find_trace_files, is_trace_path, load_trace
 from ckprof.trace.model import KINDS
 

@@ -11,8 +11,8 @@ import pytest
 from support.builders import TraceBuilder
 from support.reference import reference_segment_peaks
 
-from ckprof.memory import NO_MEMORY_REASON, peak_memory_by_phase
-from ckprof.phases import find_phases
+from ckprof.analysis.memory import NO_MEMORY_REASON, peak_memory_by_phase
+from ckprof.analysis.phases import find_phases
 
 US = 1000
 
@@ -182,7 +182,7 @@ def test_peaks_match_plain_python_on_real_trace(captured_markers):
 def test_stages_do_not_mutate_their_inputs():
     """GIVEN a trace with GPU events and memory WHEN time and memory are attributed
     THEN the trace's frames and the PhaseTable's frames are unchanged (pure stages)."""
-    from ckprof.attribution import attribute_time
+    from ckprof.analysis.attribution import attribute_time
 
     b = one_step(TraceBuilder()).launch(ts=120, kernel="k", kernel_ts=500, kernel_dur=9)
     b.memory(105, bytes=100, total_allocated=100).memory(465, bytes=5, total_allocated=105)

@@ -1,4 +1,4 @@
-"""NOTE [ Unseen CPU frees ] in ckprof/memory.py: blocks allocated before the window
+"""NOTE [ Unseen CPU frees ] in ckprof/analysis/memory.py: blocks allocated before the window
 and freed in it (last step's grads, freed by zero_grad) are subtracted from the end
 of the first ``ckprof::zero_grad`` range."""
 

@@ -1,7 +1,7 @@
-"""ckprof.nsys: Nsight Systems sqlite exports -> Trace (no torch, no nsys needed).
+"""ckprof.trace.nsys: Nsight Systems sqlite exports -> Trace (no torch, no nsys needed).
 
 Files are written by tests/support/nsys_fixture.py, which follows the schema in the
-NOTE [ Nsight Systems sqlite schema ] of ckprof/nsys.py.
+NOTE [ Nsight Systems sqlite schema ] of ckprof/trace/nsys.py.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from support.nsys_fixture import (
 )
 
 from ckprof.errors import EmptyTraceError, TraceFormatError, TraceNotFoundError
-from ckprof.nsys import is_nsys_sqlite, load_nsys
+from ckprof.trace.nsys import is_nsys_sqlite, load_nsys
 
 PID, TID = 4242, 4250
 

@@ -24,8 +24,8 @@ import pytest
 from support.nsys_fixture import trace_to_nsys_sqlite
 
 from ckprof.analysis import analyze
-from ckprof.nsys import load_nsys
 from ckprof.trace.load import load_trace
+from ckprof.trace.nsys import load_nsys
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -43,7 +43,7 @@ def _synth_module():
 
 def assert_same_analysis(chrome, nsys) -> None:
     """Every table the user sees is identical (exact, not approximate)."""
-    assert nsys.phases.recompute_detection == chrome.phases.recompute_detection == "markers"
+    assert nsys.phases.recompute_found_by == chrome.phases.recompute_found_by == "markers"
     for table in ("totals_table", "steps_table", "regions_table"):
         pd.testing.assert_frame_equal(getattr(nsys, table)(), getattr(chrome, table)(),
                                       obj=table)
@@ -173,7 +173,7 @@ def _with_synthetic_gpu(obj: dict, delay_us: float = 40.0) -> dict:
 @pytest.fixture(scope="module")
 def captured_pair(tmp_path_factory: pytest.TempPathFactory):
     pytest.importorskip("torch")
-    capture = pytest.importorskip("support.capture")
+    from support import capture
     d = tmp_path_factory.mktemp("captured")
     path = Path(capture.capture_trace(d, "markers", steps=2))
     opener = __import__("gzip").open if path.suffix == ".gz" else open
@@ -194,7 +194,7 @@ def test_captured_cpu_run_with_kernels_same_recompute_attribution(captured_pair)
     recompute has GPU time."""
     chrome_trace, nsys_trace = captured_pair
     chrome, nsys = analyze(chrome_trace), analyze(nsys_trace)
-    assert nsys.phases.recompute_detection == chrome.phases.recompute_detection == "markers"
+    assert nsys.phases.recompute_found_by == chrome.phases.recompute_found_by == "markers"
     for table in ("totals_table", "steps_table", "regions_table"):
         pd.testing.assert_frame_equal(getattr(nsys, table)(), getattr(chrome, table)(),
                                       obj=table)
@@ -243,14 +243,14 @@ def test_emit_nvtx_run_same_sequence_recompute(tmp_path_factory: pytest.TempPath
     WHEN both are analysed with the `sequence` recompute detection
     THEN phases, recompute occurrences and per-phase wall time are identical."""
     pytest.importorskip("torch")
-    capture = pytest.importorskip("support.capture")
+    from support import capture
     d = tmp_path_factory.mktemp("emit_nvtx")
     chrome_trace = load_trace(capture.capture_trace(d, "plain", steps=1))
     nsys_trace = load_nsys(trace_to_nsys_sqlite(chrome_trace, d / "plain.sqlite",
                                                 emit_nvtx=True))
     chrome = analyze(chrome_trace, recompute_detection="sequence")
     nsys = analyze(nsys_trace, recompute_detection="sequence")
-    assert nsys.phases.recompute_detection == chrome.phases.recompute_detection == "sequence"
+    assert nsys.phases.recompute_found_by == chrome.phases.recompute_found_by == "sequence"
     assert len(chrome.phases.recompute) > 0
     pd.testing.assert_frame_equal(nsys.phases.recompute, chrome.phases.recompute)
     pd.testing.assert_frame_equal(nsys.phases.segments, chrome.phases.segments)

@@ -9,8 +9,8 @@ import pandas as pd
 import pytest
 from support.builders import EVAL_PREFIX, TraceBuilder
 
+from ckprof.analysis.phases import find_phases
 from ckprof.errors import CkprofError, EmptyTraceError, NotCapturedError
-from ckprof.phases import find_phases
 
 US = 1000
 
@@ -54,7 +54,7 @@ def test_plain_rules_split_each_step_exactly():
         ("backward", "", 400, 550), ("other", "", 550, 700), ("optimizer", "", 700, 900),
         ("other", "", 900, 1000)]
     assert_tiles(pt)
-    assert pt.recompute_detection == "none"
+    assert pt.recompute_found_by == "none"
 
 
 def test_no_profiler_step_gives_step_zero_over_cpu_events():
@@ -109,7 +109,7 @@ def test_markers_innermost_wins_and_recompute_is_carved_out():
     """GIVEN ckprof markers WHEN phases are found THEN marker ranges set the phases,
     recompute is cut out of backward, and gaps between markers are other."""
     pt = find_phases(marker_step(TraceBuilder(), 1, 0).to_trace())
-    assert pt.phase_source == "markers" and pt.recompute_detection == "markers"
+    assert pt.phase_source == "markers" and pt.recompute_found_by == "markers"
     assert seg_list(pt) == [
         ("other", "", 0, 5), ("optimizer", "", 5, 15), ("other", "", 15, 20),
         ("forward", "", 20, 320), ("other", "", 320, 350), ("backward", "", 350, 420),
@@ -200,7 +200,7 @@ def test_sequence_detects_nonreentrant_recompute_and_merges_per_node():
     b = TraceBuilder().step(1, 0, 1000).op("aten::linear", 10, 50, seq=1)
     nonreentrant_backward(b, 100, node_seq=5, seq0=20)
     pt = find_phases(b.to_trace(), recompute_detection="sequence")
-    assert pt.recompute_detection == "sequence"
+    assert pt.recompute_found_by == "sequence"
     assert pt.recompute[["region", "start_ns", "end_ns"]].to_dict("records") == [
         {"region": "recompute@AddmmBackward0", "start_ns": 110 * US, "end_ns": 260 * US}]
     assert ("recompute", "recompute@AddmmBackward0", 110, 260) in seg_list(pt)
@@ -244,7 +244,7 @@ def test_sequence_finds_nothing_in_plain_backward():
     """GIVEN a backward without recompute (formula ops carry no seq) WHEN auto runs
     THEN recompute_detection is none and the note says sequence was tried."""
     pt = find_phases(plain_step(TraceBuilder(), 1, 0).to_trace())
-    assert pt.recompute_detection == "none" and pt.recompute.empty
+    assert pt.recompute_found_by == "none" and pt.recompute.empty
     assert any("sequence" in n for n in pt.notes)
 
 
@@ -279,7 +279,7 @@ def test_stack_detection_names_regions_by_module():
              "recompute_fn", 510, 100)
     b.python("mymodel.py(10): body", 520, 50)
     pt = find_phases(b.to_trace())
-    assert pt.recompute_detection == "stack"
+    assert pt.recompute_found_by == "stack"
     assert pt.recompute[["region", "start_ns", "end_ns"]].to_dict("records") == [
         {"region": "Block_1", "start_ns": 110 * US, "end_ns": 260 * US},
         {"region": "recompute@MmBackward0", "start_ns": 510 * US, "end_ns": 610 * US}]
@@ -384,7 +384,7 @@ def test_stack_fills_reentrant_gaps_with_sequence():
     b.op("CheckpointFunctionBackward", 501, 298, seq=3)
     b.op("aten::linear", 510, 50, seq=30)
     pt = find_phases(b.to_trace())
-    assert pt.recompute_detection == "stack"
+    assert pt.recompute_found_by == "stack"
     assert pt.recompute[["region", "method"]].to_dict("records") == [
         {"region": "Block_1", "method": "stack"},
         {"region": "recompute@CheckpointFunctionBackward", "method": "sequence"}]

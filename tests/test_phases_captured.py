@@ -33,8 +33,8 @@ from support.capture import (  # noqa: E402
     capture_trace,
 )
 
-from ckprof.attribution import attribute_time  # noqa: E402
-from ckprof.phases import find_phases  # noqa: E402
+from ckprof.analysis.attribution import attribute_time  # noqa: E402
+from ckprof.analysis.phases import find_phases  # noqa: E402
 from ckprof.trace.load import load_trace  # noqa: E402
 
 
@@ -137,7 +137,7 @@ def test_sequence_agrees_with_markers(traces):
     t = traces["mixed"]
     mk = find_phases(t, "markers")
     sq = find_phases(t, "sequence")
-    assert mk.recompute_detection == "markers" and sq.recompute_detection == "sequence"
+    assert mk.recompute_found_by == "markers" and sq.recompute_found_by == "sequence"
     assert sorted(set(mk.recompute["region"])) == list(REGIONS)
     assert mk.recompute.groupby("step").size().tolist() == [3, 3]
     assert sq.recompute.groupby("step").size().tolist() == [3, 3]
@@ -168,8 +168,8 @@ def test_stack_agrees_with_markers(traces):
     t = traces["mixed"]
     mk = find_phases(t, "markers")
     st = find_phases(t, "stack")
-    assert find_phases(t).recompute_detection == "markers"      # auto prefers markers
-    assert st.recompute_detection == "stack"
+    assert find_phases(t).recompute_found_by == "markers"      # auto prefers markers
+    assert st.recompute_found_by == "stack"
     # reentrant block 1 has no recompute_fn frame: frames find blocks 0 and 2, the
     # sequence heuristic fills in block 1 (rows say so in ``method``)
     frames = st.recompute[st.recompute["method"] == "stack"]
@@ -187,7 +187,7 @@ def test_auto_without_markers_and_no_checkpointing(traces):
     """GIVEN a real plain trace of a model without checkpointing WHEN auto detection
     runs THEN no recompute is found, and forward/backward/optimizer all have time."""
     pt = find_phases(traces["plain_none"])
-    assert pt.recompute_detection == "none" and pt.recompute.empty
+    assert pt.recompute_found_by == "none" and pt.recompute.empty
     assert pt.phase_source == "rules"
     a = attribute_time(traces["plain_none"], pt)
     a.self_check()

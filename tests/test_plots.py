@@ -18,8 +18,8 @@ from hypothesis import strategies as st
 from support.builders import TraceBuilder
 
 from ckprof.errors import NotCapturedError, OutputExistsError
-from ckprof.markers import PHASE_COLORS, PHASES
 from ckprof.report import plots
+from ckprof.trace.markers import PHASE_COLORS, PHASES
 
 BASELINE_CPU = 1_000_000
 REGIONS = ("block0", "block1")

@@ -1,4 +1,4 @@
-"""ckprof.policies: which blocks get checkpointed, and applying that to a model without
+"""ckprof.strategy.policies: which blocks get checkpointed, and applying that to a model without
 changing its numerics or keeping it changed."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from ckprof.errors import CkprofError
-from ckprof.policies import (
+from ckprof.strategy.policies import (
     DEFAULT_SAVE_OPS,
     Policy,
     builtin_policies,
@@ -61,12 +61,12 @@ def test_parse_policy_selective_ops_and_module_function():
     normalised and the function's Policy is returned."""
     p = parse_policy("selective:aten::mm,aten.addmm,bmm")
     assert p.kind == "selective" and p.save_ops == ("mm", "addmm", "bmm")
-    assert parse_policy("ckprof.policies:Policy.full") == Policy.full()
+    assert parse_policy("ckprof.strategy.policies:Policy.full") == Policy.full()
     assert Policy.selective().save_ops == DEFAULT_SAVE_OPS
 
 
 @pytest.mark.parametrize("text", ["sometimes", "every_0", "selective:", "nosuchmodule_xyz:fn",
-                                  "ckprof.policies:DEFAULT_SAVE_OPS"])
+                                  "ckprof.strategy.policies:DEFAULT_SAVE_OPS"])
 def test_parse_policy_rejects(text):
     """GIVEN a bad policy name WHEN parsed THEN ValueError."""
     with pytest.raises(ValueError):
@@ -88,7 +88,7 @@ def test_builtin_and_resolve():
 torch = pytest.importorskip("torch")
 nn = torch.nn
 
-from ckprof.policies import apply_policy, find_blocks  # noqa: E402
+from ckprof.strategy.apply import apply_policy, find_blocks  # noqa: E402
 
 
 class Block(nn.Module):

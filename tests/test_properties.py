@@ -21,9 +21,9 @@ from hypothesis import strategies as st
 from support.builders import EVAL_PREFIX, TraceBuilder
 from support.reference import reference_segment_peaks
 
-from ckprof.attribution import attribute_time
-from ckprof.memory import peak_memory_by_phase
-from ckprof.phases import find_phases
+from ckprof.analysis.attribution import attribute_time
+from ckprof.analysis.memory import peak_memory_by_phase
+from ckprof.analysis.phases import find_phases
 
 SETTINGS = settings(max_examples=50, deadline=None,
                     suppress_health_check=[HealthCheck.too_slow])

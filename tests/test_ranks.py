@@ -1,4 +1,4 @@
-"""ckprof.ranks: a directory of per-rank traces, analysed in parallel and compared.
+"""ckprof.integrations.ranks: a directory of per-rank traces, analysed in parallel and compared.
 
 End-to-end cases use small synthetic rank traces from benchmarks/synth_trace.py (one
 rank made a straggler by ``slowdown``), plus damaged files that must be reported, not
@@ -24,9 +24,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ckprof.errors import CkprofError, TraceNotFoundError
-from ckprof.markers import PHASES
-from ckprof.progress import Progress, progress_enabled
-from ckprof.ranks import (
+from ckprof.integrations.ranks import (
     RankResult,
     analyze_directory,
     analyze_rank_file,
@@ -35,6 +33,8 @@ from ckprof.ranks import (
     render_rank_summary,
     summarize_ranks,
 )
+from ckprof.trace.markers import PHASES
+from ckprof.trace.progress import Progress, progress_enabled
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -55,8 +55,6 @@ SLOWDOWN = 1.6
 def rank_dir(tmp_path_factory):
     """GIVEN a directory with 4 rank traces (rank 2 runs 1.6x slower), one truncated
     trace, one with a damaged event in the middle, and a .json file that is no trace."""
-    pytest.importorskip("ckprof.trace.load")
-    pytest.importorskip("ckprof.analysis")
     synth = _generator()
     d = tmp_path_factory.mktemp("job")
     for r in range(4):
@@ -172,7 +170,7 @@ def test_a_dying_worker_loses_only_its_file(rank_dir, by_processes):
     """GIVEN a worker process that dies while analysing rank 2 (which breaks the whole
     process pool) WHEN the directory is analysed THEN only rank 2 is reported failed and
     every other rank matches the normal run."""
-    from ckprof.ranks import _run_processes
+    from ckprof.integrations.ranks import _run_processes
 
     class _Bar:
         def update(self, *a, **k):
@@ -197,8 +195,6 @@ def test_worker_result_is_small(rank_dir):
 def test_rank_from_name_then_index(tmp_path):
     """GIVEN traces that do not record their rank WHEN analysed THEN the rank comes from
     the file name (rankN), else from the file's position, with a note."""
-    pytest.importorskip("ckprof.trace.load")
-    pytest.importorskip("ckprof.analysis")
     synth = _generator()
     synth.write_trace(tmp_path / "worker_rank7.json", steps=1, layers=1, rank=7, write_rank_metadata=False)
     synth.write_trace(tmp_path / "anonymous.json", steps=1, layers=1, rank=3, write_rank_metadata=False)
@@ -213,7 +209,6 @@ def test_directory_errors(tmp_path):
     """GIVEN a missing path, an empty directory, or an unknown engine THEN typed errors."""
     with pytest.raises(TraceNotFoundError):
         analyze_directory(tmp_path / "nope")
-    pytest.importorskip("ckprof.trace.load")
     with pytest.raises(TraceNotFoundError):
         analyze_directory(tmp_path)
     with pytest.raises(CkprofError, match="unknown engine"):

@@ -22,8 +22,8 @@ from ckprof.errors import (
     TraceTooLargeError,
     TraceTruncatedError,
 )
-from ckprof.trace import _source
 from ckprof.trace import load as load_mod
+from ckprof.trace.kineto import source as _source
 from ckprof.trace.load import load_trace
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "traces"

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ckprof.sweep import (
+from ckprof.strategy.sweep import (
     PEAK_COLUMNS,
     RUN_COLUMNS,
     SweepResult,

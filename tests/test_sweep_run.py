@@ -14,7 +14,7 @@ nn = torch.nn
 from ckprof.analysis import load  # noqa: E402
 from ckprof.cli.main import cli  # noqa: E402
 from ckprof.errors import CkprofError  # noqa: E402
-from ckprof.sweep import parse_bytes, sweep  # noqa: E402
+from ckprof.strategy.runner import parse_bytes, sweep  # noqa: E402
 
 DIM = 32
 

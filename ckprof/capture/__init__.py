@@ -16,7 +16,10 @@ top-level key holds the capture metadata described in docs/ARCHITECTURE.md.
 
 from __future__ import annotations
 
-from ckprof._callable_module import make_module_callable
+import sys
+import types
+from typing import Any
+
 from ckprof.capture.regions import checkpoint, instrument_checkpointing, region_name
 from ckprof.capture.session import Capture, CaptureWarning, capture, phase, profile_step
 
@@ -32,5 +35,19 @@ __all__ = [
 ]
 
 
-# ``ckprof.capture`` is both this module and its function: NOTE [ Callable module ].
-make_module_callable(__name__, "capture")
+# NOTE [ Callable capture package ]
+# ``ckprof.capture`` is both this package and its public function ``capture``: importing
+# any submodule (``ckprof.capture.session``...) makes the import system set the parent's
+# attribute ``ckprof.capture`` to the PACKAGE, shadowing the function that
+# ckprof/__init__.py resolves lazily. So the package is made callable and forwards to
+# its function: ``ckprof.capture(out_dir)`` works whichever happened first. It is the
+# only public name that is also a module (``compare`` and ``sweep`` live in
+# ckprof/strategy/ under other module paths).
+
+
+class _CallablePackage(types.ModuleType):
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return capture(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallablePackage

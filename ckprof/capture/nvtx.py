@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ckprof.markers import (
+from ckprof.trace.markers import (
     BACKWARD,
     CHECKPOINT_PREFIX,
     FORWARD,

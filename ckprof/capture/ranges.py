@@ -84,10 +84,6 @@ class Range:
             with contextlib.suppress(Exception):
                 rf.__exit__(None, None, None)
 
-    @property
-    def is_open(self) -> bool:
-        return self._rf is not None or self._nvtx
-
     def __enter__(self) -> Range:
         return self.open()
 

@@ -54,7 +54,7 @@ import torch.utils.checkpoint as _tcp
 
 from ckprof.capture.ranges import FLAGS as _FLAGS
 from ckprof.capture.ranges import Range, markers_wanted
-from ckprof.markers import region_marker, sanitize_region
+from ckprof.trace.markers import region_marker, sanitize_region
 
 __all__ = ["checkpoint", "instrument_checkpointing", "region_name"]
 

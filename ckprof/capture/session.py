@@ -25,39 +25,22 @@ of the JSON. ``trace_paths`` lists the files written, in order.
 # the first top-level key -- built in on_trace_ready, after the profiler stopped, so
 # its gc scan never lands inside a recorded step -- and then hard-linked to its final
 # name (atomic, fails if the name exists -> next free name); temporaries are removed
-# on every path, so no half-written file ever carries a final name. An exception in the user's step propagates unchanged; the profiler
+# on every path, so no half-written file ever carries a final name (ckprof/capture/
+# writer.py). An exception in the user's step propagates unchanged; the profiler
 # is stopped and the unfinished window discarded, completed windows stay saved.
 #
-# # NOTE [ Phase markers ]
-# forward   opens at the first module forward pre-hook of the step on the capture's
-#           thread outside autograd (graph task id -1: recompute is not forward) and
-#           closes when backward starts, the optimizer or zero_grad runs, a
-#           ckprof.phase opens or closes, or the step ends. The global pre-hook is
-#           removed while a forward range is open and during backward (a global
-#           module hook slows every module call) and re-armed when they close.
-# backward  wraps torch.autograd.backward / torch.autograd.grad (Tensor.backward
-#           calls the former), outermost call only.
-# optimizer global optimizer step pre/post hooks (nested optimizers counted).
-# zero_grad wraps torch.optim.Optimizer.zero_grad and nn.Module.zero_grad.
-# Markers opened by hooks are closed before the next ProfilerStep starts, so ranges
-# never straddle a step. ckprof.phase(...) closes the open automatic range on enter
-# and on exit so that ranges nest; use it for step-level sections.
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
-import gzip as _gzip
 import inspect
-import json
 import os
-import shutil
 import socket
 import threading
-import uuid
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -66,6 +49,7 @@ from torch.profiler import ProfilerAction, ProfilerActivity
 
 from ckprof.capture import nvtx as _nvtx
 from ckprof.capture import ranges as _ranges
+from ckprof.capture.hooks import LIVE, LIVE_LOCK, PhaseMarkers, phase
 from ckprof.capture.metadata import (
     StorageSnapshot,
     build_metadata,
@@ -73,18 +57,9 @@ from ckprof.capture.metadata import (
     measure_memory_baseline,
     measure_memory_end,
 )
-from ckprof.capture.ranges import Range
 from ckprof.capture.regions import NAMES
+from ckprof.capture.writer import write_trace
 from ckprof.errors import CaptureError
-from ckprof.markers import (
-    BACKWARD,
-    FORWARD,
-    METADATA_KEY,
-    OPTIMIZER,
-    PHASE_PREFIX,
-    ZERO_GRAD,
-    sanitize_region,
-)
 
 __all__ = ["Capture", "CaptureWarning", "capture", "phase", "profile_step"]
 
@@ -97,175 +72,6 @@ _NEVER = 1 << 62
 
 class CaptureWarning(RuntimeWarning):
     """A capture-side problem that did not stop training (trace not written, ...)."""
-
-
-# ----------------------------------------------------------------------- phase markers
-
-
-class _PhaseMarkers:
-    """Automatic forward / backward / optimizer / zero_grad ranges (see NOTE above)."""
-
-    def __init__(self, thread_id: int) -> None:
-        self.thread_id = thread_id
-        self.installed = False
-        self._current: Range | None = None
-        self._kind: str | None = None
-        self._opt_depth = 0
-        self._handles: list[Any] = []
-        self._saved: list[tuple[Any, str, Any]] = []
-        self._forward_hook: Any = None
-
-    # -- the forward pre-hook is armed only while no forward range is open: any global
-    # module hook sends EVERY module call through torch's slow path (~1.6 us each)
-    def _arm(self) -> None:
-        if self._forward_hook is None and self.installed:
-            from torch.nn.modules.module import register_module_forward_pre_hook
-
-            self._forward_hook = register_module_forward_pre_hook(self._on_forward_pre)
-
-    def _disarm(self) -> None:
-        hook, self._forward_hook = self._forward_hook, None
-        if hook is not None:
-            hook.remove()  # safe inside the hook: torch iterates over a copy
-
-    # -- state
-    def _open(self, kind: str, name: str) -> None:
-        self.close_current()
-        self._kind = kind
-        self._current = Range(name).open()
-
-    def close_current(self, *, rearm: bool = True) -> None:
-        rng, self._current, self._kind = self._current, None, None
-        self._opt_depth = 0
-        if rng is not None:
-            rng.close()
-        if rearm:
-            self._arm()
-
-    def _mine(self) -> bool:
-        return threading.get_ident() == self.thread_id
-
-    # -- hooks
-    def _on_forward_pre(self, module: torch.nn.Module, args: Any) -> None:
-        if self._kind is None and _graph_task_id() == -1 and self._mine():
-            NAMES.add_root(module)
-            NAMES.occurrences.clear()
-            self._open("forward", FORWARD)
-            self._disarm()
-
-    def _on_optimizer_pre(self, optimizer: Any, args: Any, kwargs: Any) -> None:
-        if not self._mine():
-            return
-        if self._kind == "optimizer":
-            self._opt_depth += 1
-            return
-        self._open("optimizer", OPTIMIZER)
-        self._opt_depth = 1
-
-    def _on_optimizer_post(self, optimizer: Any, args: Any, kwargs: Any) -> None:
-        if self._kind == "optimizer" and self._mine():
-            self._opt_depth -= 1
-            if self._opt_depth <= 0:
-                self.close_current()
-
-    def _wrap_engine(self, original: Callable[..., Any]) -> Callable[..., Any]:
-        markers = self
-
-        @functools.wraps(original)
-        def engine_entry(*args: Any, **kwargs: Any) -> Any:
-            if _graph_task_id() != -1 or not markers._mine():
-                return original(*args, **kwargs)
-            markers.close_current(rearm=False)  # recompute calls modules: keep them fast
-            try:
-                with Range(BACKWARD):
-                    return original(*args, **kwargs)
-            finally:
-                markers._arm()
-
-        engine_entry._ckprof_original = original  # type: ignore[attr-defined]
-        return engine_entry
-
-    def _wrap_zero_grad(self, original: Callable[..., Any]) -> Callable[..., Any]:
-        markers = self
-
-        @functools.wraps(original)
-        def zero_grad(obj: Any, *args: Any, **kwargs: Any) -> Any:
-            if not markers._mine():
-                return original(obj, *args, **kwargs)
-            if markers._kind != "optimizer":
-                markers.close_current()
-            with Range(ZERO_GRAD):
-                return original(obj, *args, **kwargs)
-
-        zero_grad._ckprof_original = original  # type: ignore[attr-defined]
-        return zero_grad
-
-    # -- install / uninstall
-    def _patch(self, owner: Any, attr: str, replacement: Any) -> None:
-        original = owner.__dict__[attr] if isinstance(owner, type) else getattr(owner, attr)
-        self._saved.append((owner, attr, original))
-        setattr(owner, attr, replacement)
-
-    def install(self) -> None:
-        if self.installed:
-            return
-        self.installed = True
-        try:
-            from torch.optim.optimizer import (
-                register_optimizer_step_post_hook,
-                register_optimizer_step_pre_hook,
-            )
-
-            self._arm()
-            self._handles.append(register_optimizer_step_pre_hook(self._on_optimizer_pre))
-            self._handles.append(register_optimizer_step_post_hook(self._on_optimizer_post))
-            self._patch(torch.autograd, "backward", self._wrap_engine(torch.autograd.backward))
-            self._patch(torch.autograd, "grad", self._wrap_engine(torch.autograd.grad))
-            for cls in (torch.optim.Optimizer, torch.nn.Module):
-                if "zero_grad" in cls.__dict__:
-                    self._patch(cls, "zero_grad", self._wrap_zero_grad(cls.__dict__["zero_grad"]))
-        except BaseException:
-            self.uninstall()
-            raise
-        NAMES.count_occurrences = True
-
-    def uninstall(self) -> None:
-        self.close_current(rearm=False)
-        self._disarm()
-        for handle in self._handles:
-            with contextlib.suppress(Exception):
-                handle.remove()
-        self._handles = []
-        for owner, attr, original in reversed(self._saved):
-            setattr(owner, attr, original)
-        self._saved = []
-        self.installed = False
-        NAMES.count_occurrences = False
-        NAMES.occurrences.clear()
-
-
-_ACTIVE_LOCK = threading.Lock()
-_ACTIVE: list[Capture] = []  # the capture whose window markers are live (at most one)
-
-
-@contextlib.contextmanager
-def phase(name: str) -> Iterator[None]:
-    """An explicit ``ckprof::phase::<name>`` range (record_function + NVTX).
-
-    Costs a flag check when no profiler records. Inside a capture, the automatic
-    range open at enter is closed first (ranges must nest), and so is one opened
-    inside by the time it exits.
-    """
-    markers = _ACTIVE[0]._markers if _ACTIVE else None
-    if markers is not None and markers.installed and markers._mine():
-        markers.close_current()
-    rng = Range(PHASE_PREFIX + sanitize_region(name)).open()
-    try:
-        yield
-    finally:
-        if markers is not None and markers.installed and markers._mine():
-            markers.close_current()
-        rng.close()
 
 
 # ----------------------------------------------------------------------------- capture
@@ -334,7 +140,7 @@ class Capture:
         self._recording = False
         self._baseline: dict[str, dict[str, Any]] = {}
         self._start_storages: StorageSnapshot | None = None
-        self._markers = _PhaseMarkers(threading.get_ident())
+        self._markers = PhaseMarkers(threading.get_ident())
         self._cuda_range = False
         self._nvtx_forced = False
         self._nvtx_step_open = False
@@ -383,13 +189,13 @@ class Capture:
         """Begin step 0 (starts a profiler at once when step 0 is in a window)."""
         if self._started:
             return self
-        with _ACTIVE_LOCK:
-            if _ACTIVE:
+        with LIVE_LOCK:
+            if LIVE:
                 raise CaptureError(
                     "ckprof.capture: another ckprof capture is already running in this process",
                     hint="Finish it (leave its with-block) before starting a new one",
                 )
-            _ACTIVE.append(self)
+            LIVE.append(self._markers)
         self._started = True
         self._markers.thread_id = threading.get_ident()
         # Pick the NVTX backend now (importing nvtx takes milliseconds): done lazily, it
@@ -448,7 +254,7 @@ class Capture:
     # NOTE [ Steps in Nsight ]
     # Nsight Systems does not see torch's ProfilerStep#N record_function, so with
     # nsys=True each recorded step is also an NVTX range ``ProfilerStep#N`` in the
-    # ckprof domain; ckprof.nsys reads it back as the step, exactly like the trace.
+    # ckprof domain; ckprof.trace.nsys reads it back as the step, exactly like the trace.
     def _nvtx_step_begin(self) -> None:
         if self.nsys and self._recording and not self._nvtx_step_open:
             _nvtx.push_range(f"ProfilerStep#{self.step_index}")
@@ -650,9 +456,9 @@ class Capture:
             else:
                 self._leave_recording()
         finally:
-            with _ACTIVE_LOCK:
-                if self in _ACTIVE:
-                    _ACTIVE.remove(self)
+            with LIVE_LOCK:
+                if self._markers in LIVE:
+                    LIVE.remove(self._markers)
 
     # -- writing
     def _on_trace_ready(self, prof: Any) -> None:
@@ -660,7 +466,7 @@ class Capture:
             return
         try:
             metadata = self._window_metadata()
-            path = _write_trace(prof, self.out_dir, self._stem(), gzip=self.gzip,
+            path = write_trace(prof, self.out_dir, self._stem(), gzip=self.gzip,
                                 metadata=metadata)
         except Exception as err:
             self._warn(
@@ -683,73 +489,6 @@ class Capture:
         if not self._warned:
             self._warned = True
             warnings.warn(f"ckprof: {reason}", CaptureWarning, stacklevel=3)
-
-
-def _write_trace(prof: Any, out_dir: Path, stem: str, *, gzip: bool,
-                 metadata: dict[str, Any]) -> Path:
-    """Export ``prof`` to a fresh file in out_dir with ``metadata`` under the top-level
-    key ``ckprof`` (see NOTE [ Capture lifecycle ])."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    ext = ".pt.trace.json.gz" if gzip else ".pt.trace.json"
-    token = uuid.uuid4().hex[:8]
-    raw = out_dir / f".{stem}.{token}.raw.json"
-    tmp = out_dir / f".{stem}.{token}.tmp{ext}"
-    try:
-        prof.export_chrome_trace(str(raw))
-        _check_complete_json(raw)
-        opener = functools.partial(_gzip.open, compresslevel=6) if gzip else open
-        with open(raw, "rb") as src, opener(tmp, "wb") as dst:
-            _copy_with_metadata(src, dst, metadata)
-        return _place_without_overwrite(tmp, out_dir, stem, ext)
-    finally:
-        for leftover in (raw, tmp):
-            with contextlib.suppress(OSError):
-                leftover.unlink()
-
-
-def _copy_with_metadata(src: Any, dst: Any, metadata: dict[str, Any]) -> None:
-    """Copy a Chrome-trace JSON object, inserting ``"ckprof": metadata`` as its first
-    key. Streams: the trace is never parsed or held in memory."""
-    head = src.read(1 << 16)
-    brace = head.find(b"{")
-    if brace < 0 or head[:brace].strip():
-        raise OSError("the profiler's export is not a JSON object")
-    dst.write(head[: brace + 1])
-    dst.write(b'"' + METADATA_KEY.encode() + b'": ')
-    dst.write(json.dumps(metadata, sort_keys=True).encode())
-    rest = head[brace + 1:]
-    dst.write(b"," if rest.lstrip()[:1] not in (b"}", b"") else b"")
-    dst.write(rest)
-    shutil.copyfileobj(src, dst, 1 << 20)
-
-
-def _check_complete_json(path: Path) -> None:
-    size = path.stat().st_size if path.exists() else 0
-    if size == 0:
-        raise OSError(f"the profiler wrote nothing to {path.name}")
-    with open(path, "rb") as fh:
-        fh.seek(max(0, size - 64))
-        tail = fh.read().rstrip()
-    if not tail.endswith(b"}"):
-        raise OSError(f"the profiler's export of {path.name} is incomplete (disk full?)")
-
-
-def _place_without_overwrite(tmp: Path, out_dir: Path, stem: str, ext: str) -> Path:
-    """Give ``tmp`` the first free name ``stem[-k]ext``; never replaces a file."""
-    for k in range(10_000):
-        target = out_dir / (f"{stem}{ext}" if k == 0 else f"{stem}-{k}{ext}")
-        try:
-            os.link(tmp, target)  # atomic; FileExistsError when taken
-        except FileExistsError:
-            continue
-        except OSError:
-            # no hard links here (some network / FAT file systems)
-            if target.exists():
-                continue
-            os.replace(tmp, target)
-            return target
-        return target
-    raise OSError(f"no free file name for {stem}{ext} in {out_dir}")
 
 
 def capture(out_dir: str | os.PathLike[str] = "ckprof_traces", **options: Any) -> Capture:

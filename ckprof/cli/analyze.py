@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from ckprof.analysis.detection import RECOMPUTE_DETECTIONS
 from ckprof.errors import TraceNotFoundError
 
 EXAMPLE = """
@@ -27,7 +28,7 @@ Examples:
     show_default=True, help="Output format; json is a stable contract for scripts.",
 )
 @click.option(
-    "--recompute-detection", type=click.Choice(["auto", "markers", "stack", "sequence", "none"]),
+    "--recompute-detection", type=click.Choice(RECOMPUTE_DETECTIONS),
     default="auto", show_default=True,
     help="How to find forward recompute: ckprof markers, recompute_fn Python frames, "
     "or grad-mode ops inside backward. auto picks the most exact one the trace supports.",
@@ -50,13 +51,13 @@ def analyze(trace: Path, step: int | None, fmt: str, recompute_detection: str, s
     tensorboard_trace_handler, with or without ckprof markers), an Nsight Systems
     sqlite export, or a directory of such traces (one per rank).
     """
-    from ckprof.cli._output import emit
+    from ckprof.report.output import emit
 
     if not trace.exists():
         raise TraceNotFoundError("no such file or directory", path=str(trace),
                                  hint="Check the path; ckprof demo writes traces under traces/demo/")
     if with_hta:
-        from ckprof.hta import hta_phase_tables, render_hta_tables
+        from ckprof.integrations.hta import hta_phase_tables, render_hta_tables
 
         tables = hta_phase_tables(trace, recompute_detection=recompute_detection, step=step)
         text = render_hta_tables(tables, fmt)
@@ -69,7 +70,7 @@ def analyze(trace: Path, step: int | None, fmt: str, recompute_detection: str, s
         if len(files) == 1:
             trace = files[0]
         else:
-            from ckprof.ranks import analyze_directory, render_rank_summary
+            from ckprof.integrations.ranks import analyze_directory, render_rank_summary
 
             summary = analyze_directory(trace, workers=workers, recompute_detection=recompute_detection,
                                         engine=engine, scheduler=scheduler)

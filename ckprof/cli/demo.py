@@ -27,7 +27,7 @@ def demo(out_dir: Path, steps: int, checkpointing: bool, fmt: str) -> None:
     """Profile a small transformer with checkpointed blocks on CPU (a few seconds),
     write its trace, and print where the step's time and memory went."""
     try:
-        from ckprof.demo_model import run_demo
+        from ckprof.capture.demo import run_demo
     except ImportError as err:  # torch missing
         from ckprof.errors import OptionalDependencyError
 

@@ -1,6 +1,6 @@
 """``ckprof compare`` and ``ckprof sweep``: choose a checkpointing strategy.
 
-Thin commands over :func:`ckprof.compare.compare` and :func:`ckprof.sweep.sweep`.
+Thin commands over :func:`ckprof.strategy.compare.compare` and :func:`ckprof.strategy.runner.sweep`.
 Errors are :class:`ckprof.errors.CkprofError` (mapped to exit codes by the group).
 """
 
@@ -11,22 +11,9 @@ from pathlib import Path
 
 import click
 
-from ckprof.errors import OutputExistsError
-
-FORMATS = ("table", "json", "csv", "markdown")
-
-
-def _check_output(path: str | None, force: bool) -> None:
-    if path and Path(path).exists() and not force:
-        raise OutputExistsError("file exists", path=path, hint="Pass --force to overwrite it")
-
-
-def _emit(text: str, output: str | None) -> None:
-    if output:
-        Path(output).write_text(text, encoding="utf-8")
-        click.echo(f"wrote {output}", err=True)
-    else:
-        click.echo(text, nl=False)
+from ckprof.analysis.detection import RECOMPUTE_DETECTIONS
+from ckprof.report.output import check_new_path, emit
+from ckprof.report.text import FORMATS
 
 
 @click.command()
@@ -36,7 +23,7 @@ def _emit(text: str, output: str | None) -> None:
               help="Output format.")
 @click.option("--top", type=click.IntRange(min=1), default=15, show_default=True,
               help="Ops listed in the text/markdown op table (json/csv list all).")
-@click.option("--recompute-detection", type=click.Choice(["auto", "markers", "stack", "sequence"]),
+@click.option("--recompute-detection", type=click.Choice(RECOMPUTE_DETECTIONS),
               default="auto", show_default=True, help="How recompute is found in both traces.")
 @click.option("-o", "--output", type=click.Path(dir_okay=False), default=None,
               help="Write to this file instead of stdout.")
@@ -54,18 +41,19 @@ def compare(baseline: str, candidate: str, fmt: str, top: int, recompute_detecti
       ckprof compare traces/none/trace.json.gz traces/full/trace.json.gz
       ckprof compare a.json.gz b.json.gz --format markdown -o diff.md
     """
-    from ckprof.compare import compare as run_compare
-    from ckprof.compare import render_comparison
+    from ckprof.strategy.compare import compare as run_compare
+    from ckprof.strategy.compare import render_comparison
 
-    _check_output(output, force)
+    if output:
+        check_new_path(output, force=force)
     result = run_compare(baseline, candidate, recompute_detection=recompute_detection)
-    _emit(render_comparison(result, fmt, top_ops=top), output)
+    emit(render_comparison(result, fmt, top_ops=top), output, force=force)
 
 
 def _parse_budget(ctx: click.Context, param: click.Parameter, value: str | None) -> int | None:
     if value is None:
         return None
-    from ckprof.sweep import parse_bytes
+    from ckprof.strategy.sweep import parse_bytes
 
     try:
         return parse_bytes(value)
@@ -76,7 +64,7 @@ def _parse_budget(ctx: click.Context, param: click.Parameter, value: str | None)
 def _parse_policies(ctx: click.Context, param: click.Parameter, value: tuple[str, ...]) -> tuple[str, ...] | None:
     if not value:
         return None
-    from ckprof.policies import parse_policy
+    from ckprof.strategy.policies import parse_policy
 
     names = tuple(p.strip() for v in value for p in v.split(",") if p.strip())
     for name in names:
@@ -90,7 +78,7 @@ def _parse_policies(ctx: click.Context, param: click.Parameter, value: tuple[str
 
 
 @click.command()
-@click.option("--model", "model", default="ckprof.demo_model:make_demo", show_default=True,
+@click.option("--model", "model", default="ckprof.capture.demo:make_demo", show_default=True,
               help="module:function returning (model, batch, loss_fn); called with batch_size= "
                    "when it accepts it. Default: ckprof's demo transformer.")
 @click.option("-p", "--policy", "policies", multiple=True, callback=_parse_policies,
@@ -137,9 +125,10 @@ def sweep(model: str, policies: tuple[str, ...] | None, blocks: str | None, step
       ckprof sweep --memory-budget 200MiB -o frontier.png
       ckprof sweep --model mypkg.train:build --policy none,full,selective --device cuda
     """
-    from ckprof.sweep import sweep as run_sweep
+    from ckprof.strategy.runner import sweep as run_sweep
 
-    _check_output(plot_path, force)
+    if plot_path:
+        check_new_path(plot_path, force=force)
     if str(Path.cwd()) not in sys.path:
         sys.path.insert(0, str(Path.cwd()))  # --model mymodule:fn from the current folder
     sizes = None
@@ -156,6 +145,7 @@ def sweep(model: str, policies: tuple[str, ...] | None, blocks: str | None, step
     )
     click.echo(result.render(fmt), nl=False)
     if plot_path:
-        fig = result.plot()
-        fig.savefig(plot_path)
+        from ckprof.report.plots import save_figure
+
+        save_figure(result.plot(), plot_path, force=force)
         click.echo(f"wrote {plot_path}", err=True)

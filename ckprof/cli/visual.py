@@ -14,9 +14,9 @@ from typing import Any
 
 import click
 
+from ckprof.analysis.detection import RECOMPUTE_DETECTIONS
 from ckprof.errors import TraceNotFoundError
-
-_DETECTIONS = ["auto", "markers", "stack", "sequence"]
+from ckprof.report.output import check_new_path
 
 
 def _analysis_options(func: Callable[..., Any]) -> Callable[..., Any]:
@@ -24,7 +24,7 @@ def _analysis_options(func: Callable[..., Any]) -> Callable[..., Any]:
     func = click.option("--salvage", is_flag=True,
                         help="Use the complete events of a truncated trace.")(func)
     func = click.option(
-        "--recompute-detection", type=click.Choice(_DETECTIONS), default="auto", show_default=True,
+        "--recompute-detection", type=click.Choice(RECOMPUTE_DETECTIONS), default="auto", show_default=True,
         help="How to find forward recompute (see ckprof analyze --help).")(func)
     func = click.option("--step", type=int, default=None, help="Only this ProfilerStep#N.")(func)
     func = click.option("--force", is_flag=True, help="Overwrite OUTPUT if it exists.")(func)
@@ -77,11 +77,7 @@ def plot(trace: Path, kind: str, output: Path, dpi: int, force: bool, step: int 
 
     if output.suffix.lower() not in FIGURE_FORMATS:
         raise click.BadParameter(f"use one of {', '.join(FIGURE_FORMATS)}", param_hint="--output")
-    if output.exists() and not force:
-        from ckprof.errors import OutputExistsError
-
-        raise OutputExistsError("already exists", path=str(output),
-                                hint="Choose another name or pass --force to overwrite it")
+    check_new_path(output, force=force)
     analysis = _load(trace, recompute_detection, step, salvage)
     fig = make_plot(analysis, kind)
     save_figure(fig, output, force=force, dpi=dpi)
@@ -106,14 +102,10 @@ def report(trace: Path, output: Path, title: str | None, force: bool, step: int 
            recompute_detection: str, salvage: bool) -> None:
     """Write a one-page HTML report of TRACE: headline numbers, time per phase,
     recompute per region, memory over time, each with a short guide to reading it."""
-    from ckprof.output import write_new_file
     from ckprof.report.html import render_report
+    from ckprof.report.output import write_new_file
 
-    if output.exists() and not force:
-        from ckprof.errors import OutputExistsError
-
-        raise OutputExistsError("already exists", path=str(output),
-                                hint="Choose another name or pass --force to overwrite it")
+    check_new_path(output, force=force)
     analysis = _load(trace, recompute_detection, step, salvage)
     write_new_file(output, render_report(analysis, title=title).encode("utf-8"), force=force)
     click.echo(f"wrote {output}", err=True)
@@ -139,6 +131,7 @@ def annotate(trace: Path, output: Path, force: bool, step: int | None, recompute
     chrome://tracing."""
     from ckprof.report.annotate import write_annotated_trace
 
+    check_new_path(output, force=force)
     analysis = _load(trace, recompute_detection, step, salvage)
     write_annotated_trace(analysis, output, force=force)
     click.echo(f"wrote {output}", err=True)

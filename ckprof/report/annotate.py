@@ -198,7 +198,7 @@ def write_annotated_trace(analysis: Analysis, out_path: str | os.PathLike[str], 
 
     Refuses (:class:`OutputExistsError`) to replace an existing file unless
     ``force``, and always refuses (:class:`CkprofError`) to write over the input."""
-    from ckprof.output import write_new_file
+    from ckprof.report.output import write_new_file
 
     out = Path(out_path)
     src = Path(str(analysis.trace.path))

@@ -24,8 +24,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ckprof.errors import CkprofError
-from ckprof.markers import PHASE_COLORS, PHASES
-from ckprof.output import format_bytes
+from ckprof.report.text import format_bytes
+from ckprof.trace.markers import PHASE_COLORS, PHASES
 
 if TYPE_CHECKING:  # pragma: no cover
     from matplotlib.figure import Figure
@@ -117,7 +117,7 @@ def summary_html(analysis: Analysis) -> str:
         f"<b>ckprof</b> &middot; {escape(Path(str(analysis.trace.path)).name)} &middot; "
         f"{n} step(s) &middot; <b>{_ms(_mean_step_ms(analysis))} ms</b> per step &middot; "
         f"recompute overhead <b>{_pct(overhead)}</b> &middot; recompute found by "
-        f"{escape(str(analysis.recompute_detection))}"
+        f"{escape(str(analysis.recompute_found_by))}"
     )
     cells = "padding:2px 8px;border-bottom:1px solid #ddd;text-align:right"
     left = "padding:2px 8px;border-bottom:1px solid #ddd;text-align:left"
@@ -241,7 +241,7 @@ def _headline(analysis: Analysis) -> str:
     )
     if overhead is None or regions.empty:
         verdict = ("No recomputation was found in these steps, so checkpointing costs no time here "
-                   f"(recompute detection: {escape(str(analysis.recompute_detection))}). If the model "
+                   f"(recompute detection: {escape(str(analysis.recompute_found_by))}). If the model "
                    "does use activation checkpointing, capture it with ckprof.capture so the regions are marked.")
     else:
         rest = mean - per_step.get("recompute", 0.0)
@@ -311,7 +311,7 @@ def _regions_section(analysis: Analysis) -> str:
            "Regions at the top are where un-checkpointing (if memory allows) saves the most time.")
     if regions.empty:
         body = (f'<p class="missing">No recompute found in these steps (recompute detection: '
-                f"{escape(str(analysis.recompute_detection))}).</p>")
+                f"{escape(str(analysis.recompute_found_by))}).</p>")
         return f'<section id="regions"><h2>Recompute by checkpointed region</h2>{body}</section>'
     has_gpu = analysis.has_gpu
     headers = [("region", "l"), ("count", "r"), ("recompute ms", "r"), ("first forward ms", "r")]
@@ -401,7 +401,7 @@ def _about_section(analysis: Analysis) -> str:
         ("trace", str(analysis.trace.path)),
         ("format", str(analysis.trace.source_format)),
         ("steps analysed", ", ".join(str(int(s)) for s in analysis.phases.steps["step"].tolist()) or "none"),
-        ("recompute found by", str(analysis.recompute_detection)),
+        ("recompute found by", str(analysis.recompute_found_by)),
     ]
     for key in ("device", "torch_version", "ckprof_version", "world_size"):
         if key in meta:

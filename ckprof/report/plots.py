@@ -22,8 +22,6 @@ Artists that tests (and curious users) look for carry a ``gid``:
 
 from __future__ import annotations
 
-import gzip
-import json
 import math
 import os
 from collections.abc import Iterable, Sequence
@@ -33,9 +31,15 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from ckprof.errors import CkprofError, NotCapturedError, OutputExistsError, TraceFormatError
-from ckprof.markers import PHASE_COLORS, PHASES
-from ckprof.output import format_bytes, write_new_file
+from ckprof.errors import CkprofError, NotCapturedError, OutputExistsError
+from ckprof.report.output import write_new_file
+from ckprof.report.text import format_bytes
+from ckprof.trace.markers import PHASE_COLORS, PHASES
+from ckprof.trace.memory_timeline import (
+    MEMORY_CATEGORIES,
+    find_memory_timeline_file,
+    read_memory_timeline,
+)
 
 if TYPE_CHECKING:  # pragma: no cover
     from matplotlib.axes import Axes
@@ -65,7 +69,6 @@ FIGURE_FORMATS: dict[str, str] = {".png": "png", ".svg": "svg", ".pdf": "pdf"}
 # Line colours for devices: neutral, distinct from PHASE_COLORS.
 _DEVICE_COLORS: tuple[str, ...] = ("#1A1A1A", "#7B3294", "#8C510A", "#01665E", "#B2182B")
 _SPAN_ALPHA = 0.22
-_PHASE_SHORT = {"forward": "fwd", "backward": "bwd", "recompute": "recomp", "optimizer": "optim"}
 
 
 # --------------------------------------------------------------------------- helpers
@@ -465,7 +468,7 @@ def plot_recompute_regions(analysis: Analysis, *, max_regions: int = 40,
     if n == 0:
         ax.set_axis_off()
         ax.text(0.5, 0.5,
-                f"No recompute found in this trace (recompute detection: {analysis.recompute_detection}).\n"
+                f"No recompute found in this trace (recompute detection: {analysis.recompute_found_by}).\n"
                 "Either nothing is checkpointed, or the capture did not mark it.",
                 ha="center", va="center", fontsize=10, transform=ax.transAxes, gid="no-regions")
         ax.set_title(title, fontsize=10, loc="left")
@@ -493,65 +496,11 @@ def plot_recompute_regions(analysis: Analysis, *, max_regions: int = 40,
 
 # --------------------------------------------------------------------------- categories
 # torch.profiler._memory_profiler._CATEGORY_TO_INDEX order (torch 2.4 .. 2.13)
-MEMORY_CATEGORIES: tuple[str, ...] = (
-    "parameter", "optimizer_state", "input", "temporary", "activation", "gradient",
-    "autograd_detail", "unknown",
-)
 _CATEGORY_COLORS: dict[str, str] = {
     "parameter": "#1B7837", "optimizer_state": "#DAA520", "input": "#333333",
     "temporary": "#9370DB", "activation": "#D6604D", "gradient": "#2166AC",
     "autograd_detail": "#4393C3", "unknown": "#BBBBBB",
 }
-
-
-def find_memory_timeline_file(trace_path: str | os.PathLike[str]) -> Path | None:
-    """The ``.raw.json[.gz]`` memory timeline saved next to a trace, if any.
-
-    Looks for ``<stem>.raw.json.gz``, ``<stem>.raw.json``, ``<stem>.memory.raw.json.gz``
-    and ``<stem>.memory.raw.json`` where ``<stem>`` is the trace name without
-    ``.json[.gz]`` (and without ``.pt.trace``)."""
-    p = Path(trace_path)
-    name = p.name
-    for suffix in (".json.gz", ".json"):
-        if name.endswith(suffix):
-            name = name[: -len(suffix)]
-            break
-    stems = [name]
-    if name.endswith(".pt.trace"):
-        stems.append(name[: -len(".pt.trace")])
-    for stem in stems:
-        for ext in (".raw.json.gz", ".raw.json", ".memory.raw.json.gz", ".memory.raw.json"):
-            cand = p.with_name(stem + ext)
-            if cand.is_file():
-                return cand
-    return None
-
-
-def read_memory_timeline(path: str | os.PathLike[str]) -> pd.DataFrame:
-    """Read torch's ``export_memory_timeline`` raw file: a JSON list of
-    ``[ts_ns, action, nbytes, category_index]`` (plain or gzip). Returns a NEW
-    DataFrame ``ts_ns, category, bytes`` sorted by time (category names from
-    :data:`MEMORY_CATEGORIES`). Raises :class:`TraceFormatError` when it is not one."""
-    p = Path(path)
-    try:
-        raw_bytes = p.read_bytes()
-        if raw_bytes[:2] == b"\x1f\x8b":
-            raw_bytes = gzip.decompress(raw_bytes)
-        rows = json.loads(raw_bytes)
-    except (OSError, ValueError, EOFError) as err:
-        raise TraceFormatError(f"cannot read the memory timeline ({err})", path=str(p),
-                               hint="Re-export it with prof.export_memory_timeline(path.raw.json.gz)") from err
-    if not isinstance(rows, list) or any(not isinstance(r, list) or len(r) != 4 for r in rows[:100]):
-        raise TraceFormatError("not a raw memory timeline (expected [[ts_ns, action, bytes, category], ...])",
-                               path=str(p), hint="Pass the .raw.json.gz written by export_memory_timeline")
-    arr = np.asarray(rows, dtype=np.int64).reshape(-1, 4)
-    cats = np.clip(arr[:, 3], 0, len(MEMORY_CATEGORIES) - 1)
-    df = pd.DataFrame({
-        "ts_ns": arr[:, 0],
-        "category": pd.Categorical.from_codes(cats, categories=list(MEMORY_CATEGORIES)),
-        "bytes": arr[:, 2],
-    })
-    return df.sort_values("ts_ns", kind="stable").reset_index(drop=True)
 
 
 def plot_memory_categories(analysis: Analysis, *, timeline_path: str | os.PathLike[str] | None = None,

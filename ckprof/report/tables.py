@@ -14,16 +14,21 @@ import json
 import math
 from typing import TYPE_CHECKING
 
-from ckprof.markers import PHASES
-from ckprof.output import format_bytes
+from ckprof.report.text import (
+    FORMATS,
+    check_format,
+    format_bytes,
+    format_ms,
+    format_pct,
+    markdown_table,
+    text_table,
+)
+from ckprof.trace.markers import PHASES
 
 if TYPE_CHECKING:
     from ckprof.analysis import Analysis
 
 __all__ = ["FORMATS", "format_bytes", "render", "render_csv", "render_json", "render_markdown", "render_text"]
-
-FORMATS = ("table", "json", "csv", "markdown")
-
 
 def render(analysis: Analysis, fmt: str = "table") -> str:
     """Dispatch on ``fmt`` (one of :data:`FORMATS`)."""
@@ -33,36 +38,8 @@ def render(analysis: Analysis, fmt: str = "table") -> str:
         return render_json(analysis)
     if fmt == "csv":
         return render_csv(analysis)
-    if fmt == "markdown":
-        return render_markdown(analysis)
-    raise ValueError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
-
-
-def _ms(x: float | None) -> str:
-    if x is None or (isinstance(x, float) and math.isnan(x)):
-        return "—"
-    return f"{x:,.3f}"
-
-
-def _pct(x: float | None) -> str:
-    if x is None or (isinstance(x, float) and math.isnan(x)):
-        return "—"
-    return f"{x:.1f}%"
-
-
-def _table(headers: list[str], rows: list[list[str]], align: str) -> list[str]:
-    """Fixed-width table; ``align`` is one char per column: l or r."""
-    widths = [len(h) for h in headers]
-    for row in rows:
-        widths = [max(w, len(c)) for w, c in zip(widths, row, strict=True)]
-
-    def fmt(cells: list[str]) -> str:
-        out = []
-        for cell, width, a in zip(cells, widths, align, strict=True):
-            out.append(cell.ljust(width) if a == "l" else cell.rjust(width))
-        return "  " + "  ".join(out).rstrip()
-
-    return [fmt(headers), "  " + "  ".join("-" * w for w in widths), *(fmt(r) for r in rows)]
+    check_format(fmt)
+    return render_markdown(analysis)
 
 
 def _headline(analysis: Analysis) -> list[str]:
@@ -74,12 +51,12 @@ def _headline(analysis: Analysis) -> list[str]:
     parts = [
         f"{n} step(s) analysed ({', '.join(str(s) for s in steps)})",
         f"{mean:,.3f} ms per step",
-        f"recompute overhead {_pct(analysis.time.recompute_overhead_pct)}",
+        f"recompute overhead {format_pct(analysis.time.recompute_overhead_pct)}",
     ]
     return [
         f"ckprof {__version__} · {analysis.trace.path}",
         " · ".join(parts),
-        f"recompute found by: {analysis.recompute_detection}"
+        f"recompute found by: {analysis.recompute_found_by}"
         + ("" if analysis.has_gpu else " · no GPU kernels in trace (GPU ms: —)"),
     ]
 
@@ -88,24 +65,24 @@ def render_text(analysis: Analysis) -> str:
     lines = _headline(analysis)
     totals = analysis.totals_table()
     rows = [
-        [r.phase, _ms(r.wall_ms), _pct(r.pct_of_step), _ms(r.gpu_ms)]
+        [r.phase, format_ms(r.wall_ms), format_pct(r.pct_of_step), format_ms(r.gpu_ms)]
         for r in totals.itertuples(index=False)
     ]
     step_ms = float(totals["wall_ms"].sum())
     gpu_total = totals["gpu_ms"].sum(min_count=1)
-    rows.append(["step (sum)", _ms(step_ms), _pct(100.0 if step_ms else None), _ms(gpu_total)])
+    rows.append(["step (sum)", format_ms(step_ms), format_pct(100.0 if step_ms else None), format_ms(gpu_total)])
     lines += ["", "Time by phase (all analysed steps)"]
-    lines += _table(["phase", "wall ms", "% of step", "GPU ms"], rows, "lrrr")
+    lines += text_table(["phase", "wall ms", "% of step", "GPU ms"], rows, "lrrr")
 
     wide = analysis.steps_wide()
     if 1 < len(wide) <= 20:
         lines += ["", "Per step (wall ms)"]
         headers = ["step", "step ms", *PHASES]
         rows = [
-            [str(int(r["step"])), _ms(r["step_ms"]), *(_ms(r[f"{p}_ms"]) for p in PHASES)]
+            [str(int(r["step"])), format_ms(r["step_ms"]), *(format_ms(r[f"{p}_ms"]) for p in PHASES)]
             for _, r in wide.iterrows()
         ]
-        lines += _table(headers, rows, "l" + "r" * (len(headers) - 1))
+        lines += text_table(headers, rows, "l" + "r" * (len(headers) - 1))
 
     regions = analysis.regions_table()
     lines += ["", "Recompute by checkpointed region"]
@@ -113,10 +90,10 @@ def render_text(analysis: Analysis) -> str:
         lines.append("  (no recompute found: " + _no_recompute_reason(analysis) + ")")
     else:
         rows = [
-            [r.region, str(r.count), _ms(r.wall_ms), _ms(r.gpu_ms), _ms(r.forward_wall_ms) if r.forward_wall_ms else "—"]
+            [r.region, str(r.count), format_ms(r.wall_ms), format_ms(r.gpu_ms), format_ms(r.forward_wall_ms) if r.forward_wall_ms else "—"]
             for r in regions.itertuples(index=False)
         ]
-        lines += _table(["region", "count", "recompute ms", "GPU ms", "first-run fwd ms"], rows, "lrrrr")
+        lines += text_table(["region", "count", "recompute ms", "GPU ms", "first-run fwd ms"], rows, "lrrrr")
 
     mem = analysis.memory_table()
     lines += ["", "Peak memory by phase"]
@@ -138,7 +115,7 @@ def render_text(analysis: Analysis) -> str:
                 [r.phase, format_bytes(r.peak_bytes), f"{int(r.peak_bytes):,}", str(int(r.step)), r.at_op or "—"]
                 for r in grp.itertuples(index=False)
             ]
-            lines += _table(["phase", "peak", "bytes", "step", "at op"], rows, "lrrrl")
+            lines += text_table(["phase", "peak", "bytes", "step", "at op"], rows, "lrrrl")
     notes = analysis.notes
     if notes:
         lines += ["", "Notes"]
@@ -147,9 +124,9 @@ def render_text(analysis: Analysis) -> str:
 
 
 def _no_recompute_reason(analysis: Analysis) -> str:
-    if analysis.recompute_detection == "none":
+    if analysis.recompute_found_by == "none":
         return "no checkpointed regions were recomputed in these steps"
-    return f"method {analysis.recompute_detection} found none"
+    return f"method {analysis.recompute_found_by} found none"
 
 
 def render_json(analysis: Analysis) -> str:
@@ -179,36 +156,27 @@ def render_csv(analysis: Analysis) -> str:
     return buf.getvalue()
 
 
-def _md_table(headers: list[str], rows: list[list[str]]) -> list[str]:
-    def esc(s: str) -> str:
-        return s.replace("|", "\\|")
-
-    out = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
-    out += ["| " + " | ".join(esc(c) for c in row) + " |" for row in rows]
-    return out
-
-
 def render_markdown(analysis: Analysis) -> str:
     head = _headline(analysis)
     lines = [f"### {head[0]}", "", head[1] + "  ", head[2], "", "#### Time by phase", ""]
-    lines += _md_table(
+    lines += markdown_table(
         ["phase", "wall ms", "% of step", "GPU ms"],
-        [[r.phase, _ms(r.wall_ms), _pct(r.pct_of_step), _ms(r.gpu_ms)] for r in analysis.totals_table().itertuples(index=False)],
+        [[r.phase, format_ms(r.wall_ms), format_pct(r.pct_of_step), format_ms(r.gpu_ms)] for r in analysis.totals_table().itertuples(index=False)],
     )
     regions = analysis.regions_table()
     lines += ["", "#### Recompute by region", ""]
     if regions.empty:
         lines.append("No recompute found.")
     else:
-        lines += _md_table(
+        lines += markdown_table(
             ["region", "count", "recompute ms", "GPU ms"],
-            [[r.region, str(r.count), _ms(r.wall_ms), _ms(r.gpu_ms)] for r in regions.itertuples(index=False)],
+            [[r.region, str(r.count), format_ms(r.wall_ms), format_ms(r.gpu_ms)] for r in regions.itertuples(index=False)],
         )
     lines += ["", "#### Peak memory by phase", ""]
     if not analysis.memory.captured:
         lines.append(f"Not captured: {analysis.memory.reason}")
     else:
-        lines += _md_table(
+        lines += markdown_table(
             ["phase", "device", "peak", "bytes", "at op"],
             [
                 [r.phase, r.device, format_bytes(r.peak_bytes), f"{int(r.peak_bytes):,}", r.at_op or "—"]

@@ -1,7 +1,7 @@
 """Turn decoded event columns into a :class:`~ckprof.trace.model.Trace`.
 
-Both readers (the fast msgspec reader in ``_fast`` and the careful stdlib reader in
-``_careful``) produce the same intermediate :class:`Columns` object; everything that
+Both readers (the fast msgspec reader in ``kineto/fast`` and the careful stdlib reader in
+``kineto/careful``) produce the same intermediate :class:`Columns` object; everything that
 decides *meaning* (kind mapping, id parsing, sorting, the event tree, memory devices)
 lives here once, so the two readers cannot disagree about it.
 
@@ -317,6 +317,44 @@ def _tree(kind_codes: np.ndarray, pid: np.ndarray, tid: np.ndarray, ts: np.ndarr
     return parent, depth
 
 
+#: which event tree each kind belongs to (NOTE [ Event tree rules ]): -1 none (GPU side),
+#: 0 the CPU op/annotation/runtime tree, 1 the Python-frame tree; indexed by KINDS code
+_TREE_OF_KIND = np.array([-1 if k in _GPU_SIDE else (1 if k == "python_function" else 0)
+                          for k in KINDS], dtype=np.int64)
+
+
+def finish_events(frame: pd.DataFrame, *, tie: np.ndarray | None = None) -> pd.DataFrame:
+    """The finishing step for readers that assemble an event DataFrame themselves
+    (the Nsight Systems reader): the same sort and tree as :func:`build_trace`.
+
+    ``frame`` has the columns name, cat, kind (a KINDS value), pid, tid, ts_ns, dur_ns,
+    correlation and optionally seq. Rows are sorted by ``(ts_ns, -dur_ns, tie)``
+    (``tie`` defaults to the row order), nested per NOTE [ Event tree rules ], and
+    returned as a NEW frame with the :data:`EVENT_COLUMNS` dtypes."""
+    n = len(frame)
+    ts = frame["ts_ns"].to_numpy(dtype=np.int64)
+    dur = frame["dur_ns"].to_numpy(dtype=np.int64)
+    order = np.lexsort((np.arange(n) if tie is None else tie, -dur, ts))
+    rows = frame.iloc[order].reset_index(drop=True)
+    ts, dur = ts[order], dur[order]
+    kind = rows["kind"].map({k: i for i, k in enumerate(KINDS)}).to_numpy(dtype=np.int8)
+    pid = rows["pid"].to_numpy(dtype=np.int64)
+    tid = rows["tid"].to_numpy(dtype=np.int64)
+    parent, depth = _tree(kind, pid, tid, ts, ts + dur, _TREE_OF_KIND)
+    out = pd.DataFrame({
+        "name": pd.Categorical(rows["name"].astype(str)),
+        "cat": pd.Categorical(rows["cat"].astype(str)),
+        "kind": pd.Categorical.from_codes(kind, categories=list(KINDS)),
+        "pid": pid, "tid": tid, "ts_ns": ts, "dur_ns": dur,
+        "correlation": rows["correlation"].to_numpy(dtype=np.int64),
+        "external_id": np.full(n, -1, dtype=np.int64),
+        "seq": (rows["seq"].fillna(-1).to_numpy(dtype=np.int64) if "seq" in rows.columns
+                else np.full(n, -1, dtype=np.int64)),
+        "parent": parent, "depth": depth,
+    })
+    return out[list(EVENT_COLUMNS)]
+
+
 def _take(parts: list[np.ndarray], order: np.ndarray) -> np.ndarray:
     """Concatenate chunk arrays, reorder them, and let the chunks go (bounded memory)."""
     whole = _concat(parts, "int64")
@@ -344,9 +382,7 @@ def build_trace(cols: Columns, *, path: str, metadata: Mapping[str, Any], source
     kind_of_cat_code = np.array([KINDS.index(kind_of_category(c)) for c in cols.cats.values],
                                 dtype=np.int8)
     kind = kind_of_cat_code[cat] if len(cat) else np.empty(0, dtype=np.int8)
-    tree_of_kind = np.array([-1 if k in _GPU_SIDE else (1 if k == "python_function" else 0)
-                             for k in KINDS], dtype=np.int64)
-    parent, depth = _tree(kind, pid, tid, ts, ts + dur, tree_of_kind)
+    parent, depth = _tree(kind, pid, tid, ts, ts + dur, _TREE_OF_KIND)
 
     data = {
         "name": _categorical(_take(cols.ev["name"], order), cols.names.values),

@@ -23,13 +23,13 @@ TraceTruncatedError (``events_recovered``; with ``salvage=True`` the complete ev
 are returned and a note says "salvaged N events from truncated file"); no usable
 complete events -> EmptyTraceError; too big for this machine's memory ->
 TraceTooLargeError. Individual unusable events are skipped and counted in
-``Trace.notes`` (see NOTE [ Event field rules ] in ``_careful``).
+``Trace.notes`` (see NOTE [ Event field rules ] in ``kineto/careful``).
 
-Two readers, one result: the fast reader (``_fast``: msgspec, chunked, bounded memory)
+Two readers, one result: the fast reader (``kineto/fast``: msgspec, chunked, bounded memory)
 handles Kineto-shaped input; a piece of it holding an odd event is re-read event by
 event with the careful rules; anything else odd (another layout, truncation, B/E
 events, damaged gzip) makes the loader start over with the careful reader
-(``_careful``: stdlib json, event by event), which is also the reference the tests
+(``kineto/careful``: stdlib json, event by event), which is also the reference the tests
 compare the fast one against. Plain files of 256 MB or more are decoded in 2 worker
 processes on machines with 2+ cores (``CKPROF_LOAD_WORKERS=N`` sets N; 1 turns it off;
 same result either way).
@@ -54,12 +54,12 @@ from ckprof.errors import (
     TraceTooLargeError,
     TraceTruncatedError,
 )
-from ckprof.progress import Progress
-from ckprof.trace import _source
 from ckprof.trace._build import Columns, build_trace, is_legacy
-from ckprof.trace._careful import read_careful
-from ckprof.trace._fast import Odd, read_fast
+from ckprof.trace.kineto import source as _source
+from ckprof.trace.kineto.careful import read_careful
+from ckprof.trace.kineto.fast import NeedsCarefulReader, read_fast
 from ckprof.trace.model import Trace
+from ckprof.trace.progress import Progress
 
 __all__ = ["find_trace_files", "is_trace_path", "load_trace"]
 
@@ -99,7 +99,9 @@ def _check_memory(path: str, size_bytes: int, factor: float, what: str) -> None:
 
 def load_trace(path: str | os.PathLike[str], *, salvage: bool = False,
                workers: int | None = None) -> Trace:
-    """Load one Chrome/Kineto trace (see the module docstring for the contract).
+    """Load one trace: Chrome/Kineto JSON (plain or gzip), or an Nsight Systems sqlite
+    export (sniffed by its first bytes) -- the one place that picks a loader. See the
+    module docstring for the contract.
 
     ``workers``: processes decoding a big plain file (None: ``CKPROF_LOAD_WORKERS``, else
     2 on machines with 2+ cores; see :func:`_workers`)."""
@@ -120,6 +122,10 @@ def load_trace(path: str | os.PathLike[str], *, salvage: bool = False,
                               hint="Pass one of the files")
         p = found[0]
         shown = str(p)
+    from ckprof.trace.nsys import is_nsys_sqlite, load_nsys
+
+    if is_nsys_sqlite(p):
+        return load_nsys(p)
     try:
         return _load_file(p, shown, salvage, workers)
     except CkprofError:
@@ -148,7 +154,7 @@ def _load_file(p: Path, shown: str, salvage: bool, workers: int | None) -> Trace
     result: tuple[Columns, dict, str] | None
     try:
         result = _read_fast_file(reader, workers)
-    except Odd:  # anything unexpected: start over with the careful reader
+    except NeedsCarefulReader:  # anything unexpected: start over with the careful reader
         result = None
     if result is not None and reader.problem is None and result[0].n_events > 0:
         cols, metadata, fmt = result
@@ -180,7 +186,7 @@ def _release_free_memory() -> None:
 
 def _read_fast_file(reader: _source.BlockReader, workers: int | None) -> tuple[Columns, dict, str]:
     total = reader.file_bytes if not reader.compressed else reader.estimated_size_bytes()
-    # a bar on stderr for long loads, only when stderr is a terminal (ckprof.progress)
+    # a bar on stderr for long loads, only when stderr is a terminal (ckprof.trace.progress)
     with Progress(total, unit="MB", scale=1e6, label=f"reading {reader.path.name}",
                   enabled=None if total >= PROGRESS_MIN_BYTES else False) as bar:
 
@@ -318,7 +324,7 @@ def find_trace_files(directory: str | os.PathLike[str], *, recursive: bool = Fal
         if _is_candidate_name(f.name) and f.is_file() and _looks_like_trace(f):
             found.append(f)
         elif include_nsys and f.name.endswith(".sqlite") and f.is_file():
-            from ckprof.nsys import is_nsys_sqlite
+            from ckprof.trace.nsys import is_nsys_sqlite
 
             if is_nsys_sqlite(f):
                 found.append(f)

@@ -1,7 +1,7 @@
 """The in-memory trace every analysis stage reads.
 
 Contract (produced by :func:`ckprof.trace.load.load_trace` for Chrome/Kineto JSON
-and by :mod:`ckprof.nsys` for Nsight Systems sqlite exports; read by everything
+and by :mod:`ckprof.trace.nsys` for Nsight Systems sqlite exports; read by everything
 downstream). A ``Trace`` is immutable: stages return new objects, never edit it.
 
 ``events`` -- one row per complete event (``ph == "X"``), RangeIndex 0..n-1,
@@ -133,10 +133,3 @@ class Trace:
         assert set(ev["kind"].astype(str).unique()) <= set(KINDS), "unknown kind"
         assert self.memory["ts_ns"].is_monotonic_increasing, "memory not sorted by ts_ns"
 
-
-def empty_events() -> pd.DataFrame:
-    return pd.DataFrame({c: pd.Series([], dtype=d) for c, d in EVENT_COLUMNS.items()})
-
-
-def empty_memory() -> pd.DataFrame:
-    return pd.DataFrame({c: pd.Series([], dtype=d) for c, d in MEMORY_COLUMNS.items()})

@@ -44,7 +44,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ckprof.markers import (
+from ckprof.trace._build import kind_of_category
+from ckprof.trace.markers import (
     BACKWARD,
     CHECKPOINT_PREFIX,
     FORWARD,
@@ -53,7 +54,6 @@ from ckprof.markers import (
     RECOMPUTE_PREFIX,
     ZERO_GRAD,
 )
-from ckprof.trace._build import kind_of_category
 from ckprof.trace.model import EVENT_COLUMNS, MEMORY_COLUMNS, Trace
 
 __all__ = ["EVAL_PREFIX", "TraceBuilder", "trace_from_chrome"]

@@ -1,7 +1,7 @@
 """Write Nsight Systems-schema sqlite files for tests (no nsys needed).
 
 The tables and columns follow the NOTE [ Nsight Systems sqlite schema ] in
-``ckprof/nsys.py`` (itself from the Nsight "SQLite Export Schema Reference"): the DDL
+``ckprof/trace/nsys.py`` (itself from the Nsight "SQLite Export Schema Reference"): the DDL
 below reproduces a recent ``nsys export --type sqlite`` (column names, order, the
 ``StringIds`` string table, the enum tables, serialized ``globalTid``), including
 columns ckprof never reads, so the loader is tested against the real layout.
@@ -29,7 +29,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from ckprof.markers import NVTX_DOMAIN, PREFIX
+from ckprof.trace.markers import NVTX_DOMAIN, PREFIX
 
 __all__ = [
     "GpuActivity",

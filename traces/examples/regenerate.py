@@ -2,7 +2,7 @@
 
     python traces/examples/regenerate.py
 
-- ``demo_markers.pt.trace.json.gz``: ``ckprof.demo_model.run_demo`` -- the built-in
+- ``demo_markers.pt.trace.json.gz``: ``ckprof.capture.demo.run_demo`` -- the built-in
   transformer, every block through ``ckprof.checkpoint``, captured with
   ``ckprof.capture`` (markers, memory baseline metadata).
 - ``demo_plain.pt.trace.json.gz``: the same model checkpointed with plain
@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 from torch.utils.checkpoint import checkpoint
 
-from ckprof.demo_model import build_demo, run_demo
+from ckprof.capture.demo import build_demo, run_demo
 
 HERE = Path(__file__).resolve().parent
 

@@ -47,11 +47,9 @@ import numpy as np
 import pandas as pd
 
 from ckprof.errors import EmptyTraceError, TraceFormatError, TraceNotFoundError
-from ckprof.markers import NVTX_DOMAIN, PREFIX
+from ckprof.trace._build import finish_events
+from ckprof.trace.markers import NVTX_DOMAIN, PREFIX
 from ckprof.trace.model import (
-    EVENT_COLUMNS,
-    GPU_KINDS,
-    KINDS,
     MEMORY_COLUMNS,
     Trace,
 )
@@ -527,66 +525,12 @@ def _namespace_correlation(runtime: pd.DataFrame,
 
 
 def _finish_events(frame: pd.DataFrame) -> pd.DataFrame:
-    """Sort by (ts_ns, -dur_ns), compute parent/depth, apply the column dtypes."""
+    """Sort, nest and type through the one finishing step of every reader
+    (:func:`ckprof.trace._build.finish_events`); at equal start and duration an
+    annotation encloses an op, which encloses a runtime call."""
     kind_rank = {k: i for i, k in enumerate(("user_annotation", "cpu_op", "runtime"))}
     rank = frame["kind"].map(kind_rank).fillna(len(kind_rank)).to_numpy(dtype=np.int64)
-    order = np.lexsort((rank, -frame["dur_ns"].to_numpy(), frame["ts_ns"].to_numpy()))
-    frame = frame.iloc[order].reset_index(drop=True)
-    parent, depth = _nest(frame)
-    out = pd.DataFrame({
-        "name": pd.Categorical(frame["name"].astype(str)),
-        "cat": pd.Categorical(frame["cat"].astype(str)),
-        "kind": pd.Categorical(frame["kind"].astype(str), categories=list(KINDS)),
-        "pid": frame["pid"].astype("int64"),
-        "tid": frame["tid"].astype("int64"),
-        "ts_ns": frame["ts_ns"].astype("int64"),
-        "dur_ns": frame["dur_ns"].astype("int64"),
-        "correlation": frame["correlation"].astype("int64"),
-        "external_id": np.full(len(frame), -1, dtype=np.int64),
-        "seq": (frame["seq"].fillna(-1).astype("int64") if "seq" in frame.columns
-                else np.full(len(frame), -1, dtype=np.int64)),
-        "parent": parent,
-        "depth": depth.astype(np.int32),
-    })
-    return out[list(EVENT_COLUMNS)]
-
-
-def _nest(frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
-    """Innermost enclosing CPU row on the same (pid, tid); GPU rows have no parent.
-
-    The same rule as the Chrome loader (NOTE [ Event tree rules ] in
-    ckprof/trace/_build.py): rows are sorted by (ts_ns, -dur_ns); per thread a stack
-    drops every range that ended at or before this row's start; the parent is the
-    innermost remaining range that fully encloses the row. A start/end range that only
-    partly overlaps the top goes under the innermost range that encloses it (or is a
-    root) and is still pushed, so rows inside it find it.
-    """
-    n = len(frame)
-    parent = np.full(n, -1, dtype=np.int64)
-    depth = np.zeros(n, dtype=np.int64)
-    cpu = ~frame["kind"].isin(GPU_KINDS).to_numpy()
-    idx = np.flatnonzero(cpu)
-    if not len(idx):
-        return parent, depth
-    ts = frame["ts_ns"].to_numpy()
-    end = ts + frame["dur_ns"].to_numpy()
-    keys = list(zip(frame["pid"].to_numpy()[idx].tolist(), frame["tid"].to_numpy()[idx].tolist(),
-                    strict=True))
-    stacks: dict[tuple[int, int], list[int]] = {}
-    ts_l, end_l = ts.tolist(), end.tolist()
-    depth_l = [0] * n
-    for i, key in zip(idx.tolist(), keys, strict=True):
-        stack = stacks.setdefault(key, [])
-        start, stop = ts_l[i], end_l[i]
-        while stack and end_l[stack[-1]] <= start:
-            stack.pop()
-        for j in reversed(stack):
-            if stop <= end_l[j]:
-                parent[i] = j
-                depth_l[i] = depth_l[j] + 1
-                break
-        stack.append(i)
-    return parent, np.asarray(depth_l, dtype=np.int64)
+    return finish_events(frame, tie=rank)
 
 
 def _enum_labels(con: sqlite3.Connection, schema: _Schema, table: str) -> dict[int, str]:

@@ -15,7 +15,7 @@ Contract::
   ``other``). One wall-clock timeline per step, whatever thread a range was on.
 - ``recompute``: ``step``, ``region``, ``start_ns``, ``end_ns``, ``method``: one row per
   recompute occurrence (a region recomputed once per backward -> one row per step).
-- ``recompute_detection``: ``markers`` | ``stack`` | ``sequence`` when that method found
+- ``recompute_found_by``: ``markers`` | ``stack`` | ``sequence`` when that method found
   recompute, ``none`` when nothing was found.
 - ``phase_source``: ``markers`` (ckprof phase markers) or ``rules`` (plain traces).
 - ``notes``: remarks for the user.
@@ -33,8 +33,10 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from ckprof.errors import CkprofError, EmptyTraceError, NotCapturedError
-from ckprof.markers import (
+from ckprof.analysis.detection import RECOMPUTE_DETECTIONS, check_recompute_detection
+from ckprof.analysis.intervals import lexicographic_score, thread_ids
+from ckprof.errors import EmptyTraceError, NotCapturedError
+from ckprof.trace.markers import (
     BACKWARD,
     FORWARD,
     MARKER_PHASE,
@@ -55,7 +57,6 @@ __all__ = [
     "find_phases",
 ]
 
-RECOMPUTE_DETECTIONS: tuple[str, ...] = ("auto", "markers", "stack", "sequence", "none")
 
 #: autograd engine node executions (one per backward node run)
 EVAL_PREFIX = "autograd::engine::evaluate_function: "
@@ -97,7 +98,7 @@ class PhaseTable:
     steps: pd.DataFrame
     segments: pd.DataFrame
     recompute: pd.DataFrame
-    recompute_detection: str
+    recompute_found_by: str
     notes: tuple[str, ...] = ()
     phase_source: str = "rules"
 
@@ -386,9 +387,11 @@ def _tile_step(step: int, s: int, e: int, iv: dict[str, np.ndarray],
         sub = np.where(active[:, cols], order[cols][None, :], -1)
         best = sub.max(axis=1)
         winner_in_group[:, cols] = active[:, cols] & (sub == best[:, None])
+    # the winner of each elementary span: highest (layer, priority, order), i.e. the
+    # NOTE [ Phase precedence ]: recompute layer > markers > rules; within a layer the
+    # higher-priority phase; then the latest-started interval. +1 so that 0 = inactive.
     score = np.where(winner_in_group,
-                     layer.astype(np.int64) * 10 * big * big + prio.astype(np.int64) * big * big
-                     + order.astype(np.int64) + 1, 0)
+                     lexicographic_score([layer, prio, order], [3, 10, int(big)]) + 1, 0)
     win = score.argmax(axis=1)
     any_active = score.max(axis=1) > 0
     ph = np.where(any_active, phase[win], "other")
@@ -415,10 +418,7 @@ def find_phases(trace: Trace, recompute_detection: str = "auto") -> PhaseTable:
     recompute carved out). Raises :class:`NotCapturedError` when an explicit method
     needs what the trace lacks, :class:`EmptyTraceError` on a trace without events.
     """
-    if recompute_detection not in RECOMPUTE_DETECTIONS:
-        raise CkprofError(
-            f"recompute_detection must be one of {', '.join(RECOMPUTE_DETECTIONS)}, "
-            f"not {recompute_detection!r}", hint="Use auto unless you compare methods")
+    check_recompute_detection(recompute_detection)
     ev = trace.events
     if len(ev) == 0:
         raise EmptyTraceError("trace has no complete (ph X) events", path=trace.path,
@@ -503,8 +503,8 @@ def find_phases(trace: Trace, recompute_detection: str = "auto") -> PhaseTable:
         mnames = cats[codes[mk]]
         mphase = [MARKER_PHASE[c] if c in MARKER_PHASE else phase_of_user_marker(c)
                   for c in mnames]
-        tkey = (ev["pid"].to_numpy(dtype=np.int64)[mk] * 1_000_003
-                + ev["tid"].to_numpy(dtype=np.int64)[mk])
+        tkey = thread_ids(ev["pid"].to_numpy(dtype=np.int64)[mk],
+                          ev["tid"].to_numpy(dtype=np.int64)[mk])
         parts.append(pd.DataFrame({"start_ns": ts[mk], "end_ns": end[mk], "phase": mphase,
                                    "region": "", "layer": _LAYER_MARKERS,
                                    "group": tkey}))
@@ -540,7 +540,7 @@ def find_phases(trace: Trace, recompute_detection: str = "auto") -> PhaseTable:
     unknown = set(segments["phase"]) - set(PHASES)
     assert not unknown, f"phases outside PHASES: {unknown}"
     return PhaseTable(steps=steps.reset_index(drop=True), segments=segments,
-                      recompute=recompute.reset_index(drop=True), recompute_detection=found,
+                      recompute=recompute.reset_index(drop=True), recompute_found_by=found,
                       notes=tuple(notes), phase_source=phase_source)
 
 
@@ -589,8 +589,7 @@ def _rule_windows(ev, codes, cats, steps, notes, ts, end, is_ann) -> pd.DataFram
     main = set(zip(pid[step_rows].tolist(), tid[step_rows].tolist(), strict=True))
     bwd_threads = set(zip(pid[ev_rows].tolist(), tid[ev_rows].tolist(), strict=True)) - main
     if bwd_threads and len(first):
-        key = pid * 1_000_003 + tid
-        on_bwd = np.isin(key, [p * 1_000_003 + t for p, t in bwd_threads])
+        on_bwd = pd.MultiIndex.from_arrays([pid, tid]).isin(list(bwd_threads))
         roots = np.flatnonzero(on_bwd & (ev["depth"].to_numpy() == 0)
                                & _kind_mask(ev, "cpu_op", "user_annotation", "runtime"))
         r_step = _step_of(ts[roots], steps)

@@ -16,7 +16,7 @@ Contract::
 
 - ``HtaLabels.frames[rank]`` is a NEW DataFrame: HTA's rows and columns for that rank
   plus ``step`` (int64, -1 outside any ProfilerStep), ``phase`` (one of
-  :data:`ckprof.markers.PHASES`), ``recompute_region`` (str, "" unless the phase is
+  :data:`ckprof.trace.markers.PHASES`), ``recompute_region`` (str, "" unless the phase is
   ``recompute``) and ``ckprof_event`` (row in ``Trace.events``, -1 when HTA's row
   could not be matched; see NOTE [ Joining HTA rows to ckprof events ]).
 - The HTA object is never modified: per-phase analyses run on shallow copies whose
@@ -54,7 +54,8 @@ from ckprof.errors import (
     OptionalDependencyError,
     TraceNotFoundError,
 )
-from ckprof.markers import PHASES
+from ckprof.report.text import check_format, markdown_table, records, text_table
+from ckprof.trace.markers import PHASES
 
 if TYPE_CHECKING:
     from hta.trace_analysis import TraceAnalysis
@@ -645,7 +646,7 @@ def hta_phase_tables(
     return HtaPhaseTables(
         kernel_time=kernel_time, kernel_types=kernel_types, kernels=kernels, idle=idle,
         comm_overlap=comm_overlap, memory=memory, match=labels.match,
-        recompute_detection={r: a.phases.recompute_detection for r, a in labels.analyses.items()},
+        recompute_detection={r: a.phases.recompute_found_by for r, a in labels.analyses.items()},
         notes=tuple(notes), where=where,
     )
 
@@ -762,8 +763,8 @@ def render_hta_tables(tables: HtaPhaseTables, fmt: str = "table") -> str:
     if fmt == "json":
         import json
 
-        doc: dict[str, Any] = {name: _records(df) for name, _, df in blocks}
-        doc["match"] = _records(tables.match)
+        doc: dict[str, Any] = {name: records(df) for name, _, df in blocks}
+        doc["match"] = records(tables.match)
         doc["recompute_detection"] = {str(r): m for r, m in tables.recompute_detection.items()}
         doc["notes"] = list(tables.notes)
         return json.dumps(doc, indent=2, allow_nan=False) + "\n"
@@ -775,8 +776,7 @@ def render_hta_tables(tables: HtaPhaseTables, fmt: str = "table") -> str:
         if tables.notes:
             parts.append("\n".join(f"- {n}" for n in tables.notes))
         return "\n\n".join(parts) + "\n"
-    if fmt != "table":
-        raise ValueError(f"unknown format {fmt!r}; choose one of table, json, csv, markdown")
+    check_format(fmt)
     parts = [f"HTA analyses split by ckprof phase: {tables.where}"]
     for name, title, df in blocks:
         shown = df
@@ -797,15 +797,6 @@ def _shorten(name: str, width: int = 72) -> str:
     return name[: width - tail - 1] + "…" + name[-tail:]
 
 
-def _records(df: pd.DataFrame) -> list[dict[str, Any]]:
-    out = []
-    for rec in df.to_dict("records"):
-        out.append({k: (None if isinstance(v, float) and math.isnan(v)
-                        else v.item() if isinstance(v, np.generic) else v)
-                    for k, v in rec.items()})
-    return out
-
-
 def _fmt(v: Any) -> str:
     if isinstance(v, (float, np.floating)):
         return "—" if math.isnan(v) else f"{v:,.1f}"
@@ -815,23 +806,13 @@ def _fmt(v: Any) -> str:
 def _text(df: pd.DataFrame) -> str:
     if df.empty:
         return "  (none)"
-    cols = [str(c) for c in df.columns]
-    cells = [[_fmt(v) for v in row] for row in df.itertuples(index=False)]
-    widths = [max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(cols)]
-    numeric = [pd.api.types.is_numeric_dtype(df[c]) for c in df.columns]
-
-    def line(vals: list[str]) -> str:
-        return "  " + "  ".join(v.rjust(w) if num else v.ljust(w)
-                                for v, w, num in zip(vals, widths, numeric, strict=True)).rstrip()
-
-    return "\n".join([line(cols), *(line(r) for r in cells)])
+    align = "".join("r" if pd.api.types.is_numeric_dtype(df[c]) else "l" for c in df.columns)
+    rows = [[_fmt(v) for v in row] for row in df.itertuples(index=False)]
+    return "\n".join(text_table([str(c) for c in df.columns], rows, align))
 
 
 def _markdown(df: pd.DataFrame) -> str:
     if df.empty:
         return "_(none)_"
-    cols = [str(c) for c in df.columns]
-    rows = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
-    for row in df.itertuples(index=False):
-        rows.append("| " + " | ".join(_fmt(v).replace("|", "\\|") for v in row) + " |")
-    return "\n".join(rows)
+    rows = [[_fmt(v) for v in row] for row in df.itertuples(index=False)]
+    return "\n".join(markdown_table([str(c) for c in df.columns], rows))

@@ -30,8 +30,8 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from ckprof.markers import CHECKPOINT_PREFIX, PHASES
-from ckprof.phases import PhaseTable
+from ckprof.analysis.phases import PhaseTable
+from ckprof.trace.markers import CHECKPOINT_PREFIX, PHASES
 from ckprof.trace.model import GPU_KINDS, Trace
 
 __all__ = ["TimeAttribution", "attribute_time"]
@@ -183,11 +183,11 @@ def attribute_time(trace: Trace, phases: PhaseTable) -> TimeAttribution:
     rgpu = rg.groupby("region")["dur_ns"].sum()
     fwd = _forward_wall(trace, phases)
     names = list(dict.fromkeys([*count.index, *rwall.index]))
-    if phases.recompute_detection in ("markers", "none"):
+    if phases.recompute_found_by in ("markers", "none"):
         names += [r for r in fwd.index if r not in names]
     elif len(fwd):
         notes.append("checkpoint markers name regions differently from "
-                     f"{phases.recompute_detection} detection: forward times per region "
+                     f"{phases.recompute_found_by} detection: forward times per region "
                      "only shown with marker detection")
     regions = pd.DataFrame({
         "region": pd.Series(names, dtype=object),

@@ -6,8 +6,8 @@ Contract::
     analyze(trace, recompute_detection="auto", step=None) -> Analysis
 
 ``Analysis`` is frozen. Its stage outputs (``phases``, ``time``, ``memory``) are the
-frozen dataclasses of :mod:`ckprof.phases`, :mod:`ckprof.attribution` and
-:mod:`ckprof.memory`; the ``*_table()`` methods return NEW DataFrames in
+frozen dataclasses of :mod:`ckprof.analysis.phases`, :mod:`ckprof.analysis.attribution` and
+:mod:`ckprof.analysis.memory`; the ``*_table()`` methods return NEW DataFrames in
 milliseconds / bytes for people and notebooks; :meth:`Analysis.to_dict` is the
 machine-readable contract printed by ``ckprof analyze --format json`` (keys are
 added freely, never renamed -- see README "JSON output").
@@ -27,30 +27,16 @@ from typing import Any
 
 import pandas as pd
 
-from ckprof.attribution import TimeAttribution, attribute_time
+from ckprof.analysis.attribution import TimeAttribution, attribute_time
+from ckprof.analysis.detection import check_recompute_detection
+from ckprof.analysis.memory import PhaseMemory, peak_memory_by_phase
+from ckprof.analysis.phases import PhaseTable, find_phases
 from ckprof.errors import NotCapturedError
-from ckprof.markers import PHASES
-from ckprof.memory import MemoryReport, peak_memory_by_phase
-from ckprof.phases import PhaseTable, find_phases
+from ckprof.trace.load import load_trace
+from ckprof.trace.markers import PHASES
 from ckprof.trace.model import Trace
 
-__all__ = ["Analysis", "analyze", "load", "load_any_trace"]
-
-RECOMPUTE_DETECTIONS = ("auto", "markers", "stack", "sequence", "none")
-
-
-def load_any_trace(path: str | os.PathLike[str], *, salvage: bool = False,
-                   load_workers: int | None = None) -> Trace:
-    """Read a Chrome/Kineto JSON trace (plain or gzip) or an Nsight Systems sqlite
-    export into a :class:`Trace` (dispatch on the file's first bytes).
-    ``load_workers``: see :func:`ckprof.trace.load.load_trace` ``workers``."""
-    from ckprof.nsys import is_nsys_sqlite, load_nsys
-    from ckprof.trace.load import load_trace
-
-    if is_nsys_sqlite(path):
-        return load_nsys(path)
-    return load_trace(path, salvage=salvage, workers=load_workers)
-
+__all__ = ["Analysis", "analyze", "load"]
 
 def load(
     path: str | os.PathLike[str],
@@ -60,16 +46,13 @@ def load(
     load_workers: int | None = None,
 ) -> Analysis:
     """Read ``path`` and run every analysis stage on it."""
-    trace = load_any_trace(path, salvage=salvage, load_workers=load_workers)
+    trace = load_trace(path, salvage=salvage, workers=load_workers)
     return analyze(trace, recompute_detection=recompute_detection, step=step)
 
 
 def analyze(trace: Trace, recompute_detection: str = "auto", step: int | None = None) -> Analysis:
     """Run phases -> attribution -> memory on an already loaded trace."""
-    if recompute_detection not in RECOMPUTE_DETECTIONS:
-        raise ValueError(
-            f"recompute_detection must be one of {RECOMPUTE_DETECTIONS}, not {recompute_detection!r}"
-        )
+    check_recompute_detection(recompute_detection)
     phases = find_phases(trace, recompute_detection=recompute_detection)
     if step is not None:
         phases = _only_step(phases, step, trace.path)
@@ -96,15 +79,6 @@ def _only_step(phases: PhaseTable, step: int, path: str) -> PhaseTable:
     )
 
 
-def _ms(ns: float | int | None) -> float | None:
-    if ns is None:
-        return None
-    value = float(ns)
-    if math.isnan(value):
-        return None
-    return value / 1e6
-
-
 @dataclass(frozen=True)
 class Analysis:
     """Everything ckprof knows about one trace. Build with :func:`load`."""
@@ -112,7 +86,7 @@ class Analysis:
     trace: Trace
     phases: PhaseTable
     time: TimeAttribution
-    memory: MemoryReport
+    memory: PhaseMemory
     step: int | None = None
 
     # ---- tables for people (new DataFrames every call) -------------------------
@@ -121,8 +95,14 @@ class Analysis:
         return self.trace.path
 
     @property
+    def recompute_found_by(self) -> str:
+        """The method that found the reported recompute (``none``: nothing found)."""
+        return self.phases.recompute_found_by
+
+    @property
     def recompute_detection(self) -> str:
-        return self.phases.recompute_detection
+        """Same as :attr:`recompute_found_by`; the name of the JSON key."""
+        return self.phases.recompute_found_by
 
     @property
     def has_gpu(self) -> bool:
@@ -290,7 +270,7 @@ class Analysis:
         )
 
 
-def _memory_notes(memory: MemoryReport) -> tuple[str, ...]:
+def _memory_notes(memory: PhaseMemory) -> tuple[str, ...]:
     if not memory.captured and memory.reason:
         return (f"memory not captured: {memory.reason}",)
     return tuple(getattr(memory, "notes", ()) or ())

@@ -49,14 +49,22 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ckprof._callable_module import make_module_callable
-from ckprof.markers import PHASES
-from ckprof.output import format_bytes as fmt_bytes
+from ckprof.report.text import (
+    check_format,
+    format_bytes,
+    format_ms,
+    format_signed_bytes,
+    format_signed_ms,
+    format_signed_pct,
+    markdown_table,
+    records,
+    text_table,
+)
+from ckprof.trace.markers import PHASES
 from ckprof.trace.model import GPU_KINDS
 
-__all__ = ["FORMATS", "Comparison", "compare", "op_times", "render_comparison"]
+__all__ = ["Comparison", "compare", "op_times", "render_comparison"]
 
-FORMATS = ("table", "json", "csv", "markdown")
 
 
 @dataclass(frozen=True)
@@ -98,26 +106,12 @@ class Comparison:
             "candidate_steps": self.candidate_steps,
             "has_gpu": self.has_gpu,
             "within_noise": self.within_noise(),
-            "phases": _records(self.phases),
-            "memory": _records(self.memory),
-            "regions": _records(self.regions),
-            "ops": _records(self.ops),
+            "phases": records(self.phases),
+            "memory": records(self.memory),
+            "regions": records(self.regions),
+            "ops": records(self.ops),
             "notes": list(self.notes),
         }
-
-
-def _records(df: pd.DataFrame) -> list[dict[str, Any]]:
-    out = []
-    for rec in df.to_dict(orient="records"):
-        clean = {}
-        for k, v in rec.items():
-            if isinstance(v, np.generic):
-                v = v.item()
-            if isinstance(v, float) and math.isnan(v):
-                v = None
-            clean[str(k)] = v
-        out.append(clean)
-    return out
 
 
 def _as_analysis(run: Any, recompute_detection: str) -> Any:
@@ -317,8 +311,8 @@ def compare(baseline: Any, candidate: Any, recompute_detection: str = "auto") ->
     elif bool(dict(a.memory.baseline_bytes)) != bool(dict(b.memory.baseline_bytes)):
         notes.append("only one run records the memory live before profiling: peaks are not comparable")
     for label, an in (("baseline", a), ("candidate", b)):
-        if an.recompute_detection not in ("markers", "none"):
-            notes.append(f"{label}: recompute found by {an.recompute_detection} (no ckprof markers)")
+        if an.recompute_found_by not in ("markers", "none"):
+            notes.append(f"{label}: recompute found by {an.recompute_found_by} (no ckprof markers)")
     comparison = Comparison(
         baseline=str(a.trace.path),
         candidate=str(b.trace.path),
@@ -347,65 +341,28 @@ def _with_note(c: Comparison, note: str) -> Comparison:
 # ---- rendering (pure: DataFrames -> str) ------------------------------------------
 
 
-def _fmt_ms(x: Any) -> str:
-    return "—" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:,.3f}"
-
-
-def _fmt_signed_ms(x: Any) -> str:
-    return "—" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:+,.3f}"
-
-
-def _fmt_pct(x: Any) -> str:
-    return "—" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:+.1f}%"
-
-
-def _fmt_signed_bytes(n: Any) -> str:
-    text = fmt_bytes(n)
-    if text != "—" and not text.startswith("-"):
-        return "+" + text
-    return text
-
-
-def text_table(headers: list[str], rows: list[list[str]], align: str) -> list[str]:
-    """Fixed-width table lines; ``align`` has one char per column, ``l`` or ``r``."""
-    widths = [len(h) for h in headers]
-    for row in rows:
-        widths = [max(w, len(c)) for w, c in zip(widths, row, strict=True)]
-
-    def line(cells: list[str]) -> str:
-        parts = [c.ljust(w) if a == "l" else c.rjust(w) for c, w, a in zip(cells, widths, align, strict=True)]
-        return ("  " + "  ".join(parts)).rstrip()
-
-    return [line(headers), "  " + "  ".join("-" * w for w in widths), *(line(r) for r in rows)]
-
-
-def markdown_table(headers: list[str], rows: list[list[str]]) -> list[str]:
-    out = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
-    return out + ["| " + " | ".join(c.replace("|", "\\|") for c in row) + " |" for row in rows]
-
-
 def _sections(c: Comparison, top_ops: int) -> list[tuple[str, list[str], list[list[str]], str]]:
     phase_rows = [
-        [r.phase, _fmt_ms(r.baseline_ms), _fmt_ms(r.candidate_ms), _fmt_signed_ms(r.diff_ms), _fmt_pct(r.diff_pct)]
-        + ([_fmt_ms(r.baseline_gpu_ms), _fmt_ms(r.candidate_gpu_ms), _fmt_pct(r.gpu_diff_pct)] if c.has_gpu else [])
+        [r.phase, format_ms(r.baseline_ms), format_ms(r.candidate_ms), format_signed_ms(r.diff_ms), format_signed_pct(r.diff_pct)]
+        + ([format_ms(r.baseline_gpu_ms), format_ms(r.candidate_gpu_ms), format_signed_pct(r.gpu_diff_pct)] if c.has_gpu else [])
         for r in c.phases.itertuples(index=False)
     ]
     phase_head = ["phase", "baseline ms", "candidate ms", "diff ms", "diff"] + (
         ["base GPU ms", "cand GPU ms", "GPU diff"] if c.has_gpu else []
     )
     mem_rows = [
-        [r.phase, r.device, fmt_bytes(r.baseline_peak_bytes), fmt_bytes(r.candidate_peak_bytes),
-         _fmt_signed_bytes(r.diff_bytes), _fmt_pct(r.diff_pct)]
+        [r.phase, r.device, format_bytes(r.baseline_peak_bytes), format_bytes(r.candidate_peak_bytes),
+         format_signed_bytes(r.diff_bytes), format_signed_pct(r.diff_pct)]
         for r in c.memory.itertuples(index=False)
     ]
     reg_rows = [
-        [r.region, f"{r.baseline_count:g}", f"{r.candidate_count:g}", _fmt_ms(r.baseline_ms),
-         _fmt_ms(r.candidate_ms), _fmt_signed_ms(r.diff_ms)]
+        [r.region, f"{r.baseline_count:g}", f"{r.candidate_count:g}", format_ms(r.baseline_ms),
+         format_ms(r.candidate_ms), format_signed_ms(r.diff_ms)]
         for r in c.regions.itertuples(index=False)
     ]
     op_rows = [
-        [r.category, r.name, f"{r.baseline_count:g}", f"{r.candidate_count:g}", _fmt_ms(r.baseline_self_ms),
-         _fmt_ms(r.candidate_self_ms), _fmt_signed_ms(r.self_diff_ms), _fmt_signed_ms(r.total_diff_ms)]
+        [r.category, r.name, f"{r.baseline_count:g}", f"{r.candidate_count:g}", format_ms(r.baseline_self_ms),
+         format_ms(r.candidate_self_ms), format_signed_ms(r.self_diff_ms), format_signed_ms(r.total_diff_ms)]
         for r in c.ops.head(top_ops).itertuples(index=False)
     ]
     return [
@@ -425,13 +382,12 @@ def render_comparison(c: Comparison, fmt: str = "table", top_ops: int = 15) -> s
         return json.dumps(c.to_dict(), indent=2, allow_nan=False) + "\n"
     if fmt == "csv":
         return _render_csv(c)
-    if fmt not in ("table", "markdown"):
-        raise ValueError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
+    check_format(fmt)
     noise = c.within_noise()
     head = [
         f"baseline:  {c.baseline} ({c.baseline_steps} step(s))",
         f"candidate: {c.candidate} ({c.candidate_steps} step(s))",
-        f"step time {_fmt_pct(c.step_diff_pct)}"
+        f"step time {format_signed_pct(c.step_diff_pct)}"
         + ("" if noise is None else (" (within step-to-step noise)" if noise else " (outside step-to-step noise)")),
     ]
     lines: list[str] = []
@@ -474,7 +430,3 @@ def _render_csv(c: Comparison) -> str:
         w.writerow(["ops", f"{r.category}:{r.name}", "self_ms", num(r.baseline_self_ms), num(r.candidate_self_ms),
                     num(r.self_diff_ms)])
     return buf.getvalue()
-
-
-# ``ckprof.compare`` is both this module and its function: NOTE [ Callable module ].
-make_module_callable(__name__, "compare")

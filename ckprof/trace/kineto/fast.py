@@ -18,7 +18,7 @@
 # decimals, read from the text with numpy, give the value modulo 10**4 ns exactly:
 # together they pin it (``_raw_us_to_ns``). ``dur`` is small: a float below 2**33 µs
 # is within 2**-20 µs of its text, so ``floor * 1000 + rint(frac * 1000)`` is exact
-# and a 4th decimal would show (``_float_us_to_ns``). Anything else is ``Odd``.
+# and a 4th decimal would show (``_float_us_to_ns``). Anything else is ``NeedsCarefulReader``.
 #
 # An odd event -- a missing or wrong-typed field, NaN, bad UTF-8, a text pid that is
 # not an id, a value with more than 3 decimals or a huge duration -- makes its piece
@@ -26,7 +26,7 @@
 # (``read_careful_piece``), appended in order. ``_ingest`` is all-or-nothing so a failed
 # piece leaves no trace behind. Anything structural -- another layout, no event
 # boundaries, B/E events (pairs may span pieces), a piece that is not a run of JSON
-# values -- raises ``Odd`` and the loader starts over with the careful reader for the
+# values -- raises ``NeedsCarefulReader`` and the loader starts over with the careful reader for the
 # whole file. Tests check that the result is identical to the careful reader's on every
 # real trace and on mutated ones.
 """
@@ -45,12 +45,12 @@ import numpy as np
 import pandas as pd
 
 from ckprof.trace._build import Columns, device_label
-from ckprof.trace._careful import read_careful_piece
+from ckprof.trace.kineto.careful import read_careful_piece
 
-__all__ = ["Odd", "read_fast"]
+__all__ = ["NeedsCarefulReader", "read_fast"]
 
 
-class Odd(Exception):
+class NeedsCarefulReader(Exception):
     """The fast reader met something it does not handle; use the careful reader."""
 
 
@@ -112,17 +112,17 @@ def _raw_us_to_ns(raws: list[msgspec.Raw]) -> np.ndarray:
         return np.empty(0, dtype=np.int64)
     joined = b",".join(raws)
     if b"-" in joined or b"e" in joined or b"E" in joined:
-        raise Odd("negative or exponent-notation time")
+        raise NeedsCarefulReader("negative or exponent-notation time")
     try:
         approx = np.array(_LIST_OF_FLOATS.decode(b"[" + joined + b"]"), dtype=np.float64)
     except (msgspec.DecodeError, msgspec.ValidationError) as err:
-        raise Odd(f"time is not a number: {err}") from None
+        raise NeedsCarefulReader(f"time is not a number: {err}") from None
     if len(approx) != n or not (approx.max() < 2.0**53):
-        raise Odd("time out of range")
+        raise NeedsCarefulReader("time out of range")
     buf = np.frombuffer(joined, dtype=np.uint8)
     ends = np.flatnonzero(buf == 0x2C)  # the ',' after each token but the last
     if len(ends) != n - 1:
-        raise Odd("time token with a comma")
+        raise NeedsCarefulReader("time token with a comma")
     ends = np.append(ends, len(buf))
     starts = np.concatenate([[0], ends[:-1] + 1])
     lens = ends - starts
@@ -133,7 +133,7 @@ def _raw_us_to_ns(raws: list[msgspec.Raw]) -> np.ndarray:
     for k in (2, 3, 4):
         dot_from_end[(tail[k - 1] == 0x2E) & (lens > k)] = k
     if int(np.count_nonzero(dot_from_end)) != joined.count(b"."):
-        raise Odd("time with more than 3 decimals")
+        raise NeedsCarefulReader("time with more than 3 decimals")
     digit = [t.astype(np.int64) - 0x30 for t in tail]
     frac_digits = np.maximum(dot_from_end - 1, 0)
     # r = (last integer digit) * 1000 + decimals scaled to ns
@@ -152,7 +152,7 @@ _FLOAT_EXACT_LIMIT = float(2**33)
 
 
 def _float_us_to_ns(values: list[float]) -> np.ndarray:
-    """Exact ns from float µs below 2**33 µs (~2.4 h) with at most 3 decimals, else Odd.
+    """Exact ns from float µs below 2**33 µs (~2.4 h) with at most 3 decimals, else NeedsCarefulReader.
 
     Below that limit a float is within 2**-20 µs of its decimal text, so the text's
     3 decimals are ``rint(frac * 1000)`` exactly, and a 4th decimal would show as a
@@ -161,12 +161,12 @@ def _float_us_to_ns(values: list[float]) -> np.ndarray:
     if len(arr) == 0:
         return np.empty(0, dtype=np.int64)
     if not (np.abs(arr).max() < _FLOAT_EXACT_LIMIT):  # also catches NaN
-        raise Odd("duration too large for the float path")
+        raise NeedsCarefulReader("duration too large for the float path")
     whole = np.floor(arr)
     frac_ns = (arr - whole) * 1000.0
     rounded = np.rint(frac_ns)
     if np.abs(frac_ns - rounded).max() > 0.01:
-        raise Odd("duration with more than 3 decimals")
+        raise NeedsCarefulReader("duration with more than 3 decimals")
     return whole.astype(np.int64) * 1000 + rounded.astype(np.int64)
 
 
@@ -181,11 +181,11 @@ def _map_ids(values: list[Any], cols: Columns) -> np.ndarray:
                                             text_ids.setdefault(v, cols.ids.map(v)))
               for v in values]
     if None in mapped:
-        raise Odd("pid/tid is not an id")
+        raise NeedsCarefulReader("pid/tid is not an id")
     try:
         return np.array(mapped, dtype=np.int64)
     except OverflowError:
-        raise Odd("pid/tid outside int64") from None
+        raise NeedsCarefulReader("pid/tid outside int64") from None
 
 
 def _factorize(values: list[str]) -> tuple[np.ndarray, list[str]]:
@@ -200,14 +200,14 @@ def _ints(values: list[int]) -> np.ndarray:
     try:
         return np.array(values, dtype=np.int64)
     except OverflowError:
-        raise Odd("id outside int64") from None
+        raise NeedsCarefulReader("id outside int64") from None
 
 
 def _decode(piece: Any) -> list[Any]:
     try:
         return _DECODER.decode(piece)
     except (msgspec.DecodeError, msgspec.ValidationError, RecursionError) as err:
-        raise Odd(str(err)) from None
+        raise NeedsCarefulReader(str(err)) from None
 
 
 _get_name = attrgetter("name")
@@ -232,7 +232,7 @@ def _ingest(evs: list[Any], cols: Columns) -> None:
     dur = _float_us_to_ns(list(map(_get_dur, xs)))
     mts = _raw_us_to_ns(list(map(_get_ts, inst)))
     if len(ts) and (dur.min() < 0 or ts.max() + dur.max() > 2**62):
-        raise Odd("negative duration or time out of range")
+        raise NeedsCarefulReader("negative duration or time out of range")
     args = [e.args or _NO_ARGS for e in xs]
     ext = _ints([a.external_id for a in args])
     ext_legacy = _ints([a.external_id_legacy for a in args])
@@ -326,7 +326,7 @@ class _Window:
 
 def _decode_in_place(win: _Window, start: int, stop: int, cols: Columns) -> None:
     """Decode ``buf[start:stop]`` (a run of events, maybe with a trailing ',') as a list
-    and ingest it. Raises Odd when it is not a list of events."""
+    and ingest it. Raises NeedsCarefulReader when it is not a list of events."""
     buf = win.buf
     s = start
     while s < stop and buf[s] in _WS_SET:
@@ -351,7 +351,7 @@ def _decode_in_place(win: _Window, start: int, stop: int, cols: Columns) -> None
     failure = None
     try:
         _ingest(_decode(view), cols)
-    except (Odd, ValueError, TypeError, OverflowError, IndexError) as err:
+    except (NeedsCarefulReader, ValueError, TypeError, OverflowError, IndexError) as err:
         # keep only the text: the traceback's frames hold structs whose Raw fields
         # point into ``view``, which must be released before the buffer changes
         failure = f"{type(err).__name__}: {err}"
@@ -360,7 +360,7 @@ def _decode_in_place(win: _Window, start: int, stop: int, cols: Columns) -> None
         buf[s - 1] = saved_open
         buf[e] = saved_close
     if failure is not None:
-        raise Odd(failure)
+        raise NeedsCarefulReader(failure)
 
 
 # NOTE [ Parallel pieces ]
@@ -378,7 +378,7 @@ def _careful_piece(data: bytes, cols: Columns) -> None:
     try:
         read_careful_piece(data, cols)
     except ValueError as err:
-        raise Odd(f"piece unreadable even carefully: {err}") from None
+        raise NeedsCarefulReader(f"piece unreadable even carefully: {err}") from None
 
 
 def _piece_result(cols: Columns) -> dict[str, Any]:
@@ -398,7 +398,7 @@ def _merge_piece(cols: Columns, piece: dict[str, Any]) -> None:
     for code, text in piece["ids"].items():
         known = cols.ids.names.get(code)
         if known is not None and known != text:
-            raise Odd("text id code collision across workers")
+            raise NeedsCarefulReader("text id code collision across workers")
         cols.ids.names[code] = text
         cols.ids._by_text[text] = code
     for reason, count in piece["skipped"].items():
@@ -418,7 +418,7 @@ _WORKER_MAPS: dict[str, mmap.mmap] = {}
 
 
 def _decode_range(path: str, start: int, stop: int) -> dict[str, Any] | str:
-    """Worker: decode ``[start, stop)`` of the file; a str result is an Odd reason."""
+    """Worker: decode ``[start, stop)`` of the file; a str result is an NeedsCarefulReader reason."""
     gc.disable()
     try:
         mm = _WORKER_MAPS.get(path)
@@ -429,13 +429,13 @@ def _decode_range(path: str, start: int, stop: int) -> dict[str, Any] | str:
         cols = Columns()
         try:
             _decode_in_place(win, start, stop, cols)
-        except Odd:
+        except NeedsCarefulReader:
             cols = Columns()
             _careful_piece(bytes(mm[start:stop]), cols)
         mm.madvise(mmap.MADV_DONTNEED, (start // mmap.PAGESIZE) * mmap.PAGESIZE,
                    stop - (start // mmap.PAGESIZE) * mmap.PAGESIZE)
         return _piece_result(cols)
-    except Odd as err:
+    except NeedsCarefulReader as err:
         return str(err)
 
 
@@ -472,7 +472,7 @@ def _run_parallel(win: _Window, path: str, pattern: bytes, chunk_bytes: int, wor
             for fut in futures:
                 piece = fut.result()
                 if isinstance(piece, str):
-                    raise Odd(piece)
+                    raise NeedsCarefulReader(piece)
                 _merge_piece(cols, piece)
                 if win.on_consumed is not None:
                     win.on_consumed(piece_bytes(fut))
@@ -488,7 +488,7 @@ def read_fast(blocks: Iterator[bytes] | None, *, chunk_bytes: int,
               workers: int = 1,
               on_consumed: Callable[[int], None] | None = None) -> tuple[Columns, dict[str, Any], str]:
     """Decode a Kineto/Chrome trace from byte blocks (or a private mmap of ``path``,
-    optionally with ``workers`` processes, see NOTE [ Parallel pieces ]). Raises Odd.
+    optionally with ``workers`` processes, see NOTE [ Parallel pieces ]). Raises NeedsCarefulReader.
     ``on_consumed(n)`` is told the (uncompressed) bytes of every piece decoded."""
     was_enabled = gc.isenabled()
     gc.disable()
@@ -500,7 +500,7 @@ def read_fast(blocks: Iterator[bytes] | None, *, chunk_bytes: int,
             OSError, RuntimeError) as err:
         # anything unexpected in odd input (or a worker that died): the careful reader
         # decides what it is
-        raise Odd(f"{type(err).__name__}: {err}") from None
+        raise NeedsCarefulReader(f"{type(err).__name__}: {err}") from None
     finally:
         if was_enabled:
             gc.enable()
@@ -520,14 +520,14 @@ def _read_fast(win: _Window, chunk_bytes: int, path: str | None,
             header, array_format = b"", True
             break
         if lead[:1] not in (b"{", b""):
-            raise Odd("not a JSON object or array")
+            raise NeedsCarefulReader("not a JSON object or array")
         match = _EVENTS_KEY.search(head)
         if match:
             array_start = match.end()
             header, array_format = head[:array_start], False
             break
         if len(head) >= min(win.end, _HEADER_LIMIT) and (win.eof or win.end >= _HEADER_LIMIT):
-            raise Odd("no traceEvents array near the start")
+            raise NeedsCarefulReader("no traceEvents array near the start")
         want *= 4
     del head, lead
     win.pos = array_start
@@ -551,12 +551,12 @@ def _read_fast(win: _Window, chunk_bytes: int, path: str | None,
                 break
             chunk_bytes *= 2  # a single huge event: look further
             if chunk_bytes > 1 << 31:
-                raise Odd("no event boundaries")
+                raise NeedsCarefulReader("no event boundaries")
             continue
         ids_before = cols.ids.snapshot()
         try:
             _decode_in_place(win, win.pos, cut, cols)
-        except Odd:
+        except NeedsCarefulReader:
             cols.ids.restore(ids_before)
             if win.eof and cut + chunk_bytes >= win.end:
                 break  # near the end the pattern may also occur in the trailer: _finish
@@ -602,7 +602,7 @@ def _finish(data: bytes, header: bytes, array_format: bool, cols: Columns) -> di
         if stripped:
             try:
                 evs = _decode(b"[" + stripped + b"]")
-            except Odd as err:
+            except NeedsCarefulReader as err:
                 found = _TRAILING.search(str(err))
                 if found:
                     # piece byte N is data byte N - 1 + lead; the real ']' comes before it
@@ -618,13 +618,13 @@ def _finish(data: bytes, header: bytes, array_format: bool, cols: Columns) -> di
             ids_before = cols.ids.snapshot()
             try:
                 _ingest(evs, cols)
-            except (Odd, ValueError, TypeError, OverflowError, IndexError) as err:
+            except (NeedsCarefulReader, ValueError, TypeError, OverflowError, IndexError) as err:
                 del err
                 cols.ids.restore(ids_before)
                 evs = []
                 _careful_piece(stripped, cols)
         return _metadata(top, array_format)
-    raise Odd("could not find the end of the events array")
+    raise NeedsCarefulReader("could not find the end of the events array")
 
 
 def _metadata(top: Any, array_format: bool) -> dict[str, Any]:

@@ -6,20 +6,9 @@ Contract::
     builtin_policies(n_blocks)     none, full, every_2, sqrt (every ceil(sqrt(N))-th), selective
     parse_policy(text)             "none" | "full" | "every_<k>" | "sqrt" | "selective"
                                    | "selective:<op>,<op>" | "module:function"
-    find_blocks(model, path=None)  -> Blocks: the children of the largest nn.ModuleList
-                                   (or of the container named by ``path``)
-    apply_policy(model, policy, blocks=None)   context manager: checkpoint while inside
 
-# NOTE [ How a policy is applied ]
-# ``apply_policy`` wraps blocks IN PLACE and unwraps them on exit: it sets an
-# instance attribute ``forward`` on each chosen block that runs the block's own
-# forward through ``ckprof.checkpoint`` (non-reentrant, region named after the
-# block's path, so ``ckprof::checkpoint::<region>`` / ``ckprof::recompute::<region>``
-# markers are emitted). The module tree, parameter objects and ``state_dict`` keys
-# never change, so an optimizer built before or after stays valid. On exit the
-# attribute is removed (or the previous instance attribute put back). Nothing is
-# deep-copied: the sweep builds a fresh model per run (in its own process) instead.
-#
+Applying a policy to a model is :mod:`ckprof.strategy.apply` (torch).
+
 # "every_k" checkpoints blocks 0, k, 2k, ... (k = 1 is "full"); "sqrt" is every_k
 # with k = ceil(sqrt(N)), i.e. about sqrt(N) checkpointed blocks.
 # "selective" checkpoints every block through
@@ -27,31 +16,24 @@ Contract::
 # ops in ``save_ops`` (matmuls, convolutions, attention) are saved, every other op
 # is recomputed in backward.
 
-Only this module's functions that touch modules import torch, and they do so on
-call: ``import ckprof.policies`` works without torch.
+Pure: no torch. ``selective`` policies name aten ops as text.
 """
 
 from __future__ import annotations
 
-import contextlib
-import functools
 import math
 import re
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from importlib import import_module
 from typing import Any
 
-from ckprof.errors import CkprofError
-
 __all__ = [
     "DEFAULT_SAVE_OPS",
     "POLICY_KINDS",
-    "Blocks",
     "Policy",
-    "apply_policy",
     "builtin_policies",
-    "find_blocks",
+    "op_name",
     "parse_policy",
     "resolve_policies",
 ]
@@ -121,7 +103,7 @@ class Policy:
 
     @classmethod
     def selective(cls, save_ops: Sequence[str] = DEFAULT_SAVE_OPS, name: str = "selective") -> Policy:
-        ops = tuple(_op_name(op) for op in save_ops)
+        ops = tuple(op_name(op) for op in save_ops)
         spec = "selective" if ops == DEFAULT_SAVE_OPS else "selective:" + ",".join(ops)
         return cls(name, "selective", save_ops=ops, spec=spec)
 
@@ -220,7 +202,7 @@ def parse_policy(text: str) -> Policy:
             raise ValueError(f"policy {raw!r}: {attr} is a {type(factory).__name__}, not a function")
         policy = factory()
         if not isinstance(policy, Policy):
-            raise ValueError(f"policy {raw!r}: {raw} returned {type(policy).__name__}, not ckprof.policies.Policy")
+            raise ValueError(f"policy {raw!r}: {raw} returned {type(policy).__name__}, not ckprof.strategy.policies.Policy")
         return policy if policy.spec else _with_spec(policy, raw)
     raise ValueError(
         f"unknown policy {raw!r}: use none, full, every_<k>, sqrt, selective, "
@@ -248,137 +230,10 @@ def resolve_policies(policies: Sequence[Policy | str] | None, n_blocks: int | No
     return out
 
 
-def _op_name(op: Any) -> str:
+def op_name(op: Any) -> str:
     """'aten.mm' / 'aten::mm' / torch.ops.aten.mm / 'mm' -> 'mm'."""
     text = str(getattr(op, "__name__", op) if not isinstance(op, str) else op)
     text = text.replace("::", ".")
     if text.startswith("aten."):
         text = text[5:]
     return text.split(".")[0]
-
-
-# ---- modules (torch needed from here on, imported on call) --------------------------
-
-
-@dataclass(frozen=True)
-class Blocks:
-    """The repeated blocks a policy applies to: ``path`` of their container in the
-    model ("" for the model itself) and ``(name, module)`` pairs in order."""
-
-    path: str
-    items: tuple[tuple[str, Any], ...]
-
-    def __len__(self) -> int:
-        return len(self.items)
-
-    @property
-    def names(self) -> tuple[str, ...]:
-        return tuple(name for name, _ in self.items)
-
-
-def find_blocks(model: Any, path: str | None = None) -> Blocks:
-    """The repeated blocks of ``model``.
-
-    With ``path`` (e.g. ``"encoder.layers"``): the children of that submodule. Without:
-    the children of the largest ``nn.ModuleList`` (most children; ties go to the one
-    holding more parameters, then to the first in ``named_modules`` order). Raises
-    :class:`~ckprof.errors.CkprofError` when there is none.
-    """
-    import torch.nn as nn
-
-    if path:
-        try:
-            container = model.get_submodule(path)
-        except AttributeError as err:
-            raise CkprofError(
-                f"model has no submodule {path!r}",
-                hint="Name the container of the repeated blocks, e.g. 'encoder.layers'",
-            ) from err
-        found = path
-    else:
-        best: tuple[int, int, int] | None = None
-        found, container = "", None
-        for order, (name, module) in enumerate(model.named_modules()):
-            if isinstance(module, nn.ModuleList) and len(module) > 0:
-                n_params = sum(p.numel() for p in module.parameters())
-                key = (len(module), n_params, -order)
-                if best is None or key > best:
-                    best, found, container = key, name, module
-        if container is None:
-            raise CkprofError(
-                f"{type(model).__name__} has no nn.ModuleList of blocks to checkpoint",
-                hint="Pass blocks='<path of the container>' (CLI: --blocks)",
-            )
-    children = tuple(
-        (f"{found}.{name}" if found else name, child) for name, child in container.named_children()
-    )
-    if not children:
-        raise CkprofError(f"{path or type(model).__name__}: the container has no child modules",
-                          hint="Name the container of the repeated blocks")
-    return Blocks(path=found, items=children)
-
-
-def _region_name(name: str) -> str:
-    return name.replace("::", ".") or "block"
-
-
-def _context_fn(policy: Policy) -> Callable[[], Any] | None:
-    """The ``context_fn`` for torch's checkpoint (``None``: plain recompute everything)."""
-    if policy.kind == "selective":
-        from torch.utils.checkpoint import CheckpointPolicy, create_selective_checkpoint_contexts
-
-        save = frozenset(policy.save_ops)
-
-        def save_matmuls(ctx: Any, op: Any, *args: Any, **kwargs: Any) -> Any:
-            packet = _op_name(getattr(op, "overloadpacket", op))
-            return CheckpointPolicy.MUST_SAVE if packet in save else CheckpointPolicy.PREFER_RECOMPUTE
-
-        return functools.partial(create_selective_checkpoint_contexts, save_matmuls)
-    if policy.kind == "custom" and policy.op_policy is not None:
-        from torch.utils.checkpoint import create_selective_checkpoint_contexts
-
-        return functools.partial(create_selective_checkpoint_contexts, policy.op_policy)
-    return None
-
-
-def _checkpointed_forward(forward: Callable[..., Any], region: str, context_fn: Callable[[], Any] | None):
-    from ckprof.capture import checkpoint
-
-    @functools.wraps(forward)
-    def run(*args: Any, **kwargs: Any) -> Any:
-        extra: dict[str, Any] = {"name": region, "use_reentrant": False}
-        if context_fn is not None:
-            extra["context_fn"] = context_fn
-        return checkpoint(forward, *args, **extra, **kwargs)
-
-    return run
-
-
-_MISSING = object()
-
-
-@contextlib.contextmanager
-def apply_policy(model: Any, policy: Policy, blocks: Blocks | str | None = None) -> Iterator[Blocks]:
-    """Checkpoint ``model``'s blocks per ``policy`` while inside the ``with``.
-
-    Yields the :class:`Blocks` found (``blocks`` may be a :class:`Blocks`, a container
-    path, or ``None`` to find them). The model is restored on exit, also on error;
-    see ``NOTE [ How a policy is applied ]``.
-    """
-    found = blocks if isinstance(blocks, Blocks) else find_blocks(model, blocks)
-    chosen = policy.chosen(len(found))
-    context_fn = _context_fn(policy)
-    saved: list[tuple[Any, Any]] = []
-    try:
-        for index in chosen:
-            name, block = found.items[index]
-            previous = block.__dict__.get("forward", _MISSING)
-            saved.append((block, previous))
-            block.forward = _checkpointed_forward(block.forward, _region_name(name), context_fn)
-        yield found
-    finally:
-        for block, previous in reversed(saved):
-            if previous is _MISSING:
-                block.__dict__.pop("forward", None)
-            else:
-                block.forward = previous

@@ -14,7 +14,7 @@ Contract::
 - ``per_rank``: one row per analysed file, sorted by rank: ``rank`` int64, ``file``,
   ``rank_source`` (``distributedInfo`` | ``ckprof`` | ``file name`` | ``file index``),
   ``steps``, ``step_ms`` (sum over the file's steps), ``<phase>_ms`` for every phase of
-  :data:`ckprof.markers.PHASES` (wall time), ``<phase>_gpu_ms`` (NaN without GPU events),
+  :data:`ckprof.trace.markers.PHASES` (wall time), ``<phase>_gpu_ms`` (NaN without GPU events),
   ``recompute_overhead_pct``, ``recompute_detection``, ``memory_device`` (the device the
   ``peak_*`` columns describe: the GPU with the highest peak, else ``cpu``), and
   ``peak_<phase>_bytes`` (-1 when that phase has no memory event).
@@ -55,7 +55,16 @@ import numpy as np
 import pandas as pd
 
 from ckprof.errors import CkprofError, OptionalDependencyError, TraceNotFoundError
-from ckprof.markers import PHASES
+from ckprof.report.text import (
+    MISSING,
+    check_format,
+    format_bytes,
+    jsonable,
+    markdown_table,
+    records,
+    text_table,
+)
+from ckprof.trace.markers import PHASES
 
 __all__ = [
     "ENGINES",
@@ -138,7 +147,7 @@ def analyze_rank_file(path: str, recompute_detection: str = "auto") -> RankResul
             wall_ms=tuple((str(r.phase), float(r.wall_ms)) for r in totals.itertuples(index=False)),
             gpu_ms=tuple((str(r.phase), float(r.gpu_ms)) for r in totals.itertuples(index=False)),
             recompute_overhead_pct=math.nan if overhead is None else float(overhead),
-            recompute_detection=str(analysis.recompute_detection),
+            recompute_detection=str(analysis.recompute_found_by),
             memory=tuple((str(r.phase), str(r.device), int(r.peak_bytes)) for r in mem.itertuples(index=False)),
         )
     except Exception as err:  # every failure is reported per file, see docstring
@@ -352,7 +361,7 @@ def analyze_directory(
     n_workers = default_workers(len(files)) if workers is None else max(1, int(workers))
     # largest first: the longest task should not start last
     ordered = sorted(files, key=lambda p: (-_size(p), str(p)))
-    from ckprof.progress import Progress
+    from ckprof.trace.progress import Progress
 
     with Progress(len(ordered), unit="ranks", label=f"analysing {directory.name}/", enabled=progress) as bar:
         if engine == "serial":
@@ -394,7 +403,7 @@ def _mp_context() -> Any:
     if "forkserver" in methods:
         ctx = mp.get_context("forkserver")
         # imported once in the server; every worker is then a cheap fork of it
-        ctx.set_forkserver_preload(["ckprof.ranks", "ckprof.analysis", "ckprof.trace.load"])
+        ctx.set_forkserver_preload(["ckprof.integrations.ranks", "ckprof.analysis", "ckprof.trace.load"])
         return ctx
     return mp.get_context("spawn")  # pragma: no cover - non-Linux
 
@@ -483,35 +492,14 @@ def _run_dask(files: Sequence[Path], recompute_detection: str, workers: int, sch
 # Rendering
 # ---------------------------------------------------------------------------------------
 
-RANK_FORMATS: tuple[str, ...] = ("table", "text", "json", "csv", "markdown")
-
-
 def _num(x: float, unit: str) -> str:
     if x is None or (isinstance(x, float) and math.isnan(x)):
         return "—"
     if unit == "bytes":
-        from ckprof.report.tables import format_bytes
-
-        return format_bytes(x) if x >= 0 else "—"
+        return format_bytes(x) if x >= 0 else MISSING
     if unit == "%":
         return f"{x:.1f}%"
     return f"{x:,.3f}"
-
-
-def _fixed(headers: list[str], rows: list[list[str]], align: str) -> list[str]:
-    widths = [max([len(h), *(len(r[i]) for r in rows)]) for i, h in enumerate(headers)]
-
-    def line(cells: list[str]) -> str:
-        return "  " + "  ".join(c.ljust(w) if a == "l" else c.rjust(w)
-                                for c, w, a in zip(cells, widths, align, strict=True)).rstrip()
-
-    return [line(headers), "  " + "  ".join("-" * w for w in widths), *(line(r) for r in rows)]
-
-
-def _md(headers: list[str], rows: list[list[str]]) -> list[str]:
-    esc = lambda s: s.replace("|", "\\|")  # noqa: E731
-    return ["| " + " | ".join(headers) + " |", "|" + "|".join(" --- " for _ in headers) + "|",
-            *("| " + " | ".join(esc(c) for c in r) + " |" for r in rows)]
 
 
 def _rank_rows(summary: RankSummary) -> tuple[list[str], list[list[str]]]:
@@ -539,40 +527,27 @@ def _headline(summary: RankSummary) -> str:
             + f" · engine {summary.engine}, {summary.workers} worker(s)")
 
 
-def _to_jsonable(value: Any) -> Any:
-    if isinstance(value, (np.integer,)):
-        return int(value)
-    if isinstance(value, (float, np.floating)):
-        return None if math.isnan(float(value)) else round(float(value), 6)
-    return value
-
-
-def _records(frame: pd.DataFrame) -> list[dict[str, Any]]:
-    return [{k: _to_jsonable(v) for k, v in rec.items()} for rec in frame.to_dict(orient="records")]
-
-
 def render_rank_summary(summary: RankSummary, fmt: str = "table") -> str:
     """Render a :class:`RankSummary`: ``table``/``text`` (people), ``json`` (scripts:
     keys ``directory``, ``ranks``, ``cross_rank``, ``failures``, ``recompute_spread_ms``,
     ``notes``), ``csv`` (one tidy table: ``table, metric, stat, rank, file, value``) or
     ``markdown``."""
     renderers: dict[str, Callable[[RankSummary], str]] = {
-        "table": _render_text, "text": _render_text, "json": _render_json,
-        "csv": _render_csv, "markdown": _render_markdown,
+        "table": _render_text, "json": _render_json, "csv": _render_csv, "markdown": _render_markdown,
     }
-    if fmt not in renderers:
-        raise ValueError(f"unknown format {fmt!r}; choose one of {', '.join(RANK_FORMATS)}")
-    return renderers[fmt](summary)
+    if fmt == "text":  # accepted alias of "table"
+        fmt = "table"
+    return renderers[check_format(fmt)](summary)
 
 
 def _render_text(summary: RankSummary) -> str:
     lines = [_headline(summary), "", "Per rank (wall ms, all analysed steps)"]
     headers, rows = _rank_rows(summary)
-    lines += _fixed(headers, rows, "r" * (len(headers) - 1) + "l") if rows else ["  (no rank analysed)"]
+    lines += text_table(headers, rows, "r" * (len(headers) - 1) + "l") if rows else ["  (no rank analysed)"]
     if len(summary.cross_rank):
         lines += ["", "Across ranks"]
         headers, rows = _cross_rows(summary)
-        lines += _fixed(headers, rows, "l" + "r" * (len(headers) - 1))
+        lines += text_table(headers, rows, "l" + "r" * (len(headers) - 1))
         lines.append(f"  recompute spread: {_num(summary.recompute_spread_ms, 'ms')} ms "
                      f"({_num(summary.recompute_spread_pct, '%')} of the median)")
     if len(summary.failures):
@@ -586,10 +561,10 @@ def _render_text(summary: RankSummary) -> str:
 def _render_markdown(summary: RankSummary) -> str:
     lines = [f"**{_headline(summary)}**", "", "### Per rank"]
     headers, rows = _rank_rows(summary)
-    lines += _md(headers, rows)
+    lines += markdown_table(headers, rows)
     if len(summary.cross_rank):
         lines += ["", "### Across ranks"]
-        lines += _md(*_cross_rows(summary))
+        lines += markdown_table(*_cross_rows(summary))
     if len(summary.failures):
         lines += ["", "### Failed", *(f"- `{Path(r.file).name}`: {r.message}"
                                       for r in summary.failures.itertuples(index=False))]
@@ -603,12 +578,12 @@ def _render_json(summary: RankSummary) -> str:
         "directory": summary.directory,
         "engine": summary.engine,
         "workers": summary.workers,
-        "ranks": _records(summary.per_rank),
-        "memory": _records(summary.per_rank_memory),
-        "cross_rank": _records(summary.cross_rank),
-        "recompute_spread_ms": _to_jsonable(summary.recompute_spread_ms),
-        "recompute_spread_pct": _to_jsonable(summary.recompute_spread_pct),
-        "failures": _records(summary.failures),
+        "ranks": records(summary.per_rank, digits=6),
+        "memory": records(summary.per_rank_memory, digits=6),
+        "cross_rank": records(summary.cross_rank, digits=6),
+        "recompute_spread_ms": jsonable(summary.recompute_spread_ms, digits=6),
+        "recompute_spread_pct": jsonable(summary.recompute_spread_pct, digits=6),
+        "failures": records(summary.failures, digits=6),
         "notes": list(summary.notes),
     }
     return json.dumps(doc, indent=2) + "\n"
@@ -623,11 +598,11 @@ def _render_csv(summary: RankSummary) -> str:
     w.writerow(["table", "metric", "stat", "rank", "file", "value"])
     for rec in summary.per_rank.to_dict(orient="records"):
         for metric in cross_rank_metrics():
-            w.writerow(["per_rank", metric, "value", rec["rank"], rec["file"], _to_jsonable(rec[metric])])
+            w.writerow(["per_rank", metric, "value", rec["rank"], rec["file"], jsonable(rec[metric], digits=6)])
     for r in summary.cross_rank.itertuples(index=False):
         for stat in ("max", "median", "min", "spread", "spread_pct"):
             rank = r.slowest_rank if stat == "max" else (r.fastest_rank if stat == "min" else "")
-            w.writerow(["cross_rank", r.metric, stat, rank, "", _to_jsonable(getattr(r, stat))])
+            w.writerow(["cross_rank", r.metric, stat, rank, "", jsonable(getattr(r, stat), digits=6)])
     for r in summary.failures.itertuples(index=False):
         w.writerow(["failure", r.error_type, "", "", r.file, r.message])
     return buf.getvalue()

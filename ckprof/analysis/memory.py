@@ -2,7 +2,7 @@
 
 Contract::
 
-    peak_memory_by_phase(trace, phases) -> MemoryReport
+    peak_memory_by_phase(trace, phases) -> PhaseMemory
 
 - ``timeline``: ``ts_ns``, ``device``, ``allocated_bytes`` (absolute when
   ``absolute[device]``), ``step``, ``phase``, ``region`` (phase at that instant; step -1
@@ -46,11 +46,11 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from ckprof.markers import PHASES, ZERO_GRAD
-from ckprof.phases import PhaseTable
+from ckprof.analysis.phases import PhaseTable
+from ckprof.trace.markers import PHASES, ZERO_GRAD
 from ckprof.trace.model import Trace
 
-__all__ = ["NO_MEMORY_REASON", "MemoryReport", "peak_memory_by_phase"]
+__all__ = ["NO_MEMORY_REASON", "PhaseMemory", "peak_memory_by_phase"]
 
 NO_MEMORY_REASON = "trace has no [memory] events (capture with profile_memory=True)"
 
@@ -61,7 +61,7 @@ _TIMELINE_COLUMNS = {"ts_ns": "int64", "device": object, "allocated_bytes": "int
 
 
 @dataclass(frozen=True)
-class MemoryReport:
+class PhaseMemory:
     """Memory levels over time and peaks per phase. See the module docstring."""
 
     timeline: pd.DataFrame
@@ -72,6 +72,10 @@ class MemoryReport:
     captured: bool = False
     reason: str = ""
     notes: tuple[str, ...] = ()
+
+
+#: The former name of :class:`PhaseMemory` (kept so existing code keeps working).
+MemoryReport = PhaseMemory
 
 
 def _empty(cols: dict[str, object]) -> pd.DataFrame:
@@ -189,11 +193,11 @@ def _innermost_ops(ev: pd.DataFrame, pid: np.ndarray, tid: np.ndarray,
     return out
 
 
-def peak_memory_by_phase(trace: Trace, phases: PhaseTable) -> MemoryReport:
+def peak_memory_by_phase(trace: Trace, phases: PhaseTable) -> PhaseMemory:
     """Allocated bytes per device over time and the peak of every step x phase (pure)."""
     mem = trace.memory
     if len(mem) == 0:
-        return MemoryReport(timeline=_empty(_TIMELINE_COLUMNS), peaks=_empty(_PEAK_COLUMNS),
+        return PhaseMemory(timeline=_empty(_TIMELINE_COLUMNS), peaks=_empty(_PEAK_COLUMNS),
                             peaks_total=_empty(_PEAK_COLUMNS)[
                                 ["phase", "device", "peak_bytes", "step", "at_ts_ns", "at_op"]],
                             captured=False, reason=NO_MEMORY_REASON,
@@ -270,6 +274,6 @@ def peak_memory_by_phase(trace: Trace, phases: PhaseTable) -> MemoryReport:
                    .drop(columns=["_neg", "_p"])
                    [["phase", "device", "peak_bytes", "step", "at_ts_ns", "at_op"]]
                    .reset_index(drop=True))
-    return MemoryReport(timeline=timeline, peaks=peaks, peaks_total=peaks_total,
+    return PhaseMemory(timeline=timeline, peaks=peaks, peaks_total=peaks_total,
                         baseline_bytes=baseline, absolute=absolute, captured=True,
                         reason="", notes=tuple(notes))

@@ -112,6 +112,18 @@ class _Rows:
             return None
         return pid, tid
 
+    def _ids_ts(self, e: dict) -> tuple[tuple[int, int], int] | None:
+        """(pid, tid), ts_ns of an event, or None after counting why it is skipped."""
+        ids = self._ids(e)
+        if ids is None:
+            self.cols.skip(_SKIP_ID)
+            return None
+        ts = us_to_ns(e.get("ts"))
+        if ts is None:
+            self.cols.skip(_SKIP_TS)
+            return None
+        return ids, ts
+
     def _complete(self, e: dict, dur_value: Any) -> None:
         cols = self.cols
         name = e.get("name")
@@ -122,14 +134,10 @@ class _Rows:
         if not isinstance(cat, str):
             cols.skip(_SKIP_CAT)
             return
-        ids = self._ids(e)
-        if ids is None:
-            cols.skip(_SKIP_ID)
+        where = self._ids_ts(e)
+        if where is None:
             return
-        ts = us_to_ns(e.get("ts"))
-        if ts is None:
-            cols.skip(_SKIP_TS)
-            return
+        ids, ts = where
         dur = us_to_ns(dur_value)
         if dur is None:
             cols.skip(_SKIP_DUR)
@@ -159,14 +167,10 @@ class _Rows:
 
     def _memory(self, e: dict) -> None:
         cols = self.cols
-        ids = self._ids(e)
-        if ids is None:
-            cols.skip(_SKIP_ID)
+        where = self._ids_ts(e)
+        if where is None:
             return
-        ts = us_to_ns(e.get("ts"))
-        if ts is None:
-            cols.skip(_SKIP_TS)
-            return
+        ids, ts = where
         args = e.get("args")
         if not isinstance(args, dict):
             args = {}

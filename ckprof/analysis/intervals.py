@@ -1,0 +1,44 @@
+"""Small shared helpers over event columns for the analysis stages (numpy only).
+
+- :func:`thread_ids`: one dense integer per (pid, tid) pair;
+- :func:`lexicographic_score`: several small non-negative integer keys packed into one
+  int64 that orders like the tuple of keys.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+
+__all__ = ["lexicographic_score", "thread_ids"]
+
+
+def thread_ids(pid: np.ndarray, tid: np.ndarray) -> np.ndarray:
+    """Dense int64 ids, equal exactly when (pid, tid) are equal.
+
+    Kineto pids and tids are arbitrary 64-bit values (tids of 2**31 and more occur),
+    so no arithmetic packing of the pair is safe; the pair is factorised instead."""
+    pid = np.asarray(pid, dtype=np.int64)
+    tid = np.asarray(tid, dtype=np.int64)
+    if len(pid) == 0:
+        return np.empty(0, dtype=np.int64)
+    pairs = pd.MultiIndex.from_arrays([pid, tid])
+    return pd.factorize(pairs)[0].astype(np.int64)
+
+
+def lexicographic_score(keys: Sequence[np.ndarray], bounds: Sequence[int]) -> np.ndarray:
+    """Pack keys ``k0, k1, ...`` (each ``0 <= k_i < bounds[i]``) into one int64 that
+    orders exactly like the tuple ``(k0, k1, ...)``: ``k0 * B1 * B2 ... + k1 * B2 ... + ...``.
+
+    Raises ``OverflowError`` if the product of the bounds does not fit in int64."""
+    total = 1
+    for b in bounds:
+        total *= int(b)
+    if total >= 2**63:
+        raise OverflowError("lexicographic_score: keys do not fit in int64")
+    out = np.zeros(np.broadcast(*keys).shape, dtype=np.int64) if keys else np.zeros(0, np.int64)
+    for key, bound in zip(keys, bounds, strict=True):
+        out = out * np.int64(bound) + np.asarray(key, dtype=np.int64)
+    return out

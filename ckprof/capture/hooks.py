@@ -1,0 +1,216 @@
+"""Automatic phase markers: forward / backward / optimizer / zero_grad ranges opened
+by hooks while a capture records, and the explicit ``ckprof.phase(name)`` range.
+
+Contract: :class:`PhaseMarkers` is installed by :class:`ckprof.capture.session.Capture`
+when a window starts recording and uninstalled when it stops; while installed it
+opens and closes ``ckprof::forward`` / ``ckprof::backward`` / ``ckprof::optimizer`` /
+``ckprof::zero_grad`` ranges (record_function + NVTX) without any edit to the user's
+step. :data:`LIVE` holds the markers of the one capture running in this process.
+
+# NOTE [ Phase markers ]
+# forward   opens at the first module forward pre-hook of the step on the capture's
+#           thread outside autograd (graph task id -1: recompute is not forward) and
+#           closes when backward starts, the optimizer or zero_grad runs, a
+#           ckprof.phase opens or closes, or the step ends. The global pre-hook is
+#           removed while a forward range is open and during backward (a global
+#           module hook slows every module call) and re-armed when they close.
+# backward  wraps torch.autograd.backward / torch.autograd.grad (Tensor.backward
+#           calls the former), outermost call only.
+# optimizer global optimizer step pre/post hooks (nested optimizers counted).
+# zero_grad wraps torch.optim.Optimizer.zero_grad and nn.Module.zero_grad.
+# Markers opened by hooks are closed before the next ProfilerStep starts, so ranges
+# never straddle a step. ckprof.phase(...) closes the open automatic range on enter
+# and on exit so that ranges nest; use it for step-level sections.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import threading
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import torch
+
+from ckprof.capture.ranges import Range
+from ckprof.capture.regions import NAMES
+from ckprof.trace.markers import (
+    BACKWARD,
+    FORWARD,
+    OPTIMIZER,
+    PHASE_PREFIX,
+    ZERO_GRAD,
+    sanitize_region,
+)
+
+__all__ = ["LIVE", "LIVE_LOCK", "PhaseMarkers", "phase"]
+
+_graph_task_id = torch._C._current_graph_task_id
+
+
+
+class PhaseMarkers:
+    """Automatic forward / backward / optimizer / zero_grad ranges (see NOTE above)."""
+
+    def __init__(self, thread_id: int) -> None:
+        self.thread_id = thread_id
+        self.installed = False
+        self._current: Range | None = None
+        self._kind: str | None = None
+        self._opt_depth = 0
+        self._handles: list[Any] = []
+        self._saved: list[tuple[Any, str, Any]] = []
+        self._forward_hook: Any = None
+
+    # -- the forward pre-hook is armed only while no forward range is open: any global
+    # module hook sends EVERY module call through torch's slow path (~1.6 us each)
+    def _arm(self) -> None:
+        if self._forward_hook is None and self.installed:
+            from torch.nn.modules.module import register_module_forward_pre_hook
+
+            self._forward_hook = register_module_forward_pre_hook(self._on_forward_pre)
+
+    def _disarm(self) -> None:
+        hook, self._forward_hook = self._forward_hook, None
+        if hook is not None:
+            hook.remove()  # safe inside the hook: torch iterates over a copy
+
+    # -- state
+    def _open(self, kind: str, name: str) -> None:
+        self.close_current()
+        self._kind = kind
+        self._current = Range(name).open()
+
+    def close_current(self, *, rearm: bool = True) -> None:
+        rng, self._current, self._kind = self._current, None, None
+        self._opt_depth = 0
+        if rng is not None:
+            rng.close()
+        if rearm:
+            self._arm()
+
+    def _mine(self) -> bool:
+        return threading.get_ident() == self.thread_id
+
+    # -- hooks
+    def _on_forward_pre(self, module: torch.nn.Module, args: Any) -> None:
+        if self._kind is None and _graph_task_id() == -1 and self._mine():
+            NAMES.add_root(module)
+            NAMES.occurrences.clear()
+            self._open("forward", FORWARD)
+            self._disarm()
+
+    def _on_optimizer_pre(self, optimizer: Any, args: Any, kwargs: Any) -> None:
+        if not self._mine():
+            return
+        if self._kind == "optimizer":
+            self._opt_depth += 1
+            return
+        self._open("optimizer", OPTIMIZER)
+        self._opt_depth = 1
+
+    def _on_optimizer_post(self, optimizer: Any, args: Any, kwargs: Any) -> None:
+        if self._kind == "optimizer" and self._mine():
+            self._opt_depth -= 1
+            if self._opt_depth <= 0:
+                self.close_current()
+
+    def _wrap_engine(self, original: Callable[..., Any]) -> Callable[..., Any]:
+        markers = self
+
+        @functools.wraps(original)
+        def engine_entry(*args: Any, **kwargs: Any) -> Any:
+            if _graph_task_id() != -1 or not markers._mine():
+                return original(*args, **kwargs)
+            markers.close_current(rearm=False)  # recompute calls modules: keep them fast
+            try:
+                with Range(BACKWARD):
+                    return original(*args, **kwargs)
+            finally:
+                markers._arm()
+
+        engine_entry._ckprof_original = original  # type: ignore[attr-defined]
+        return engine_entry
+
+    def _wrap_zero_grad(self, original: Callable[..., Any]) -> Callable[..., Any]:
+        markers = self
+
+        @functools.wraps(original)
+        def zero_grad(obj: Any, *args: Any, **kwargs: Any) -> Any:
+            if not markers._mine():
+                return original(obj, *args, **kwargs)
+            if markers._kind != "optimizer":
+                markers.close_current()
+            with Range(ZERO_GRAD):
+                return original(obj, *args, **kwargs)
+
+        zero_grad._ckprof_original = original  # type: ignore[attr-defined]
+        return zero_grad
+
+    # -- install / uninstall
+    def _patch(self, owner: Any, attr: str, replacement: Any) -> None:
+        original = owner.__dict__[attr] if isinstance(owner, type) else getattr(owner, attr)
+        self._saved.append((owner, attr, original))
+        setattr(owner, attr, replacement)
+
+    def install(self) -> None:
+        if self.installed:
+            return
+        self.installed = True
+        try:
+            from torch.optim.optimizer import (
+                register_optimizer_step_post_hook,
+                register_optimizer_step_pre_hook,
+            )
+
+            self._arm()
+            self._handles.append(register_optimizer_step_pre_hook(self._on_optimizer_pre))
+            self._handles.append(register_optimizer_step_post_hook(self._on_optimizer_post))
+            self._patch(torch.autograd, "backward", self._wrap_engine(torch.autograd.backward))
+            self._patch(torch.autograd, "grad", self._wrap_engine(torch.autograd.grad))
+            for cls in (torch.optim.Optimizer, torch.nn.Module):
+                if "zero_grad" in cls.__dict__:
+                    self._patch(cls, "zero_grad", self._wrap_zero_grad(cls.__dict__["zero_grad"]))
+        except BaseException:
+            self.uninstall()
+            raise
+        NAMES.count_occurrences = True
+
+    def uninstall(self) -> None:
+        self.close_current(rearm=False)
+        self._disarm()
+        for handle in self._handles:
+            with contextlib.suppress(Exception):
+                handle.remove()
+        self._handles = []
+        for owner, attr, original in reversed(self._saved):
+            setattr(owner, attr, original)
+        self._saved = []
+        self.installed = False
+        NAMES.count_occurrences = False
+        NAMES.occurrences.clear()
+
+
+LIVE_LOCK = threading.Lock()
+LIVE: list[PhaseMarkers] = []  # the markers of the capture that is running (at most one)
+
+
+@contextlib.contextmanager
+def phase(name: str) -> Iterator[None]:
+    """An explicit ``ckprof::phase::<name>`` range (record_function + NVTX).
+
+    Costs a flag check when no profiler records. Inside a capture, the automatic
+    range open at enter is closed first (ranges must nest), and so is one opened
+    inside by the time it exits.
+    """
+    markers = LIVE[0] if LIVE else None
+    if markers is not None and markers.installed and markers._mine():
+        markers.close_current()
+    rng = Range(PHASE_PREFIX + sanitize_region(name)).open()
+    try:
+        yield
+    finally:
+        if markers is not None and markers.installed and markers._mine():
+            markers.close_current()
+        rng.close()
