@@ -174,7 +174,7 @@ class Columns:
 
 _EV_KEYS = ("name", "cat", "pid", "tid", "ts_ns", "dur_ns", "correlation", "external_id", "seq")
 _MEM_KEYS = ("ts_ns", "device", "pid", "tid", "total_allocated_bytes", "total_reserved_bytes",
-             "bytes")
+             "bytes", "addr")
 
 
 def device_label(device_type: int, device_id: int) -> str:
@@ -403,7 +403,8 @@ def build_trace(cols: Columns, *, path: str, metadata: Mapping[str, Any], source
         "ts_ns": mts[morder],
         "device": _sorted_categorical(_take(cols.mem["device"], morder), cols.devices.values),
         **{k: _take(cols.mem[k], morder)
-           for k in ("pid", "tid", "total_allocated_bytes", "total_reserved_bytes", "bytes")},
+           for k in ("pid", "tid", "total_allocated_bytes", "total_reserved_bytes", "bytes",
+                     "addr")},
     }, copy=False)
 
     ck = metadata.get("ckprof")

@@ -34,7 +34,10 @@ depth             int32     0 for roots
 ``memory`` -- one row per ``[memory]`` instant event, sorted by ``ts_ns``:
 ``ts_ns`` int64, ``device`` category (``"cpu"``, ``"cuda:0"`` ...), ``pid``/``tid``
 int64, ``total_allocated_bytes`` int64 (-1 when absent), ``total_reserved_bytes``
-int64 (-1 when absent), ``bytes`` int64 (negative on free).
+int64 (-1 when absent), ``bytes`` int64 (negative on free), ``addr`` int64 (the
+block's address, ``Addr`` in Kineto, ``address`` in nsys; -1 when absent). An
+allocation and the free of the same block carry the same address, so block lifetimes
+can be rebuilt (:mod:`ckprof.analysis.composition`).
 
 ``metadata`` -- the top-level keys of the file other than ``traceEvents``
 (``schemaVersion``, ``deviceProperties``, ``distributedInfo``, ...).
@@ -89,6 +92,7 @@ MEMORY_COLUMNS: dict[str, str] = {
     "total_allocated_bytes": "int64",
     "total_reserved_bytes": "int64",
     "bytes": "int64",
+    "addr": "int64",
 }
 
 

@@ -197,9 +197,10 @@ class TraceBuilder:
     # ---- memory and metadata -------------------------------------------------
     def memory(self, ts: float, *, bytes: int, total_allocated: int | None = None,
                total_reserved: int | None = None, device: str = "cpu",
-               tid: int | None = None) -> TraceBuilder:
+               tid: int | None = None, addr: int | None = None) -> TraceBuilder:
         """A ``[memory]`` instant event; ``device`` is ``"cpu"`` or ``"cuda:N"``.
-        ``total_allocated=None`` omits the field (legacy traces)."""
+        ``total_allocated=None`` omits the field (legacy traces). ``addr`` is the
+        block address (default: a fresh one per event, so nothing pairs up)."""
         if device == "cpu":
             dtype, did = 0, -1
         else:
@@ -208,7 +209,7 @@ class TraceBuilder:
                 raise ValueError(f"device must be 'cpu' or 'cuda:N', not {device!r}")
             dtype, did = 1, int(m.group(1))
         args: dict[str, Any] = {"Bytes": int(bytes), "Device Id": did, "Device Type": dtype,
-                                "Addr": 1000 + len(self._events)}
+                                "Addr": 1000 + len(self._events) if addr is None else int(addr)}
         if total_allocated is not None:
             args["Total Allocated"] = int(total_allocated)
             args["Total Reserved"] = int(total_reserved if total_reserved is not None else 0)
@@ -319,7 +320,7 @@ def trace_from_chrome(obj: Mapping[str, Any] | list[Any], *, path: str = "<memor
                 round(float(e["ts"]) * 1000), _memory_device(args),
                 _num_id(e.get("pid", 0), names), _num_id(e.get("tid", 0), names),
                 int(args.get("Total Allocated", -1)), int(args.get("Total Reserved", -1)),
-                int(args.get("Bytes", 0)),
+                int(args.get("Bytes", 0)), int(args.get("Addr", -1)),
             ))
             continue
         if ph != "X":

@@ -20,7 +20,8 @@ invalid UTF-8, truncated or damaged files. It never raises anything but a
 # - ``args`` ids (``correlation``, ``External id`` or legacy ``external id``,
 #   ``Sequence number``) are used when they are JSON integers in int64, else -1.
 # - ``[memory]``: ``Device Type``/``Device Id`` (ints; absent -> -1), ``Total
-#   Allocated``/``Total Reserved`` (absent -> -1), ``Bytes`` (absent -> 0).
+#   Allocated``/``Total Reserved`` (absent -> -1), ``Bytes`` (absent -> 0), ``Addr``
+#   (absent -> -1).
 """
 
 from __future__ import annotations
@@ -85,7 +86,8 @@ class _Rows:
                                                           "seq")}
         self.mem: dict[str, list[int]] = {k: [] for k in ("ts_ns", "device", "pid", "tid",
                                                            "total_allocated_bytes",
-                                                           "total_reserved_bytes", "bytes")}
+                                                           "total_reserved_bytes", "bytes",
+                                                           "addr")}
         self.open: dict[tuple[int, int], list[dict]] = {}  # B events waiting for their E
         self.seen_events = 0  # JSON objects with a "ph" key
         self.in_events = False  # the events array was found (even if it ends early)
@@ -183,6 +185,7 @@ class _Rows:
         m["total_allocated_bytes"].append(_int_arg(args, "Total Allocated", -1))
         m["total_reserved_bytes"].append(_int_arg(args, "Total Reserved", -1))
         m["bytes"].append(_int_arg(args, "Bytes", 0))
+        m["addr"].append(_int_arg(args, "Addr", -1))
 
     def _begin_end(self, e: dict, ph: str) -> None:
         ids = self._ids(e)

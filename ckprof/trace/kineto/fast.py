@@ -63,6 +63,7 @@ class _Args(msgspec.Struct, rename={
     "nbytes": "Bytes",
     "device_type": "Device Type",
     "device_id": "Device Id",
+    "addr": "Addr",
 }):
     correlation: int = -1
     external_id: int = -1
@@ -73,6 +74,7 @@ class _Args(msgspec.Struct, rename={
     nbytes: int = 0
     device_type: int = -1
     device_id: int = -1
+    addr: int = -1
 
 
 _NO_ARGS = _Args()
@@ -258,7 +260,8 @@ def _ingest(evs: list[Any], cols: Columns) -> None:
                       tid=_map_ids(list(map(_get_tid, inst)), cols),
                       total_allocated_bytes=_ints([a.total_allocated for a in margs]),
                       total_reserved_bytes=_ints([a.total_reserved for a in margs]),
-                      bytes=_ints([a.nbytes for a in margs]))
+                      bytes=_ints([a.nbytes for a in margs]),
+                      addr=_ints([a.addr for a in margs]))
     # -- nothing below can fail: commit
     if len(ts):
         cols.add_events(name=cols.names.encode_uniques(name_uniques)[name_codes],
