@@ -46,6 +46,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from ckprof.analysis.intervals import innermost_op_rows
 from ckprof.analysis.phases import PhaseTable
 from ckprof.trace.markers import PHASES, ZERO_GRAD
 from ckprof.trace.model import Trace
@@ -154,39 +155,9 @@ def _correct_unseen_frees(trace: Trace, device: str, ts: np.ndarray, levels: np.
 def _innermost_ops(ev: pd.DataFrame, pid: np.ndarray, tid: np.ndarray,
                    t: np.ndarray) -> np.ndarray:
     """Name of the innermost cpu_op on thread (pid[i], tid[i]) enclosing instant t[i]
-    ("" when none). Vectorised: one searchsorted per thread, then a parent walk."""
+    ("" when none)."""
     out = np.full(len(t), "", dtype=object)
-    if len(t) == 0 or len(ev) == 0:
-        return out
-    ts = ev["ts_ns"].to_numpy(dtype=np.int64)
-    end = ts + ev["dur_ns"].to_numpy(dtype=np.int64)
-    parent = ev["parent"].to_numpy(dtype=np.int64)
-    is_op = (ev["kind"] == "cpu_op").to_numpy()
-    cpu_side = np.flatnonzero(ev["kind"].isin(["cpu_op", "user_annotation", "runtime",
-                                               "other"]).to_numpy())
-    keys = pd.DataFrame({"pid": ev["pid"].to_numpy()[cpu_side],
-                         "tid": ev["tid"].to_numpy()[cpu_side]})
-    j = np.full(len(t), -1, dtype=np.int64)
-    want = pd.DataFrame({"pid": pid, "tid": tid})
-    wanted = want.groupby(["pid", "tid"]).indices
-    for key, idx in keys.groupby(["pid", "tid"]).indices.items():
-        at = wanted.get(key)
-        if at is None:
-            continue
-        rows = cpu_side[idx]                       # already in time order
-        k = np.searchsorted(ts[rows], t[at], side="right") - 1
-        j[at] = np.where(k >= 0, rows[np.maximum(k, 0)], -1)
-    # the last event starting at or before t is the innermost one containing t when it
-    # contains t; otherwise one of its ancestors does (or none)
-    found = np.full(len(t), -1, dtype=np.int64)
-    pending = j >= 0
-    while pending.any():
-        p = np.flatnonzero(pending)
-        jj = j[p]
-        hit = is_op[jj] & (ts[jj] <= t[p]) & (t[p] < end[jj])
-        found[p[hit]] = jj[hit]
-        j[p] = np.where(hit, -1, parent[jj])
-        pending = j >= 0
+    found = innermost_op_rows(ev, pid, tid, t)
     names = ev["name"].to_numpy(dtype=object)
     ok = found >= 0
     out[ok] = [str(x) for x in names[found[ok]]]

@@ -34,6 +34,7 @@ import numpy as np
 import pandas as pd
 
 from ckprof.analysis.detection import RECOMPUTE_DETECTIONS, check_recompute_detection
+from ckprof.analysis.intervals import down_tree as _down_tree
 from ckprof.analysis.intervals import lexicographic_score, thread_ids
 from ckprof.errors import EmptyTraceError, NotCapturedError
 from ckprof.trace.markers import (
@@ -150,20 +151,6 @@ def _mask_names(codes: np.ndarray, cats: np.ndarray, pred) -> np.ndarray:
 
 def _kind_mask(ev: pd.DataFrame, *kinds: str) -> np.ndarray:
     return ev["kind"].isin(kinds).to_numpy()  # categorical: tests categories, not rows
-
-
-def _down_tree(parent: np.ndarray, depth: np.ndarray, fn) -> None:
-    """Visit rows level by level (roots first); ``fn(rows, parents)`` fills arrays
-    for ``rows`` from their (already filled) ``parents``. Vectorised per level."""
-    if len(depth) == 0:
-        return
-    order = np.argsort(depth, kind="stable")
-    d_sorted = depth[order]
-    bounds = np.searchsorted(d_sorted, np.arange(int(d_sorted[-1]) + 2))
-    for d in range(1, int(d_sorted[-1]) + 1):
-        rows = order[bounds[d]:bounds[d + 1]]
-        if len(rows):
-            fn(rows, parent[rows])
 
 
 def _empty_recompute() -> pd.DataFrame:
