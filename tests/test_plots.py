@@ -49,8 +49,10 @@ def build_checkpointed(n_steps: int = 2, *, gpu: bool = False, memory: bool = Tr
         if not memory:
             return
         total[device] += nbytes
+        # a free shares the address of its allocation (sizes are unique per block here)
+        addr = 0x10000 + abs(nbytes) + (1 << 40 if device != "cpu" else 0)
         b.memory(ts, bytes=nbytes, total_allocated=total[device], total_reserved=total[device] * 2,
-                 device=device)
+                 device=device, addr=addr)
 
     seq = 0
     for i in range(n_steps):
@@ -283,6 +285,7 @@ def with_memory_noise(trace, n_pairs: int):
         "total_allocated_bytes": total.astype(np.int64),
         "total_reserved_bytes": (2 * total).astype(np.int64),
         "bytes": both["bytes"].to_numpy(np.int64),
+        "addr": np.full(n, -1, dtype=np.int64),
     })
     out = dataclasses.replace(trace, memory=new_mem)
     out.check()

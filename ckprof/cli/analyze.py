@@ -17,6 +17,9 @@ Examples:
   ckprof analyze trace.json --recompute-detection sequence   # cross-check the markers
   ckprof analyze runs/job42/            # every rank's trace, in parallel
   ckprof analyze --with-hta runs/job42/ # HTA kernel breakdown split by phase
+  ckprof analyze trace.json --ops         # which ops recompute (and forward) is made of
+  ckprof analyze trace.json --composition # what each phase's memory peak is made of
+  ckprof analyze trace.json --gpu-activity  # GPU busy / idle / overlap per phase
 """
 
 
@@ -40,10 +43,20 @@ Examples:
 @click.option("--scheduler", default=None,
               help="Dask scheduler address for --engine dask (default: a local cluster).")
 @click.option("--with-hta", is_flag=True, help="Also print HTA's kernel breakdown / idle time split by phase (needs ckprof[hta]).")
+@click.option("--ops", is_flag=True,
+              help="Also list which ops recompute and forward are made of (self time, GPU "
+                   "time, counts), in total and per checkpointed region.")
+@click.option("--composition", is_flag=True,
+              help="Also split each phase's memory peak by the phase (and op) that allocated "
+                   "the live bytes.")
+@click.option("--gpu-activity", "gpu_activity", is_flag=True,
+              help="Also report GPU busy time (union of intervals), overlap, kernels, idle "
+                   "time and utilisation per phase.")
 @click.option("-o", "--output", type=click.Path(path_type=Path), default=None,
               help="Write to this file instead of stdout (never overwrites).")
 def analyze(trace: Path, step: int | None, fmt: str, recompute_detection: str, salvage: bool,
-            workers: int | None, engine: str, scheduler: str | None, with_hta: bool, output: Path | None) -> None:
+            workers: int | None, engine: str, scheduler: str | None, with_hta: bool,
+            ops: bool, composition: bool, gpu_activity: bool, output: Path | None) -> None:
     """Split a training step's time into forward, backward, forward recompute (per
     checkpointed region) and optimizer, and report peak memory per phase.
 
@@ -81,4 +94,4 @@ def analyze(trace: Path, step: int | None, fmt: str, recompute_detection: str, s
     from ckprof.report.tables import render
 
     analysis = load(trace, recompute_detection=recompute_detection, step=step, salvage=salvage)
-    emit(render(analysis, fmt), output)
+    emit(render(analysis, fmt, ops=ops, composition=composition, gpu=gpu_activity), output)

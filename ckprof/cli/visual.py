@@ -56,16 +56,19 @@ Examples:
   ckprof plot trace.json.gz --kind memory -o memory.png
   ckprof plot trace.json.gz --kind breakdown -o breakdown.svg
   ckprof plot trace.json.gz --kind regions -o regions.pdf --force
+  ckprof plot trace.json.gz --kind composition -o composition.png
 """
 
 
 @click.command(epilog=PLOT_EXAMPLE)
 @click.argument("trace", type=click.Path(path_type=Path))
-@click.option("--kind", type=click.Choice(["memory", "breakdown", "regions", "categories"]),
+@click.option("--kind", type=click.Choice(["memory", "breakdown", "regions", "categories",
+                                           "composition"]),
               default="memory", show_default=True,
               help="memory: allocated bytes over time with phases shaded and peaks marked; "
                    "breakdown: stacked time per phase per step; regions: recompute time per "
-                   "checkpointed region; categories: torch memory-profiler categories (when saved).")
+                   "checkpointed region; categories: torch memory-profiler categories (when saved); "
+                   "composition: live bytes stacked by the phase that allocated them.")
 @click.option("-o", "--output", type=click.Path(path_type=Path), required=True,
               help="Image file: .png, .svg or .pdf.")
 @click.option("--dpi", type=int, default=120, show_default=True, help="Resolution of .png output.")
