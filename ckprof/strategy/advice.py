@@ -1,0 +1,413 @@
+"""Selective-checkpointing advice, measured from a trace (pure: no torch).
+
+Contract::
+
+    advise(analysis, none=None, *, budget_bytes=None, device=None) -> Advice
+    Advice.table / .save_ops / .policy() / .code() / .sweep_spec / .render(fmt) / .to_dict()
+    plot_advised_frontier(table, advised="advised", ...) -> matplotlib Figure
+
+``analysis`` is a trace of the model under FULL checkpointing (every block recomputed),
+with recompute found (markers, stack or sequence) and memory captured, as
+``ckprof.capture`` records it. ``none`` optionally is a trace of the same model without
+checkpointing (the two-trace form, NOTE [ Advice from two traces ]).
+
+# NOTE [ Selective checkpointing advice ]
+# Selective activation checkpointing (torch.utils.checkpoint.create_selective_checkpoint_
+# contexts) decides per op type: MUST_SAVE keeps the op's outputs from forward to
+# backward, PREFER_RECOMPUTE reruns the op in backward. For every op type recomputed in
+# the trace ckprof measures, per step:
+#   cost   what saving it would stop recomputing: the self time of its recompute calls
+#          plus that of the ops they call that are not candidates themselves (GPU time
+#          of the kernels they launched when the trace has GPU events, else wall time);
+#   bytes  what saving it would keep alive: the bytes its recompute calls allocated
+#          that are still live when the call returns (its outputs; workspace freed
+#          inside the call does not count), NOTE [ Who allocated a block ];
+# and ranks op types by cost / bytes (ms of recompute per MiB kept): the top is worth
+# saving. Candidates are aten ops that allocate; views and in-place ops (nothing of
+# their own to keep) and non-aten records are always recomputed.
+#   default  save every op whose ms/MiB is at least that of checkpointing as a whole
+#            (all recompute time per MiB of activations the candidates keep): each saved
+#            op buys back more time per MiB than checkpointing costs on average.
+#   budget   save ops in ranking order while the estimated peak stays within the
+#            budget (skipping any that would not fit); the rest is the cheapest-to-
+#            recompute set that keeps the peak under it.
+# Estimates (labelled so): peak = the trace's peak + bytes of the saved ops (an upper
+# bound: every block's saved outputs assumed live at the peak); step = the trace's mean
+# step - cost of the saved ops. ``ckprof sweep`` with the ``advised:`` policy measures
+# the real point.
+#
+# NOTE [ Advice from two traces ]
+# With a trace of the model WITHOUT checkpointing, the bytes come from it instead: the
+# bytes each op type allocated in forward that are still live when forward ends (what
+# autograd keeps for backward). That counts ops outside the checkpointed blocks too (an
+# upper bound); costs still come from the full-checkpointing trace.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+
+from ckprof.analysis.intervals import nearest_op_ancestor
+from ckprof.errors import NotCapturedError
+from ckprof.report.text import (
+    check_format,
+    format_bytes,
+    format_ms,
+    markdown_table,
+    records,
+    text_table,
+)
+from ckprof.strategy.policies import Policy, op_name
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ckprof.analysis import Analysis
+
+__all__ = ["ADVISED", "Advice", "advise", "advised_policy", "plot_advised_frontier"]
+
+#: the name of the advised policy in a sweep
+ADVISED = "advised"
+MIB = 2**20
+
+TABLE_COLUMNS = ("rank", "op", "calls", "cost_ms", "wall_ms", "gpu_ms", "saved_bytes",
+                 "ms_per_mib", "decision", "why")
+
+
+@dataclass(frozen=True)
+class Advice:
+    """What to save under selective checkpointing. See NOTE [ Selective checkpointing
+    advice ].
+
+    ``table``: one row per op type recomputed (per-step figures): ``rank`` (1 = most ms
+    per MiB; 0 for non-candidates), ``op``, ``calls``, ``cost_ms`` (the ranking cost),
+    ``wall_ms``, ``gpu_ms``, ``saved_bytes``, ``ms_per_mib``, ``decision`` (``save`` |
+    ``recompute``), ``why``. ``save_ops``: aten names without the ``aten::`` prefix, in
+    rank order. ``estimate``: the trace's step ms and peak, and the estimated ones with
+    the advice (``step_ms``, ``peak_bytes``, ``est_step_ms``, ``est_peak_bytes``)."""
+
+    table: pd.DataFrame
+    save_ops: tuple[str, ...]
+    threshold_ms_per_mib: float
+    cost_basis: str
+    device: str
+    budget_bytes: int | None
+    estimate: dict[str, float]
+    source: str
+    notes: tuple[str, ...] = field(default=())
+
+    @property
+    def sweep_spec(self) -> str:
+        """The policy for ``ckprof sweep --policy`` / ``ckprof.sweep(policies=[...])``."""
+        return f"{ADVISED}:" + "+".join(self.save_ops)
+
+    def policy(self, name: str = ADVISED) -> Policy:
+        """The advice as a sweep :class:`~ckprof.strategy.policies.Policy` (every block,
+        saving ``save_ops``)."""
+        return advised_policy(self.save_ops, name=name)
+
+    def code(self) -> str:
+        """Python to paste into a training script (torch's selective checkpointing)."""
+        ops = ", ".join(f"torch.ops.aten.{op}" for op in self.save_ops)
+        return "\n".join([
+            "import functools",
+            "",
+            "import torch",
+            "from torch.utils.checkpoint import (CheckpointPolicy, checkpoint,",
+            "                                    create_selective_checkpoint_contexts)",
+            "",
+            f"# ckprof advice from {self.source}: save these ops' outputs, recompute the rest",
+            f"SAVE = {{{ops}}}" if self.save_ops else "SAVE = set()  # nothing is worth saving",
+            "",
+            "",
+            "def policy(ctx, op, *args, **kwargs):",
+            "    if getattr(op, \"overloadpacket\", op) in SAVE:",
+            "        return CheckpointPolicy.MUST_SAVE",
+            "    return CheckpointPolicy.PREFER_RECOMPUTE",
+            "",
+            "",
+            "context_fn = functools.partial(create_selective_checkpoint_contexts, policy)",
+            "# in the model: out = checkpoint(block, x, use_reentrant=False, context_fn=context_fn)",
+            "",
+        ])
+
+    def render(self, fmt: str = "table") -> str:
+        return render_advice(self, fmt)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "source": self.source,
+            "device": self.device,
+            "cost_basis": self.cost_basis,
+            "budget_bytes": self.budget_bytes,
+            "threshold_ms_per_mib": _num(self.threshold_ms_per_mib),
+            "save_ops": list(self.save_ops),
+            "sweep_policy": self.sweep_spec,
+            "estimate": {k: _num(v) for k, v in self.estimate.items()},
+            "ops": records(self.table, digits=6),
+            "code": self.code(),
+            "notes": list(self.notes),
+        }
+
+
+def _num(x: float) -> float | None:
+    return None if x is None or (isinstance(x, float) and (math.isnan(x) or math.isinf(x))) else x
+
+
+def advised_policy(save_ops: Sequence[str], name: str = ADVISED) -> Policy:
+    """Every block checkpointed, saving ``save_ops`` (none: plain full recompute).
+    Its spec, ``advised:<op>+<op>``, parses back to the same policy in a worker."""
+    return Policy.advised(save_ops, name=name)
+
+
+def _device(analysis: Analysis, device: str | None) -> str:
+    mem = analysis.memory_table()
+    if device is not None:
+        if device not in set(mem["device"]):
+            raise NotCapturedError(f"no memory events for device {device}", path=analysis.path,
+                                   hint=f"Devices with memory: {', '.join(sorted(set(mem['device'])))}")
+        return device
+    gpu = [d for d in sorted(set(mem["device"])) if d != "cpu"]
+    return gpu[0] if gpu else "cpu"
+
+
+def _check(analysis: Analysis, what: str) -> None:
+    if not analysis.memory.captured:
+        raise NotCapturedError(f"{what} has no memory events: the advice needs them",
+                               path=analysis.path,
+                               hint="Capture with profile_memory=True (ckprof.capture does)")
+    if not analysis.composition.captured:
+        raise NotCapturedError(f"{what}: {analysis.composition.reason}", path=analysis.path,
+                               hint="Capture with torch >= 2.0 profile_memory=True")
+
+
+def _owners(analysis: Analysis, calls: pd.DataFrame, candidates: set[str]) -> np.ndarray:
+    """For each recompute call: the row of its nearest candidate call (itself or an
+    enclosing recompute call), -1 when none."""
+    ev = analysis.trace.events
+    ctx = analysis.op_context
+    rows = calls["event"].to_numpy(dtype=np.int64)
+    names = calls["op"].to_numpy(dtype=object)
+    in_set = pd.Series(np.arange(len(rows)), index=rows)
+    parent_call = ctx.call_of(nearest_op_ancestor(ev, rows))
+    # the parent call may be a frame of the same call (SAC): step until another call
+    pos_parent = in_set.reindex(parent_call).fillna(-1).to_numpy(dtype=np.int64)
+    is_cand = np.array([n in candidates for n in names], dtype=bool)
+    owner = np.where(is_cand, rows, -1)
+    cur = pos_parent.copy()
+    pending = (owner < 0) & (cur >= 0)
+    for _ in range(256):  # depth-bounded walk up the recompute calls
+        if not pending.any():
+            break
+        p = np.flatnonzero(pending)
+        c = cur[p]
+        hit = is_cand[c]
+        owner[p[hit]] = rows[c[hit]]
+        cur[p] = np.where(hit, -1, pos_parent[c])
+        pending = (owner < 0) & (cur >= 0)
+    return owner
+
+
+def _recompute_outputs(analysis: Analysis, device: str) -> pd.DataFrame:
+    """Per recompute call: bytes it allocated on ``device`` still live when it returned."""
+    blocks = analysis.composition.blocks
+    b = blocks[(blocks["device"] == device) & (blocks["origin_phase"] == "recompute")
+               & (blocks["op_event"] >= 0)]
+    ev = analysis.trace.events
+    call_end = (ev["ts_ns"].to_numpy(dtype=np.int64) + ev["dur_ns"].to_numpy(dtype=np.int64))
+    end = call_end[b["op_event"].to_numpy(dtype=np.int64)]
+    free = b["free_ts_ns"].to_numpy(dtype=np.int64)
+    out = b[(free < 0) | (free >= end)]
+    return out.groupby("op_event")["bytes"].sum()
+
+
+def _forward_kept(analysis: Analysis, device: str) -> pd.Series:
+    """Bytes per op type allocated in forward and still live at the end of forward
+    (NOTE [ Advice from two traces ])."""
+    blocks = analysis.composition.blocks
+    b = blocks[(blocks["device"] == device) & (blocks["origin_phase"] == "forward")]
+    seg = analysis.phases.segments
+    fwd_end = seg[seg["phase"] == "forward"].groupby("step")["end_ns"].max()
+    end = fwd_end.reindex(b["origin_step"]).to_numpy(dtype=np.float64)
+    free = b["free_ts_ns"].to_numpy(dtype=np.int64)
+    kept = b[(free < 0) | (free >= end)]
+    return kept.groupby("op")["bytes"].sum()
+
+
+def _is_candidate(op: str) -> bool:
+    return op.startswith("aten::") and not op.endswith("_")
+
+
+def advise(analysis: Analysis, none: Analysis | None = None, *, budget_bytes: int | None = None,
+           device: str | None = None) -> Advice:
+    """Rank the recomputed op types of a full-checkpointing trace by ms of recompute per
+    MiB their outputs would keep alive, and choose what to save (pure).
+    See NOTE [ Selective checkpointing advice ]."""
+    _check(analysis, "the checkpointed trace")
+    dev = _device(analysis, device)
+    notes: list[str] = []
+    calls = analysis.ops.calls
+    calls = calls[calls["phase"] == "recompute"].reset_index(drop=True)
+    n_steps = max(int(analysis.phases.recompute["step"].nunique()), 1)
+    if calls.empty:
+        raise NotCapturedError(
+            "no recompute found in the trace, so there is nothing to advise on",
+            path=analysis.path,
+            hint="Profile the model with every block checkpointed (policy 'full')")
+    out_bytes = _recompute_outputs(analysis, dev)
+    calls = calls.assign(out_bytes=out_bytes.reindex(calls["event"]).fillna(0)
+                         .to_numpy(dtype=np.int64))
+    if none is not None:
+        _check(none, "the trace without checkpointing")
+        fwd = _forward_kept(none, _device(none, dev if dev in set(none.memory_table()["device"])
+                                          else None))
+        n_none = max(int(none.phases.steps["step"].nunique()), 1)
+        saved_by_op = fwd / n_none
+        notes.append("bytes from the trace without checkpointing: what each op type keeps "
+                     "alive at the end of forward, inside and outside the checkpointed blocks "
+                     "(an upper bound)")
+    else:
+        saved_by_op = calls.groupby("op")["out_bytes"].sum() / n_steps
+    candidates = {op for op, v in saved_by_op.items() if v > 0 and _is_candidate(str(op))}
+    candidates &= set(calls["op"])
+    owner = _owners(analysis, calls, candidates)
+    name_of = pd.Series(calls["op"].to_numpy(), index=calls["event"].to_numpy())
+    owner_op = np.where(owner >= 0, name_of.reindex(owner).to_numpy(dtype=object), calls["op"])
+    use_gpu = bool(analysis.has_gpu) and float(calls["gpu_ns"].sum()) > 0
+    cost = (calls.assign(owner_op=owner_op)
+            .groupby("owner_op").agg(wall_ns=("self_ns", "sum"), gpu_ns=("gpu_ns", "sum")))
+    counts = calls.groupby("op").size()
+    ops = sorted(set(calls["op"]))
+    wall_ms = cost["wall_ns"].reindex(ops, fill_value=0).to_numpy(dtype=np.float64) / 1e6 / n_steps
+    gpu_ms = cost["gpu_ns"].reindex(ops, fill_value=0).to_numpy(dtype=np.float64) / 1e6 / n_steps
+    cost_ms = gpu_ms if use_gpu else wall_ms
+    saved = saved_by_op.reindex(ops, fill_value=0).to_numpy(dtype=np.float64)
+    cand = np.array([op in candidates for op in ops], dtype=bool)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        density = np.where(cand & (saved > 0), cost_ms / (saved / MIB), np.nan)
+    table = pd.DataFrame({"op": ops, "calls": counts.reindex(ops).to_numpy(dtype=np.float64) / n_steps,
+                          "cost_ms": cost_ms, "wall_ms": wall_ms,
+                          "gpu_ms": gpu_ms if analysis.has_gpu else np.nan,
+                          "saved_bytes": saved, "ms_per_mib": density, "candidate": cand})
+    table = (table.assign(_d=-np.nan_to_num(table["ms_per_mib"], nan=-np.inf))
+             .sort_values(["candidate", "_d", "cost_ms", "op"], ascending=[False, True, False, True],
+                          kind="stable").drop(columns="_d").reset_index(drop=True))
+    total_cost = float((calls["gpu_ns"] if use_gpu else calls["self_ns"]).sum()) / 1e6 / n_steps
+    cand_bytes = float(table.loc[table["candidate"], "saved_bytes"].sum())
+    threshold = total_cost / (cand_bytes / MIB) if cand_bytes > 0 else math.nan
+
+    peak = analysis.memory_table()
+    peak_bytes = float(peak.loc[peak["device"] == dev, "peak_bytes"].max())
+    step_ms = analysis.step_total_ns / 1e6 / max(analysis.step_count, 1)
+    save = np.zeros(len(table), dtype=bool)
+    why = np.where(table["candidate"], "", "")
+    why = np.array(why, dtype=object)
+    running = peak_bytes
+    for i, r in enumerate(table.itertuples(index=False)):
+        if not r.candidate:
+            why[i] = ("in-place or not an aten op" if not _is_candidate(r.op)
+                      else "keeps nothing alive of its own (a view, or only temporaries)")
+            continue
+        if budget_bytes is None:
+            save[i] = r.ms_per_mib >= threshold
+            why[i] = (f"{r.ms_per_mib:,.3g} ms/MiB {'>=' if save[i] else '<'} "
+                      f"{threshold:,.3g} (checkpointing as a whole)")
+        else:
+            fits = running + r.saved_bytes <= budget_bytes
+            save[i] = fits
+            if fits:
+                running += r.saved_bytes
+                why[i] = f"fits: est. peak {format_bytes(running)} <= {format_bytes(budget_bytes)}"
+            else:
+                why[i] = (f"would raise the est. peak to {format_bytes(running + r.saved_bytes)} "
+                          f"> {format_bytes(budget_bytes)}")
+    if budget_bytes is not None and peak_bytes > budget_bytes:
+        notes.append(f"the trace's own peak ({format_bytes(peak_bytes)}) is already above the "
+                     f"budget ({format_bytes(budget_bytes)}): save nothing, and use a smaller "
+                     "batch or more memory")
+    rank = np.where(table["candidate"], np.cumsum(table["candidate"].to_numpy()), 0)
+    table = table.assign(rank=rank.astype(np.int64),
+                         decision=np.where(save, "save", "recompute"), why=why)
+    table = table[list(TABLE_COLUMNS)]
+    save_ops = tuple(op_name(op) for op in table.loc[table["decision"] == "save", "op"])
+    saved_total = float(table.loc[table["decision"] == "save", "saved_bytes"].sum())
+    cost_total = float(table.loc[table["decision"] == "save", "cost_ms"].sum())
+    estimate = {"step_ms": step_ms, "peak_bytes": peak_bytes,
+                "est_step_ms": step_ms - cost_total, "est_peak_bytes": peak_bytes + saved_total,
+                "recompute_ms": total_cost}
+    if analysis.recompute_found_by not in ("markers", "stack"):
+        notes.append(f"recompute found by {analysis.recompute_found_by}: recompute costs are a "
+                     "lower bound")
+    source = str(analysis.path) if none is None else f"{analysis.path} and {none.path}"
+    return Advice(table=table.reset_index(drop=True), save_ops=save_ops,
+                  threshold_ms_per_mib=float(threshold),
+                  cost_basis="GPU time" if use_gpu else "wall time", device=dev,
+                  budget_bytes=budget_bytes, estimate=estimate, source=source,
+                  notes=tuple(notes))
+
+
+def render_advice(advice: Advice, fmt: str = "table") -> str:
+    """``table`` | ``markdown`` | ``json`` | ``csv``."""
+    if fmt == "json":
+        return json.dumps(advice.to_dict(), indent=2, allow_nan=False) + "\n"
+    if fmt == "csv":
+        return advice.table.to_csv(index=False, lineterminator="\n")
+    check_format(fmt)
+    t = advice.table
+    headers = ["rank", "op", "calls/step", f"recompute ms/step ({advice.cost_basis})",
+               "keeps alive/step", "ms per MiB", "advice", "why"]
+    # every candidate; ops that keep nothing only when they cost >= 1% of recompute
+    total = float(advice.estimate.get("recompute_ms", 0.0)) or 1.0
+    shown = t[(t["rank"] > 0) | (t["cost_ms"] >= 0.01 * total)]
+    rest = t.drop(shown.index)
+    rows = [[str(int(r.rank)) if r.rank else "—", r.op, f"{r.calls:g}", format_ms(r.cost_ms),
+             format_bytes(r.saved_bytes), format_ms(r.ms_per_mib), r.decision, r.why]
+            for r in shown.itertuples(index=False)]
+    if len(rest):
+        rows.append(["—", f"({len(rest)} more ops that keep nothing alive)", "",
+                     format_ms(rest["cost_ms"].sum()), "", "", "recompute", "each < 1% of recompute"])
+    est = advice.estimate
+    what = ("budget " + format_bytes(advice.budget_bytes) if advice.budget_bytes is not None
+            else f"threshold {advice.threshold_ms_per_mib:,.3g} ms/MiB (recompute time per MiB "
+                 "kept, checkpointing as a whole)")
+    summary = [
+        f"ckprof advise · {advice.source} · device {advice.device} · {what}",
+        f"save: {', '.join(advice.save_ops) or 'nothing (keep full checkpointing)'}",
+        f"estimate (per step): {est['step_ms']:,.3f} ms -> {est['est_step_ms']:,.3f} ms, "
+        f"peak {format_bytes(est['peak_bytes'])} -> {format_bytes(est['est_peak_bytes'])} "
+        "(an ESTIMATE: measure it with the sweep policy below)",
+        f"sweep policy: {advice.sweep_spec}",
+    ]
+    if fmt == "markdown":
+        lines = ["### ckprof advise", "", *(s + "  " for s in summary), "",
+                 *markdown_table(headers, rows), "", "```python", advice.code().rstrip(), "```"]
+    else:
+        lines = [*summary, "", *text_table(headers, rows, "rlrrrrll"), "",
+                 "Paste into your training script:", "", advice.code().rstrip()]
+    if advice.notes:
+        lines += ["", "Notes", *(f"  - {n}" for n in advice.notes)]
+    return "\n".join(lines) + "\n"
+
+
+def plot_advised_frontier(table: pd.DataFrame, advised: str = ADVISED, *,
+                          budget_bytes: int | None = None, title: str | None = None) -> Any:
+    """The sweep's memory-vs-time frontier plot (:func:`ckprof.strategy.sweep.plot_frontier`)
+    with the advised policy's point ringed and labelled (gid ``advised``)."""
+    from ckprof.strategy.sweep import plot_frontier
+
+    fig = plot_frontier(table, budget_bytes, None, title=title or
+                        "Checkpointing policies: memory vs time (advised policy ringed)")
+    ax = fig.axes[0]
+    row = table[table["policy"] == advised].dropna(subset=["peak_bytes"])
+    if len(row):
+        r = row.iloc[0]
+        ax.scatter([r["step_ms"]], [r["peak_bytes"] / MIB], s=320, facecolors="none",
+                   edgecolors="#55A868", linewidths=2.2, zorder=5, gid="advised",
+                   label=f"advised ({'on' if bool(r['on_frontier']) else 'off'} the frontier)")
+        ax.legend(loc="best", fontsize=8)
+    return fig
