@@ -231,6 +231,7 @@ def memory_composition(trace: Trace, phases: PhaseTable, memory: PhaseMemory,
         m = np.flatnonzero(match >= 0)
         freed_at[match[m]] = m
         sizes = (b[match[m]] != -b[m])
+        odd = match[m][sizes]                 # allocations freed with another size
         if sizes.any():
             notes.append(f"{device}: {int(sizes.sum())} free(s) differ in size from their "
                          "allocation (each event's own Bytes is used)")
@@ -285,12 +286,18 @@ def memory_composition(trace: Trace, phases: PhaseTable, memory: PhaseMemory,
             k = int(cand[0])
             live = np.flatnonzero(is_alloc[:k + 1] & ((freed_at[:k + 1] < 0)
                                                       | (freed_at[:k + 1] > k)))
+            nbytes = b[live]
+            if len(odd):  # a free of another size than its block leaves the difference
+                done = odd[freed_at[odd] <= k]
+                live = np.concatenate([live, done])
+                nbytes = np.concatenate([nbytes, b[done] + b[freed_at[done]]])
             parts = pd.DataFrame({"origin": phase[rows[live]],
                                   "origin_step": step[rows[live]],
                                   "origin_region": region[rows[live]], "op": op[rows[live]],
-                                  "bytes": b[live]})
+                                  "bytes": nbytes})
             parts = (parts.groupby(["origin", "origin_step", "origin_region", "op"], sort=False)
                      ["bytes"].sum().reset_index())
+            parts = parts[parts["bytes"] != 0]
             fixed = pd.DataFrame({"origin": [BEFORE, UNSEEN, DRIFT], "origin_step": -1,
                                   "origin_region": "", "op": "",
                                   "bytes": [int(before[k]), -int(unseen[k]), int(drift[k])]})

@@ -69,7 +69,7 @@ def _parse_policies(ctx: click.Context, param: click.Parameter, value: tuple[str
 
     names = tuple(p.strip() for v in value for p in v.split(",") if p.strip())
     for name in names:
-        if ":" in name and not name.lower().startswith(("selective:", "advised:")):
+        if ":" in name and not name.lower().startswith(("selective:", "advised")):
             continue  # module:function, resolved in the worker
         try:
             parse_policy(name)
@@ -173,6 +173,9 @@ Examples:
                    "(bytes, or 8GiB / 512MiB / 1.5GB).")
 @click.option("--device", default=None, help="Memory device to advise for (default: the GPU if "
                                              "the trace has GPU memory, else cpu).")
+@click.option("--dispatch-overhead-us", type=click.FloatRange(min=0), default=None,
+              help="Cost of selective checkpointing's dispatch mode per intercepted op, in "
+                   "microseconds (default 30, measured on CPU; 0 leaves it out).")
 @click.option("--recompute-detection", type=click.Choice(RECOMPUTE_DETECTIONS),
               default="auto", show_default=True, help="How recompute is found in the trace.")
 @click.option("--format", "fmt", type=click.Choice(FORMATS), default="table", show_default=True,
@@ -181,7 +184,8 @@ Examples:
               help="Write to this file instead of stdout.")
 @click.option("--force", is_flag=True, help="Overwrite --output if it exists.")
 def advise(trace: str, none_trace: str | None, memory_budget: int | None, device: str | None,
-           recompute_detection: str, fmt: str, output: str | None, force: bool) -> None:
+           dispatch_overhead_us: float | None, recompute_detection: str, fmt: str,
+           output: str | None, force: bool) -> None:
     """Selective-checkpointing advice from a trace of the model under FULL checkpointing
     (captured with memory, as ckprof.capture does): rank the recomputed op types by
     milliseconds of recompute per MiB their outputs would keep alive, and print which
@@ -195,5 +199,6 @@ def advise(trace: str, none_trace: str | None, memory_budget: int | None, device
         check_new_path(output, force=force)
     full = load(trace, recompute_detection=recompute_detection)
     none = load(none_trace, recompute_detection=recompute_detection) if none_trace else None
-    result = run_advise(full, none, budget_bytes=memory_budget, device=device)
+    extra = {} if dispatch_overhead_us is None else {"dispatch_overhead_us": dispatch_overhead_us}
+    result = run_advise(full, none, budget_bytes=memory_budget, device=device, **extra)
     emit(result.render(fmt), output, force=force)

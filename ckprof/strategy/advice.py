@@ -19,12 +19,21 @@ checkpointing (the two-trace form, NOTE [ Advice from two traces ]).
 #   cost   what saving it would stop recomputing: the self time of its recompute calls
 #          plus that of the ops they call that are not candidates themselves (GPU time
 #          of the kernels they launched when the trace has GPU events, else wall time);
-#   bytes  what saving it would keep alive: the bytes its recompute calls allocated
-#          that are still live when the call returns (its outputs; workspace freed
-#          inside the call does not count), NOTE [ Who allocated a block ];
+#   bytes  what saving it would keep alive: the bytes its calls in the FORWARD run of
+#          the checkpointed regions (inside ``ckprof::checkpoint::<region>`` ranges)
+#          allocated that are still live when the call returns: its outputs, which
+#          MUST_SAVE stores from forward to backward (workspace freed inside the call
+#          does not count; NOTE [ Who allocated a block ]). This counts calls that
+#          recompute never reruns because of early stop (their outputs are stored all
+#          the same, for no time back). Without checkpoint markers (stack or sequence
+#          detection) the recompute calls' outputs are used instead (noted);
 # and ranks op types by cost / bytes (ms of recompute per MiB kept): the top is worth
 # saving. Candidates are aten ops that allocate; views and in-place ops (nothing of
-# their own to keep) and non-aten records are always recomputed.
+# their own to keep) and non-aten records are always recomputed, and so are ops costing
+# under 1% of the recompute (saving them buys nothing back; they only add memory).
+# Noise: each call's time is clipped to 3x the median of the same call (same op, same
+# position in its recompute occurrence) over the steps and regions, so a thread
+# preempted inside one call does not make an op look expensive.
 #   default  save every op whose ms/MiB is at least that of checkpointing as a whole
 #            (all recompute time per MiB of activations the candidates keep): each saved
 #            op buys back more time per MiB than checkpointing costs on average.
@@ -35,6 +44,20 @@ checkpointing (the two-trace form, NOTE [ Advice from two traces ]).
 # bound: every block's saved outputs assumed live at the peak); step = the trace's mean
 # step - cost of the saved ops. ``ckprof sweep`` with the ``advised:`` policy measures
 # the real point.
+#
+# NOTE [ The price of selective checkpointing ]
+# torch's selective checkpointing runs every op of a checkpointed region through a
+# Python TorchDispatchMode, in forward and in recompute, whichever ops are saved: a fixed
+# cost per step that no choice of ops removes. Measured on this project's 2-core VM
+# (torch 2.13, CPU, one thread, CPU time per step): 30-50 us per intercepted op (the
+# ``PythonDispatchMode`` frames a SAC trace shows take 10-25 us of it), i.e. 16-23 ms per
+# step on the demo transformer, as much as half of what saving its matmuls buys back at
+# batch 32, dim 128. The intercepted ops are estimated from a trace without SAC as the
+# calls carrying an autograd ``Sequence number`` in the regions' forward and recompute
+# (within 2% of the ``PythonDispatchMode`` count of the same model under SAC). When the
+# ops worth saving buy back less than that, the advice keeps full checkpointing and says
+# so. On a GPU that is busy the overhead runs while kernels do, so it costs less than
+# this; ``dispatch_overhead_us=0`` leaves it out.
 #
 # NOTE [ Advice from two traces ]
 # With a trace of the model WITHOUT checkpointing, the bytes come from it instead: the
@@ -74,6 +97,14 @@ __all__ = ["ADVISED", "Advice", "advise", "advised_policy", "plot_advised_fronti
 #: the name of the advised policy in a sweep
 ADVISED = "advised"
 MIB = 2**20
+#: a call costing more than this many times the median of the same call elsewhere is
+#: clipped to it (NOTE [ Selective checkpointing advice ], noise)
+SPIKE = 3.0
+#: ops costing less than this share of the recompute are never saved
+MIN_SHARE = 0.01
+#: default cost of selective checkpointing's dispatch mode per intercepted op, in us
+#: (NOTE [ The price of selective checkpointing ])
+DISPATCH_OVERHEAD_US = 30.0
 
 TABLE_COLUMNS = ("rank", "op", "calls", "cost_ms", "wall_ms", "gpu_ms", "saved_bytes",
                  "ms_per_mib", "decision", "why")
@@ -104,11 +135,11 @@ class Advice:
     @property
     def sweep_spec(self) -> str:
         """The policy for ``ckprof sweep --policy`` / ``ckprof.sweep(policies=[...])``."""
-        return f"{ADVISED}:" + "+".join(self.save_ops)
+        return self.policy().spec
 
     def policy(self, name: str = ADVISED) -> Policy:
         """The advice as a sweep :class:`~ckprof.strategy.policies.Policy` (every block,
-        saving ``save_ops``)."""
+        saving ``save_ops``), named ``advised`` or ``advised-<label>``."""
         return advised_policy(self.save_ops, name=name)
 
     def code(self) -> str:
@@ -161,7 +192,7 @@ def _num(x: float) -> float | None:
 
 def advised_policy(save_ops: Sequence[str], name: str = ADVISED) -> Policy:
     """Every block checkpointed, saving ``save_ops`` (none: plain full recompute).
-    Its spec, ``advised:<op>+<op>``, parses back to the same policy in a worker."""
+    Its spec, ``<name>:<op>+<op>``, parses back to the same policy in a worker."""
     return Policy.advised(save_ops, name=name)
 
 
@@ -213,17 +244,20 @@ def _owners(analysis: Analysis, calls: pd.DataFrame, candidates: set[str]) -> np
     return owner
 
 
-def _recompute_outputs(analysis: Analysis, device: str) -> pd.DataFrame:
-    """Per recompute call: bytes it allocated on ``device`` still live when it returned."""
+def _outputs(analysis: Analysis, device: str, phase: str) -> pd.DataFrame:
+    """Per call of ``phase`` (forward: inside a checkpointed region): ``op`` and the
+    bytes it allocated on ``device`` that are still live when it returned."""
     blocks = analysis.composition.blocks
-    b = blocks[(blocks["device"] == device) & (blocks["origin_phase"] == "recompute")
+    b = blocks[(blocks["device"] == device) & (blocks["origin_phase"] == phase)
                & (blocks["op_event"] >= 0)]
+    if phase == "forward":
+        b = b[b["origin_region"] != ""]
     ev = analysis.trace.events
     call_end = (ev["ts_ns"].to_numpy(dtype=np.int64) + ev["dur_ns"].to_numpy(dtype=np.int64))
     end = call_end[b["op_event"].to_numpy(dtype=np.int64)]
     free = b["free_ts_ns"].to_numpy(dtype=np.int64)
     out = b[(free < 0) | (free >= end)]
-    return out.groupby("op_event")["bytes"].sum()
+    return out.groupby(["op_event", "op"], as_index=False)["bytes"].sum()
 
 
 def _forward_kept(analysis: Analysis, device: str) -> pd.Series:
@@ -239,14 +273,45 @@ def _forward_kept(analysis: Analysis, device: str) -> pd.Series:
     return kept.groupby("op")["bytes"].sum()
 
 
+def _clip_spikes(calls: pd.DataFrame) -> pd.DataFrame:
+    """Calls with their self and GPU time clipped to :data:`SPIKE` x the median of the
+    same call (same op, same position in its recompute occurrence) over all occurrences:
+    a preempted thread or a GC pause inside one call must not make an op look costly."""
+    if calls.empty:
+        return calls
+    pos = calls.groupby(["step", "region", "op"], sort=False).cumcount()
+    out = {}
+    for col in ("self_ns", "gpu_ns"):
+        med = calls.groupby([calls["op"], pos], sort=False)[col].transform("median")
+        cap = np.ceil(SPIKE * med.to_numpy(dtype=np.float64)).astype(np.int64)
+        vals = calls[col].to_numpy(dtype=np.int64)
+        out[col] = np.where(med.to_numpy() > 0, np.minimum(vals, cap), vals)
+    return calls.assign(**out)
+
+
+def _dispatched_per_step(analysis: Analysis) -> float:
+    """Op calls selective checkpointing's dispatch mode would intercept per step: those
+    carrying an autograd ``Sequence number`` in the forward run of the checkpointed
+    regions and in recompute (NOTE [ The price of selective checkpointing ])."""
+    calls = analysis.ops.calls
+    seq = analysis.trace.events["seq"].to_numpy(dtype=np.int64)
+    rows = calls[(calls["phase"] == "recompute")
+                 | ((calls["phase"] == "forward") & (calls["region"] != ""))]["event"]
+    n = int((seq[rows.to_numpy(dtype=np.int64)] >= 0).sum())
+    return n / max(int(analysis.phases.steps["step"].nunique()), 1)
+
+
 def _is_candidate(op: str) -> bool:
     return op.startswith("aten::") and not op.endswith("_")
 
 
 def advise(analysis: Analysis, none: Analysis | None = None, *, budget_bytes: int | None = None,
-           device: str | None = None) -> Advice:
+           device: str | None = None, dispatch_overhead_us: float = DISPATCH_OVERHEAD_US
+           ) -> Advice:
     """Rank the recomputed op types of a full-checkpointing trace by ms of recompute per
     MiB their outputs would keep alive, and choose what to save (pure).
+    ``dispatch_overhead_us``: what selective checkpointing's dispatch mode costs per op it
+    intercepts (NOTE [ The price of selective checkpointing ]).
     See NOTE [ Selective checkpointing advice ]."""
     _check(analysis, "the checkpointed trace")
     dev = _device(analysis, device)
@@ -259,9 +324,6 @@ def advise(analysis: Analysis, none: Analysis | None = None, *, budget_bytes: in
             "no recompute found in the trace, so there is nothing to advise on",
             path=analysis.path,
             hint="Profile the model with every block checkpointed (policy 'full')")
-    out_bytes = _recompute_outputs(analysis, dev)
-    calls = calls.assign(out_bytes=out_bytes.reindex(calls["event"]).fillna(0)
-                         .to_numpy(dtype=np.int64))
     if none is not None:
         _check(none, "the trace without checkpointing")
         fwd = _forward_kept(none, _device(none, dev if dev in set(none.memory_table()["device"])
@@ -272,7 +334,16 @@ def advise(analysis: Analysis, none: Analysis | None = None, *, budget_bytes: in
                      "alive at the end of forward, inside and outside the checkpointed blocks "
                      "(an upper bound)")
     else:
-        saved_by_op = calls.groupby("op")["out_bytes"].sum() / n_steps
+        fwd = _outputs(analysis, dev, "forward")
+        n_fwd = max(int(analysis.phases.steps["step"].nunique()), 1)
+        saved_by_op = fwd.groupby("op")["bytes"].sum() / n_fwd
+        if fwd.empty:
+            rec = _outputs(analysis, dev, "recompute")
+            saved_by_op = rec.groupby("op")["bytes"].sum() / n_steps
+            notes.append("no forward run of a checkpointed region is marked (ckprof::checkpoint "
+                         "ranges): bytes are the recompute calls' outputs, which miss the ops "
+                         "early stop does not rerun")
+    calls = _clip_spikes(calls)
     candidates = {op for op, v in saved_by_op.items() if v > 0 and _is_candidate(str(op))}
     candidates &= set(calls["op"])
     owner = _owners(analysis, calls, candidates)
@@ -313,6 +384,11 @@ def advise(analysis: Analysis, none: Analysis | None = None, *, budget_bytes: in
             why[i] = ("in-place or not an aten op" if not _is_candidate(r.op)
                       else "keeps nothing alive of its own (a view, or only temporaries)")
             continue
+        if r.cost_ms < MIN_SHARE * total_cost:
+            share = r.cost_ms / total_cost * 100 if total_cost else 0.0
+            why[i] = (f"costs {share:.2g}% of recompute (< {MIN_SHARE:.0%}): saving it buys "
+                      "nothing back")
+            continue
         if budget_bytes is None:
             save[i] = r.ms_per_mib >= threshold
             why[i] = (f"{r.ms_per_mib:,.3g} ms/MiB {'>=' if save[i] else '<'} "
@@ -330,6 +406,16 @@ def advise(analysis: Analysis, none: Analysis | None = None, *, budget_bytes: in
         notes.append(f"the trace's own peak ({format_bytes(peak_bytes)}) is already above the "
                      f"budget ({format_bytes(budget_bytes)}): save nothing, and use a smaller "
                      "batch or more memory")
+    dispatched = _dispatched_per_step(analysis)
+    overhead_ms = dispatched * dispatch_overhead_us / 1e3
+    gain = float(table.loc[save, "cost_ms"].sum())
+    if save.any() and gain <= overhead_ms:
+        notes.append(f"selective checkpointing would not pay off: the ops worth saving buy back "
+                     f"{gain:,.3g} ms per step, its dispatch mode costs about {overhead_ms:,.3g} ms "
+                     f"({dispatched:,.0f} ops x {dispatch_overhead_us:g} us): keep full "
+                     "checkpointing (or leave some blocks unchecked, every_<k>)")
+        why = np.where(save, "worth saving alone, but not the dispatch overhead", why)
+        save[:] = False
     rank = np.where(table["candidate"], np.cumsum(table["candidate"].to_numpy()), 0)
     table = table.assign(rank=rank.astype(np.int64),
                          decision=np.where(save, "save", "recompute"), why=why)
@@ -338,8 +424,9 @@ def advise(analysis: Analysis, none: Analysis | None = None, *, budget_bytes: in
     saved_total = float(table.loc[table["decision"] == "save", "saved_bytes"].sum())
     cost_total = float(table.loc[table["decision"] == "save", "cost_ms"].sum())
     estimate = {"step_ms": step_ms, "peak_bytes": peak_bytes,
-                "est_step_ms": step_ms - cost_total, "est_peak_bytes": peak_bytes + saved_total,
-                "recompute_ms": total_cost}
+                "est_step_ms": step_ms - cost_total + (overhead_ms if save_ops else 0.0),
+                "est_peak_bytes": peak_bytes + saved_total, "recompute_ms": total_cost,
+                "dispatch_overhead_ms": overhead_ms, "dispatched_ops": float(dispatched)}
     if analysis.recompute_found_by not in ("markers", "stack"):
         notes.append(f"recompute found by {analysis.recompute_found_by}: recompute costs are a "
                      "lower bound")
@@ -378,8 +465,10 @@ def render_advice(advice: Advice, fmt: str = "table") -> str:
     summary = [
         f"ckprof advise · {advice.source} · device {advice.device} · {what}",
         f"save: {', '.join(advice.save_ops) or 'nothing (keep full checkpointing)'}",
-        f"estimate (per step): {est['step_ms']:,.3f} ms -> {est['est_step_ms']:,.3f} ms, "
-        f"peak {format_bytes(est['peak_bytes'])} -> {format_bytes(est['est_peak_bytes'])} "
+        f"estimate (per step): {est['step_ms']:,.3f} ms -> {est['est_step_ms']:,.3f} ms"
+        + (f" (incl. ~{est['dispatch_overhead_ms']:,.3g} ms of SAC dispatch for "
+           f"{est['dispatched_ops']:,.0f} ops)" if advice.save_ops else "")
+        + f", peak {format_bytes(est['peak_bytes'])} -> {format_bytes(est['est_peak_bytes'])} "
         "(an ESTIMATE: measure it with the sweep policy below)",
         f"sweep policy: {advice.sweep_spec}",
     ]
@@ -394,20 +483,29 @@ def render_advice(advice: Advice, fmt: str = "table") -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot_advised_frontier(table: pd.DataFrame, advised: str = ADVISED, *,
+def plot_advised_frontier(table: pd.DataFrame, advised: str | Sequence[str] = ADVISED, *,
                           budget_bytes: int | None = None, title: str | None = None) -> Any:
     """The sweep's memory-vs-time frontier plot (:func:`ckprof.strategy.sweep.plot_frontier`)
-    with the advised policy's point ringed and labelled (gid ``advised``)."""
+    with the advised policies' points ringed and labelled (gid ``advised:<name>``).
+    ``advised``: a policy name, or several (default: every ``advised*`` policy)."""
     from ckprof.strategy.sweep import plot_frontier
 
+    names = [advised] if isinstance(advised, str) else list(advised)
+    if isinstance(advised, str) and advised == ADVISED:
+        names = [p for p in table["policy"].astype(str) if p.startswith(ADVISED)] or names
     fig = plot_frontier(table, budget_bytes, None, title=title or
-                        "Checkpointing policies: memory vs time (advised policy ringed)")
+                        "Checkpointing policies: memory vs time (advised policies ringed)")
     ax = fig.axes[0]
-    row = table[table["policy"] == advised].dropna(subset=["peak_bytes"])
-    if len(row):
+    colors = ("#55A868", "#8172B3", "#CCB974", "#64B5CD")
+    for i, name in enumerate(names):
+        row = table[table["policy"] == name].dropna(subset=["peak_bytes"])
+        if len(row) == 0:
+            continue
         r = row.iloc[0]
         ax.scatter([r["step_ms"]], [r["peak_bytes"] / MIB], s=320, facecolors="none",
-                   edgecolors="#55A868", linewidths=2.2, zorder=5, gid="advised",
-                   label=f"advised ({'on' if bool(r['on_frontier']) else 'off'} the frontier)")
+                   edgecolors=colors[i % len(colors)], linewidths=2.2, zorder=5,
+                   gid=f"advised:{name}",
+                   label=f"{name} ({'on' if bool(r['on_frontier']) else 'off'} the frontier)")
+    if ax.get_legend_handles_labels()[0]:
         ax.legend(loc="best", fontsize=8)
     return fig

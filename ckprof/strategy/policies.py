@@ -115,7 +115,9 @@ class Policy:
         """Every block, saving the ops :func:`ckprof.strategy.advice.advise` chose (none:
         plain full recompute). The spec ``advised:<op>+<op>`` parses back to it."""
         ops = tuple(op_name(op) for op in save_ops)
-        spec = "advised:" + "+".join(ops)
+        if not _ADVISED.match(f"{name}:"):
+            raise ValueError(f"an advised policy is named 'advised' or 'advised-<label>', not {name!r}")
+        spec = f"{name}:" + "+".join(ops)
         if not ops:
             return cls(name, "every", every=1, spec=spec)
         return cls(name, "selective", save_ops=ops, spec=spec)
@@ -175,6 +177,8 @@ def builtin_policies(n_blocks: int | None = None) -> tuple[Policy, ...]:
 
 
 _EVERY = re.compile(r"^every[_:\-]?(\d+)$")
+#: ``advised:<ops>`` or ``advised-<label>:<ops>`` (several advised policies in one sweep)
+_ADVISED = re.compile(r"^(advised(?:-[A-Za-z0-9_.]+)?):(.*)$", re.DOTALL)
 
 
 def parse_policy(text: str) -> Policy:
@@ -183,7 +187,8 @@ def parse_policy(text: str) -> Policy:
     ``none``, ``full``, ``every_<k>`` (also ``every<k>``, ``every:<k>``), ``sqrt``,
     ``selective``, ``selective:<op>[,<op>...]`` (aten op names; ``+`` separates them
     too, handy on a command line that splits policies at commas),
-    ``advised:<op>[+<op>...]`` (the list ``ckprof advise`` prints, named ``advised``),
+    ``advised:<op>[+<op>...]`` (the list ``ckprof advise`` prints, named ``advised``;
+    ``advised-<label>:...`` names it ``advised-<label>``, to compare several),
     ``advised:<trace file>`` (advise from that full-checkpointing trace now), or
     ``package.module:function`` naming a function that returns a :class:`Policy`
     (called with no arguments) -- the form that also travels to a worker process.
@@ -203,14 +208,15 @@ def parse_policy(text: str) -> Policy:
         if not ops:
             raise ValueError(f"policy {raw!r}: name at least one op after 'selective:'")
         return Policy.selective(ops, name=raw)
-    if low == "advised":
+    if low == "advised" or (low.startswith("advised-") and ":" not in low):
         raise ValueError("policy 'advised' needs its ops: advised:<op>+<op> (ckprof advise TRACE "
                          "prints them) or advised:<trace of the model under full checkpointing>")
-    if low.startswith("advised:"):
-        rest = raw.split(":", 1)[1].strip()
+    m = _ADVISED.match(raw)
+    if m:
+        name, rest = m.group(1), m.group(2).strip()
         if _looks_like_trace(rest):
-            return _advised_from_trace(rest)
-        return Policy.advised(_op_list(rest))
+            return _advised_from_trace(rest, name)
+        return Policy.advised(_op_list(rest), name=name)
     m = _EVERY.match(low)
     if m:
         return Policy.every_k(int(m.group(1)))
@@ -243,15 +249,15 @@ def _looks_like_trace(text: str) -> bool:
     return low.endswith((".json", ".json.gz", ".sqlite")) or "/" in text or "\\" in text
 
 
-def _advised_from_trace(path: str) -> Policy:
+def _advised_from_trace(path: str, name: str = "advised") -> Policy:
     from ckprof.analysis import load
     from ckprof.errors import CkprofError
     from ckprof.strategy.advice import advise
 
     try:
-        return advise(load(path)).policy()
+        return advise(load(path)).policy(name)
     except CkprofError as err:
-        raise ValueError(f"policy 'advised:{path}': {err}") from err
+        raise ValueError(f"policy '{name}:{path}': {err}") from err
 
 
 def _with_spec(policy: Policy, spec: str) -> Policy:
