@@ -102,10 +102,17 @@ def test_default_threshold_and_budget(full_trace):
     assert total_ms <= a.ops_table()["wall_ms"].sum() / 2 + 1e-9
     assert adv.threshold_ms_per_mib == pytest.approx(total_ms / (cand["saved_bytes"].sum() / 2**20))
     peak = int(a.memory_table()["peak_bytes"].max())
+    # with a budget: ops at or above the ratio, in rank order, while the estimate fits
     assert advise(a, budget_bytes=peak, dispatch_overhead_us=0).save_ops == ()
     big = advise(a, budget_bytes=peak * 10, dispatch_overhead_us=0)
-    assert big.save_ops == tuple(cand["op"].str[6:])
-    assert big.estimate["est_peak_bytes"] == peak + cand["saved_bytes"].sum()
+    assert big.save_ops == adv.save_ops
+    every = advise(a, budget_bytes=peak * 10, dispatch_overhead_us=0, threshold_ms_per_mib=0)
+    assert every.save_ops == tuple(cand["op"].str[6:])
+    assert every.estimate["est_peak_bytes"] == peak + cand["saved_bytes"].sum()
+    first = cand.iloc[0]
+    tight = advise(a, budget_bytes=int(peak + first["saved_bytes"]), dispatch_overhead_us=0,
+                   threshold_ms_per_mib=0)
+    assert tight.save_ops == (first["op"][6:],)
 
 
 def test_a_preempted_call_is_clipped_to_three_times_its_peers():
@@ -135,13 +142,13 @@ def test_dispatch_overhead_can_make_saving_not_worth_it(full_trace):
     more than the saved ops buy back the advice saves nothing (full checkpointing) and
     says why; at 0 us per op (and room in the budget) the ops are saved."""
     a = load(full_trace)
-    free = advise(a, budget_bytes=10**12, dispatch_overhead_us=0)
+    free = advise(a, budget_bytes=10**12, dispatch_overhead_us=0, threshold_ms_per_mib=0)
     calls = a.ops.calls
     seq = a.trace.events["seq"].to_numpy()
     inside = calls[(calls["phase"] == "recompute")
                    | ((calls["phase"] == "forward") & (calls["region"] != ""))]
     n = int((seq[inside["event"].to_numpy()] >= 0).sum()) / 2
-    costly = advise(a, budget_bytes=10**12, dispatch_overhead_us=1e6)
+    costly = advise(a, budget_bytes=10**12, dispatch_overhead_us=1e6, threshold_ms_per_mib=0)
     assert costly.estimate["dispatched_ops"] == n > 0
     assert costly.estimate["dispatch_overhead_ms"] == pytest.approx(n * 1e3)
     assert free.save_ops and costly.save_ops == ()
@@ -153,7 +160,8 @@ def test_policy_round_trip_and_trace_form(full_trace):
     """GIVEN an advice WHEN its sweep spec is parsed (also with a label, and from the
     trace path itself) THEN the same selective policy comes back under the same name;
     an empty advice is full checkpointing."""
-    adv = advise(load(full_trace), budget_bytes=10**12, dispatch_overhead_us=0)
+    adv = advise(load(full_trace), budget_bytes=10**12, dispatch_overhead_us=0,
+                 threshold_ms_per_mib=0)
     pol = adv.policy()
     assert pol.kind == "selective" and set(pol.save_ops) == {"addmm", "gelu"}
     assert parse_policy(adv.sweep_spec) == pol

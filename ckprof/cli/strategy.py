@@ -173,6 +173,9 @@ Examples:
                    "(bytes, or 8GiB / 512MiB / 1.5GB).")
 @click.option("--device", default=None, help="Memory device to advise for (default: the GPU if "
                                              "the trace has GPU memory, else cpu).")
+@click.option("--min-ms-per-mib", type=click.FloatRange(min=0), default=None,
+              help="Save ops at or above this many ms of recompute per MiB (default: the ratio "
+                   "of checkpointing as a whole).")
 @click.option("--dispatch-overhead-us", type=click.FloatRange(min=0), default=None,
               help="Cost of selective checkpointing's dispatch mode per intercepted op, in "
                    "microseconds (default 30, measured on CPU; 0 leaves it out).")
@@ -184,8 +187,8 @@ Examples:
               help="Write to this file instead of stdout.")
 @click.option("--force", is_flag=True, help="Overwrite --output if it exists.")
 def advise(trace: str, none_trace: str | None, memory_budget: int | None, device: str | None,
-           dispatch_overhead_us: float | None, recompute_detection: str, fmt: str,
-           output: str | None, force: bool) -> None:
+           min_ms_per_mib: float | None, dispatch_overhead_us: float | None,
+           recompute_detection: str, fmt: str, output: str | None, force: bool) -> None:
     """Selective-checkpointing advice from a trace of the model under FULL checkpointing
     (captured with memory, as ckprof.capture does): rank the recomputed op types by
     milliseconds of recompute per MiB their outputs would keep alive, and print which
@@ -199,6 +202,8 @@ def advise(trace: str, none_trace: str | None, memory_budget: int | None, device
         check_new_path(output, force=force)
     full = load(trace, recompute_detection=recompute_detection)
     none = load(none_trace, recompute_detection=recompute_detection) if none_trace else None
-    extra = {} if dispatch_overhead_us is None else {"dispatch_overhead_us": dispatch_overhead_us}
+    extra: dict = {} if dispatch_overhead_us is None else {"dispatch_overhead_us": dispatch_overhead_us}
+    if min_ms_per_mib is not None:
+        extra["threshold_ms_per_mib"] = min_ms_per_mib
     result = run_advise(full, none, budget_bytes=memory_budget, device=device, **extra)
     emit(result.render(fmt), output, force=force)

@@ -37,9 +37,13 @@ checkpointing (the two-trace form, NOTE [ Advice from two traces ]).
 #   default  save every op whose ms/MiB is at least that of checkpointing as a whole
 #            (all recompute time per MiB of activations the candidates keep): each saved
 #            op buys back more time per MiB than checkpointing costs on average.
-#   budget   save ops in ranking order while the estimated peak stays within the
-#            budget (skipping any that would not fit); the rest is the cheapest-to-
-#            recompute set that keeps the peak under it.
+#   budget   save ops in ranking order, among those at or above that ratio, while the
+#            estimated peak stays within the budget (skipping any that would not fit);
+#            the rest is the cheapest-to-recompute set that keeps the peak under it.
+#            Below the ratio, leaving whole blocks unchecked (every_<k>) buys more time
+#            per MiB than saving the op, so the budget is better spent that way.
+# When what the saved ops buy back, net of the dispatch cost (below), is less than the
+# same memory spent on unchecked blocks would buy at that ratio, a note says so.
 # Estimates (labelled so): peak = the trace's peak + bytes of the saved ops (an upper
 # bound: every block's saved outputs assumed live at the peak); step = the trace's mean
 # step - cost of the saved ops. ``ckprof sweep`` with the ``advised:`` policy measures
@@ -306,12 +310,13 @@ def _is_candidate(op: str) -> bool:
 
 
 def advise(analysis: Analysis, none: Analysis | None = None, *, budget_bytes: int | None = None,
-           device: str | None = None, dispatch_overhead_us: float = DISPATCH_OVERHEAD_US
-           ) -> Advice:
+           device: str | None = None, dispatch_overhead_us: float = DISPATCH_OVERHEAD_US,
+           threshold_ms_per_mib: float | None = None) -> Advice:
     """Rank the recomputed op types of a full-checkpointing trace by ms of recompute per
     MiB their outputs would keep alive, and choose what to save (pure).
     ``dispatch_overhead_us``: what selective checkpointing's dispatch mode costs per op it
-    intercepts (NOTE [ The price of selective checkpointing ]).
+    intercepts (NOTE [ The price of selective checkpointing ]). ``threshold_ms_per_mib``:
+    save ops at or above this ratio instead of that of checkpointing as a whole.
     See NOTE [ Selective checkpointing advice ]."""
     _check(analysis, "the checkpointed trace")
     dev = _device(analysis, device)
@@ -371,6 +376,8 @@ def advise(analysis: Analysis, none: Analysis | None = None, *, budget_bytes: in
     total_cost = float((calls["gpu_ns"] if use_gpu else calls["self_ns"]).sum()) / 1e6 / n_steps
     cand_bytes = float(table.loc[table["candidate"], "saved_bytes"].sum())
     threshold = total_cost / (cand_bytes / MIB) if cand_bytes > 0 else math.nan
+    if threshold_ms_per_mib is not None:
+        threshold = float(threshold_ms_per_mib)
 
     peak = analysis.memory_table()
     peak_bytes = float(peak.loc[peak["device"] == dev, "peak_bytes"].max())
@@ -393,6 +400,9 @@ def advise(analysis: Analysis, none: Analysis | None = None, *, budget_bytes: in
             save[i] = r.ms_per_mib >= threshold
             why[i] = (f"{r.ms_per_mib:,.3g} ms/MiB {'>=' if save[i] else '<'} "
                       f"{threshold:,.3g} (checkpointing as a whole)")
+        elif r.ms_per_mib < threshold:
+            why[i] = (f"{r.ms_per_mib:,.3g} ms/MiB < {threshold:,.3g}: leaving blocks unchecked "
+                      "buys more time per MiB of the budget")
         else:
             fits = running + r.saved_bytes <= budget_bytes
             save[i] = fits
@@ -416,6 +426,14 @@ def advise(analysis: Analysis, none: Analysis | None = None, *, budget_bytes: in
                      "checkpointing (or leave some blocks unchecked, every_<k>)")
         why = np.where(save, "worth saving alone, but not the dispatch overhead", why)
         save[:] = False
+    saved_bytes = float(table.loc[save, "saved_bytes"].sum())
+    gain = float(table.loc[save, "cost_ms"].sum())
+    if save.any() and gain - overhead_ms < threshold * saved_bytes / MIB:
+        notes.append(
+            f"selective checkpointing buys back {gain - overhead_ms:,.3g} ms per step net of its "
+            f"dispatch cost for {format_bytes(saved_bytes)}; leaving blocks unchecked would buy "
+            f"about {threshold * saved_bytes / MIB:,.3g} ms for the same memory "
+            f"({threshold:,.3g} ms/MiB): compare with every_<k> in a sweep")
     rank = np.where(table["candidate"], np.cumsum(table["candidate"].to_numpy()), 0)
     table = table.assign(rank=rank.astype(np.int64),
                          decision=np.where(save, "save", "recompute"), why=why)
