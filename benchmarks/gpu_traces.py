@@ -21,6 +21,13 @@ Setups (small models so that the whole script takes about a minute on one GPU):
 ``sac_plain``       selective checkpointing (matmuls saved) under plain ``torch.profiler``
 ``compiled_markers`` ``torch.compile`` of the checkpointed MLP under ``ckprof.capture``
 ``compiled_none``    the same compiled model without checkpointing (for the A/B figure)
+``hf_llama_markers`` a tiny HF Llama (from a config, no download) with
+                     ``gradient_checkpointing_enable()``, under ``ckprof.capture``
+``hf_llama_plain``   the same under plain ``torch.profiler``
+
+For the HF model the callable each decoder layer hands to checkpoint (HF >= 5:
+``partial(<class forward>, layer, ...)``, which module hooks never see) is wrapped by
+the same timer, through the layer's ``_gradient_checkpointing_func``.
 
 The traces are what ckprof's tests read to check GPU attribution and recompute GPU
 time on real kernels (tests/data/gpu/). Exit 2 without CUDA.
@@ -101,9 +108,9 @@ def _timed(block: Any, region: str, truth: dict[str, Any]) -> Callable[..., Any]
     the CUDA-event span of what it enqueued."""
     import torch
 
-    def run(*args: Any) -> Any:
+    def run(*args: Any, **kwargs: Any) -> Any:
         if not truth.get("recording") or torch._C._current_graph_task_id() == -1:
-            return block(*args)
+            return block(*args, **kwargs)
         t0 = time.perf_counter_ns()  # the wrapper's own cost counts, as it does for ckprof
         cuda = DEVICE.startswith("cuda")
         start_ev = torch.cuda.Event(enable_timing=True) if cuda else None
@@ -111,7 +118,7 @@ def _timed(block: Any, region: str, truth: dict[str, Any]) -> Callable[..., Any]
         if cuda:
             start_ev.record()
         try:  # non-reentrant recompute may stop early by raising inside the block
-            return block(*args)
+            return block(*args, **kwargs)
         finally:
             if cuda:
                 end_ev.record()
@@ -226,6 +233,77 @@ def capture_ckprof(out: Path, name: str, steps: int, *, compiled: bool = False,
     return _summarise(truth)
 
 
+def build_llama(device: str, truth: dict[str, Any]) -> tuple[Any, Any, Any]:
+    """A tiny Llama from a config (no weights download), gradient checkpointing on,
+    each decoder layer timed when it runs inside backward."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=1000, hidden_size=256, intermediate_size=1024,
+                         num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=4,
+                         max_position_embeddings=256)
+    model = LlamaForCausalLM(config).to(device)
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.train()
+    for i, layer in enumerate(model.model.layers):
+        # HF >= 5 checkpoints partial(<class forward>, layer, ...) through the layer's
+        # _gradient_checkpointing_func: module hooks and instance attributes never see
+        # the recompute, so the callable handed to checkpoint is wrapped there
+        original = layer._gradient_checkpointing_func
+
+        def through_timer(fn: Any, *args: Any, _original: Any = original, _name: str = f"model.layers.{i}",
+                          **kwargs: Any) -> Any:
+            return _original(_timed(fn, _name, truth), *args, **kwargs)
+
+        layer._gradient_checkpointing_func = through_timer
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    tokens = torch.randint(0, 1000, (8, 128), device=device)
+    return model, opt, tokens
+
+
+def _llama_step(model: Any, opt: Any, tokens: Any) -> None:
+    opt.zero_grad(set_to_none=True)
+    model(input_ids=tokens, labels=tokens).loss.backward()
+    opt.step()
+
+
+def capture_llama(out: Path, name: str, steps: int, *, markers: bool) -> dict[str, Any]:
+    import ckprof
+
+    truth = _truth()
+    model, opt, tokens = build_llama(DEVICE, truth)
+    for _ in range(WARMUP_STEPS):
+        _llama_step(model, opt, tokens)
+    _sync()
+    active = range(2, 2 + steps)
+
+    def loop(stepper: Callable[[], None]) -> None:
+        for i in range(steps + 2):
+            truth["recording"] = i in active
+            t0 = time.perf_counter_ns()
+            _llama_step(model, opt, tokens)
+            _sync()
+            if i in active:
+                truth["step_ms"].append((time.perf_counter_ns() - t0) / 1e6)
+            stepper()
+        truth["recording"] = False
+
+    if not markers:
+        with _plain_profiler(out, name, steps) as prof:
+            loop(prof.step)
+        return _summarise(truth)
+    folder = out / f"_{name}"
+    with ckprof.instrument_checkpointing(), ckprof.capture(folder, wait=1, warmup=1, active=steps) as cap:
+        loop(cap.step)
+    paths = list(cap.trace_paths)
+    if len(paths) != 1:
+        raise RuntimeError(f"{name}: expected one trace, got {paths} (errors: {cap.errors})")
+    paths[0].replace(out / f"{name}.pt.trace.json.gz")
+    folder.rmdir()
+    return _summarise(truth)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", type=Path, required=True)
@@ -253,6 +331,8 @@ def main(argv: list[str] | None = None) -> int:
         "compiled_markers": lambda: capture_ckprof(args.out, "compiled_markers", args.steps, compiled=True),
         "compiled_none": lambda: capture_ckprof(args.out, "compiled_none", args.steps, compiled=True,
                                                 checkpointing=False),
+        "hf_llama_markers": lambda: capture_llama(args.out, "hf_llama_markers", args.steps, markers=True),
+        "hf_llama_plain": lambda: capture_llama(args.out, "hf_llama_plain", args.steps, markers=False),
     }
     wanted = args.only.split(",") if args.only else list(setups)
     device_name = torch.cuda.get_device_name(0) if DEVICE.startswith("cuda") else "cpu"
