@@ -31,7 +31,7 @@ def _dead_proxies() -> int:
         warnings.simplefilter("ignore")  # isinstance on torch.distributed.reduce_op warns
         for obj in gc.get_objects():
             try:
-                isinstance(obj, torch.Tensor)  # noqa: B018 - only the exception matters
+                isinstance(obj, torch.Tensor)
             except ReferenceError:
                 dead += 1
     return dead
