@@ -10,9 +10,11 @@ Contract::
 - ``totals``: ``phase``, ``wall_ns``, ``gpu_ns``: sums over steps, in ``PHASES`` order.
 - ``regions``: ``region``, ``count`` (recompute occurrences), ``wall_ns`` (recompute wall
   time, exclusive: nested regions are not counted twice), ``gpu_ns`` (GPU time of what
-  was launched during its recompute), ``forward_wall_ns`` (duration of the region's
-  forward runs from ``ckprof::checkpoint::<region>`` markers, 0 when unknown), all
-  summed over the steps in ``phases``.
+  was launched during its recompute), ``forward_wall_ns`` (float: duration of the
+  region's FIRST forward runs -- ``ckprof::checkpoint::<region>`` markers, else the
+  ``checkpoint()`` Python frames of a with_stack trace; re-runs inside backward are
+  recompute, not forward -- NaN when unknown), all summed over the steps in ``phases``.
+  Unknown is NaN everywhere (``None`` in JSON, "—" in text).
 - ``gpu_events``: one row per GPU event (kernel, memcpy, memset) attributed to a step:
   ``event`` (row in ``trace.events``), ``step``, ``phase``, ``region``, ``dur_ns``,
   ``launched_by`` (row of the launching runtime event, -1 when unmatched).
@@ -30,7 +32,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from ckprof.markers import CHECKPOINT_PREFIX, PHASES
+from ckprof.markers import PHASES
 from ckprof.phases import PhaseTable
 from ckprof.trace.model import GPU_KINDS, Trace
 
@@ -178,24 +180,19 @@ def _gpu_attribution(trace: Trace, phases: PhaseTable, notes: list[str]) -> pd.D
 
 
 def _forward_wall(trace: Trace, phases: PhaseTable) -> pd.Series:
-    ev = trace.events
-    names = ev["name"]
-    cats = pd.Index(names.cat.categories.astype(str) if hasattr(names, "cat")
-                    else names.astype(str).unique())
-    wanted = cats[cats.str.startswith(CHECKPOINT_PREFIX)]
-    is_cp = ((ev["kind"] == "user_annotation") & names.isin(wanted)).to_numpy()
-    cp = ev[is_cp]
-    if cp.empty:
+    """Summed duration of each region's FIRST runs in the analysed steps (NOTE [ Forward
+    runs ] in ckprof.forward_runs): checkpoint markers, else checkpoint() frames."""
+    runs = phases.forward_runs
+    if runs is None:
+        from ckprof.forward_runs import find_forward_runs
+
+        runs = find_forward_runs(trace, phases.steps)
+    keep = runs["first_run"].to_numpy(dtype=bool) & runs["step"].isin(
+        phases.steps["step"]).to_numpy()
+    first = runs[keep]
+    if first.empty:
         return pd.Series(dtype="int64")
-    st = phases.steps
-    s = st["start_ns"].to_numpy(dtype=np.int64)
-    e = st["end_ns"].to_numpy(dtype=np.int64)
-    t = cp["ts_ns"].to_numpy(dtype=np.int64)
-    idx = np.searchsorted(s, t, side="right") - 1
-    ok = idx >= 0
-    ok[ok] = t[ok] < e[idx[ok]]
-    region = cp["name"].astype(str).str[len(CHECKPOINT_PREFIX):].to_numpy()[ok]
-    return pd.Series(cp["dur_ns"].to_numpy(dtype=np.int64)[ok]).groupby(region).sum()
+    return (first["end_ns"] - first["start_ns"]).groupby(first["region"].to_numpy()).sum()
 
 
 def attribute_time(trace: Trace, phases: PhaseTable) -> TimeAttribution:
@@ -231,19 +228,22 @@ def attribute_time(trace: Trace, phases: PhaseTable) -> TimeAttribution:
     rgpu = rg.groupby("region")["dur_ns"].sum()
     fwd = _forward_wall(trace, phases)
     names = list(dict.fromkeys([*count.index, *rwall.index]))
-    if phases.recompute_detection in ("markers", "none"):
+    # regions that ran forward but were not recomputed in these steps are listed too
+    # (count 0), when recompute names and run names are one scheme
+    unnamed = [r for r in names if r not in fwd.index]
+    if len(fwd) and (not unnamed or phases.recompute_detection in ("markers", "none")):
         names += [r for r in fwd.index if r not in names]
-    elif len(fwd):
-        notes.append("checkpoint markers name regions differently from "
-                     f"{phases.recompute_detection} detection: forward times per region "
-                     "only shown with marker detection")
+    if len(fwd) and unnamed:
+        notes.append(f"{len(unnamed)} recompute region(s) have no forward run in the trace "
+                     f"under that name ({', '.join(unnamed[:3])}"
+                     f"{', ...' if len(unnamed) > 3 else ''}): their forward time is unknown")
     regions = pd.DataFrame({
         "region": pd.Series(names, dtype=object),
         "count": count.reindex(names, fill_value=0).to_numpy(dtype=np.int64),
         "wall_ns": rwall.reindex(names, fill_value=0).to_numpy(dtype=np.int64),
         "gpu_ns": (rgpu.reindex(names, fill_value=0).to_numpy(dtype=float) if has_gpu
                    else np.full(len(names), np.nan)),
-        "forward_wall_ns": fwd.reindex(names, fill_value=0).to_numpy(dtype=np.int64),
+        "forward_wall_ns": fwd.reindex(names).to_numpy(dtype=np.float64),
     })
 
     step_total = int((steps["end_ns"] - steps["start_ns"]).sum())

@@ -210,3 +210,36 @@ def test_step_filter_keeps_only_that_step(marked):
     assert a.regions["count"].tolist() == [1]
     assert a.regions["forward_wall_ns"].tolist() == [100 * US]
     a.self_check()
+
+
+def test_rocm_memset_without_flow_links_by_correlation():
+    """GIVEN a ROCm-style step: hipMemsetAsync (category hip_runtime) launched in
+    forward, its gpu_memset running during backward, no flow events at all WHEN
+    attributed THEN the memset takes forward by its correlation id."""
+    b = (TraceBuilder().step(1, 0, 1000).marker("forward", 0, 400).marker("backward", 400, 500)
+         .runtime("hipMemsetAsync", 50, 5, correlation=41, cat="hip_runtime")
+         .kernel("Memset (Device)", 600, 10, correlation=41, cat="gpu_memset"))
+    t = b.to_trace()
+    a = attribute_time(t, find_phases(t))
+    assert a.gpu_events[["phase", "placed_by"]].to_dict("records") == [
+        {"phase": "forward", "placed_by": "runtime"}]
+    a.self_check()
+
+
+def test_launch_order_is_compared_within_one_process_namespace():
+    """GIVEN correlation ids of two processes kept apart as the nsys reader does
+    (process k at k << 32) and a kernel of process 1 whose id is below every launch of
+    process 1 but above those of process 0 WHEN attributed THEN it was launched before
+    profiling (no step), not between process 0's last launch and process 1's first."""
+    hi = 1 << 32
+    b = (TraceBuilder().step(1, 0, 1000).marker("forward", 0, 900)
+         .runtime("cudaLaunchKernel", 100, 5, correlation=7).kernel("p0", 200, 10, correlation=7)
+         .runtime("cudaLaunchKernel", 300, 5, correlation=hi + 10, tid=2)
+         .kernel("p1", 400, 10, correlation=hi + 10)
+         .kernel("p1_stale", 20, 30, correlation=hi + 3))
+    t = b.to_trace()
+    a = attribute_time(t, find_phases(t))
+    names = t.events["name"].astype(str).to_numpy()
+    assert sorted(names[a.gpu_events["event"]]) == ["p0", "p1"]
+    assert any("1 GPU event(s) (0.030 ms of GPU time) were launched before profiling" in n
+               for n in a.notes)

@@ -65,6 +65,10 @@ def _table(headers: list[str], rows: list[list[str]], align: str) -> list[str]:
     return [fmt(headers), "  " + "  ".join("-" * w for w in widths), *(fmt(r) for r in rows)]
 
 
+def _rerun(pct: float | None) -> str:
+    return _pct(pct) if _pct(pct) == "—" else "+" + _pct(pct)
+
+
 def _headline(analysis: Analysis) -> list[str]:
     from ckprof._version import __version__
 
@@ -74,7 +78,8 @@ def _headline(analysis: Analysis) -> list[str]:
     parts = [
         f"{n} step(s) analysed ({', '.join(str(s) for s in steps)})",
         f"{mean:,.3f} ms per step",
-        f"recompute overhead {_pct(analysis.time.recompute_overhead_pct)}",
+        f"forward re-run {_rerun(analysis.time.recompute_overhead_pct)} of the rest of the "
+        "step (lower bound of checkpointing's cost)",
     ]
     return [
         f"ckprof {__version__} · {analysis.trace.path}",
@@ -113,7 +118,7 @@ def render_text(analysis: Analysis) -> str:
         lines.append("  (no recompute found: " + _no_recompute_reason(analysis) + ")")
     else:
         rows = [
-            [r.region, str(r.count), _ms(r.wall_ms), _ms(r.gpu_ms), _ms(r.forward_wall_ms) if r.forward_wall_ms else "—"]
+            [r.region, str(r.count), _ms(r.wall_ms), _ms(r.gpu_ms), _ms(r.forward_wall_ms)]
             for r in regions.itertuples(index=False)
         ]
         lines += _table(["region", "count", "recompute ms", "GPU ms", "first-run fwd ms"], rows, "lrrrr")
