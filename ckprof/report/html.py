@@ -248,7 +248,7 @@ def _headline(analysis: Analysis) -> str:
         for k, v, d in cards
     )
     if overhead is None or regions.empty:
-        verdict = ("No recomputation was found in these steps, so checkpointing costs no time here "
+        verdict = ("No recomputation was found in these steps, so no time goes to re-running forward here "
                    f"(recompute detection: {escape(str(analysis.recompute_detection))}). If the model "
                    "does use activation checkpointing, capture it with ckprof.capture so the regions are marked.")
     else:
@@ -292,7 +292,9 @@ def _time_section(analysis: Analysis) -> str:
         total.append(_ms(totals["gpu_ms"].sum(min_count=1)))
     how = ("<b>How to read this:</b> each bar is one training step, split into phases by colour "
            "(forward, backward, <i>recompute</i>, optimizer, other). The red recompute slice is the time "
-           "activation checkpointing adds; without checkpointing it would disappear but memory would grow. ")
+           "spent re-running forward for checkpointed regions: the part of checkpointing's cost seen "
+           "directly, a lower bound of it (without checkpointing it disappears, memory grows, and "
+           "forward and backward may get faster too). ")
     if has_gpu:
         how += ("The hatched bar next to each step is the GPU kernel time launched from each phase "
                 "(a kernel counts for the phase that launched it, even when it runs later).")
