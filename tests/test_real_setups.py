@@ -71,17 +71,24 @@ def test_markers_match_the_ground_truth(runs, name):
     assert sorted(got) == sorted(run.expected) == sorted(truth)
     meta = json.loads(json.dumps(ckprof.load(run.trace).trace.ckprof))
     assert sorted(meta["checkpoint"]["regions"]) == sorted(run.expected)
-    extra = []
     fwd_truth = run.truth.forward_ns()
     for region, (count, wall, fwd) in got.items():
         t_count, t_ns = truth[region]
         assert count == t_count >= 1, region
         assert wall >= t_ns - CLOCK_NS * count, (region, wall, t_ns)
-        extra.append((wall - t_ns) / count)
         assert fwd >= fwd_truth[region] - CLOCK_NS * count, (region, fwd, fwd_truth[region])
-    # the marker's own cost per occurrence (median over regions: robust to one pause)
+    # occurrence by occurrence (same step, region, order): the marker's own cost is
+    # small for most of them (a process stall inside a recompute window but outside the
+    # timed call -- GC, a busy machine -- moves a few)
+    occ = ckprof.load(run.trace).phases.recompute.sort_values("start_ns")
+    extra = []
+    for (step, region), grp in occ.groupby(["step", "region"]):
+        calls = run.truth.calls[(int(step), str(region))]
+        assert len(calls) == len(grp)
+        extra += [int(e - s) - c for s, e, c in zip(grp["start_ns"], grp["end_ns"], calls,
+                                                   strict=True)]
     extra.sort()
-    assert extra[len(extra) // 2] < 1e6, extra
+    assert extra[(len(extra) - 1) // 2] < 1e6, extra
 
 
 @pytest.mark.parametrize("name", SETUPS)
