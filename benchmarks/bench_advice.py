@@ -8,22 +8,29 @@ For each model:
 
 1. ``ckprof.sweep`` profiles the model under FULL checkpointing (ckprof's capture: markers
    and memory); :func:`ckprof.strategy.advice.advise` reads that trace alone (no torch)
-   and prints which op types to save;
-2. ``ckprof.sweep`` then measures, in one run, ``none``, ``full``, ``every_2``, the
-   built-in matmul-saving ``selective`` and the advice (``advised:<op>+<op>``), each on a
-   fresh model in its own process, with the same steps and threads;
-3. the script prints the sweep table (median step time with IQR, peak memory, slowdown
-   and saving against ``none`` measured in the same run), whether the advised policy is
-   dominated by any other policy (PASS when it is not: it lies on or beyond the frontier
-   of the four others), and its distance to that frontier: the frontier's step time at
-   the advised point's memory (linear between neighbouring frontier points) minus the
-   advised step time (positive: the advice is faster than the frontier at that memory).
-   With ``--plot`` the frontier figure marks the advised point.
+   and ranks the op types; ``advised`` is its default op list, ``advised-budget`` the
+   budget form (budget: the trace's peak plus ``--budget-fraction`` of what saving every
+   candidate would add);
+2. ``ckprof.sweep`` measures ``none``, ``full``, ``every_2``, the built-in matmul-saving
+   ``selective`` and both advised policies, each on a fresh model in its own process:
+   the peak memory of each, and wall-clock step times under the profiler;
+3. the same policies run again without the profiler, interleaved (``--rounds`` rounds in
+   shuffled order, each on its own fresh model, one thread), timed in CPU time of the
+   process: on a shared machine wall time also counts the time other processes held the
+   core (the sweep's IQRs on this 2-core VM reached +-30%), CPU time does not (+-3%);
+4. for each advised policy: PASS when no other policy dominates it beyond timing noise
+   (another policy counts only if its step-time IQR lies wholly below, or overlaps and it
+   needs >= 1% less memory), with the strict dominance and the distance to the frontier
+   of the four others (their step time at the advised peak, linear between neighbouring
+   frontier points, minus the advised step time; positive = faster than the frontier).
+   ``--plot`` draws the CPU-time frontier with the advised points ringed.
 
-The models: ``ckprof.capture.demo:make_demo`` (4 pre-norm blocks, nn.MultiheadAttention,
-4x GELU MLP) and, when ``transformers`` is installed, a LlamaForCausalLM built from a small
-config (4 layers, hidden 128, SDPA attention; no weights downloaded), else a small
-hand-written transformer. The machine is shared: use ``--steps`` >= 15 and read the IQR.
+Models (``--model``, comma-separated): ``demo`` (``ckprof.capture.demo:make_demo``: 4
+pre-norm blocks, nn.MultiheadAttention, 4x GELU MLP, dim 128, 64 tokens; batch 32),
+``demo-wide`` (the same at dim 512, 128 tokens; batch 8), ``hf`` (a LlamaForCausalLM built
+from a config, no weights downloaded: 4 layers, hidden 128, SDPA; batch 32; a small
+hand-written transformer when transformers is missing) and ``hf-wide`` (hidden 512, 128
+tokens; batch 8).
 """
 
 from __future__ import annotations
@@ -267,6 +274,10 @@ def run_model(name: str, args: argparse.Namespace, root: Path) -> bool:
             print(f"    note: {note}")
     policies = [parse_policy(p) for p in OTHERS]
     policies += [advice.policy(), budgeted.policy("advised-budget")]
+    if advice.recommended != "advised":
+        print(f"  the advice recommends {advice.recommended} instead of its selective list")
+        if advice.recommended not in OTHERS:
+            policies.append(parse_policy(advice.recommended))
     print(f"  sweep policies: {policies[-2].spec}  {policies[-1].spec}")
     t0 = time.perf_counter()
     swept = ckprof.sweep(factory, policies=policies, steps=args.steps, warmup=args.warmup,
@@ -287,6 +298,12 @@ def run_model(name: str, args: argparse.Namespace, root: Path) -> bool:
     for adv in ADVISED:
         ok &= report(f"{name} (CPU time)", result.table, adv)
         report(f"{name} (sweep wall time)", swept.table, adv)
+    if advice.recommended != "advised":
+        rec = advice.recommended
+        print(f"{name}: the advice recommends {rec}: "
+              + ("on the CPU-time frontier" if bool(result.table.set_index("policy")
+                                                    .loc[rec, "on_frontier"])
+                 else "NOT on the CPU-time frontier"))
     if args.plot:
         out = Path(args.plot)
         out = out.with_name(f"{out.stem}-{name}{out.suffix}")

@@ -242,3 +242,54 @@ def test_cli_advise_formats_and_missing_memory(full_trace, tmp_path):
     res = CliRunner().invoke(cli, ["advise", str(path)])
     assert res.exit_code == NotCapturedError.exit_code and "memory" in res.output
     assert "Traceback" not in res.output
+
+
+H200 = Path(__file__).parent / "data" / "gpu" / "h200"
+
+
+def test_on_a_real_gpu_trace_dispatch_estimate_and_launch_bound_costs():
+    """GIVEN the H200 traces of one MLP (full checkpointing with markers; the same model
+    under selective checkpointing, plain torch.profiler) WHEN the checkpointed trace is
+    advised THEN the estimated ops SAC intercepts per step are within 10% of the
+    PythonDispatchMode frames the SAC trace shows, and since recompute keeps the GPU
+    busy less than half its wall time (launch-bound) the costs are wall time."""
+    full = load(H200 / "eager_markers.pt.trace.json.gz")
+    sac = load(H200 / "sac_plain.pt.trace.json.gz")
+    ev = sac.trace.events
+    pdm = ev[ev["name"] == "PythonDispatchMode"]
+    step, _phase, _region = sac.phases.lookup(pdm["ts_ns"].to_numpy())
+    per_step = (step >= 0).sum() / len(sac.phases.steps)
+    adv = advise(full)
+    assert adv.estimate["dispatched_ops"] == pytest.approx(per_step, rel=0.10)
+    util = full.gpu_table().set_index("phase").loc["recompute", "utilization_pct"]
+    assert util < 50 and adv.cost_basis == "wall time"
+    assert any("launch-bound" in n for n in adv.notes)
+
+
+def test_recommends_unchecked_blocks_when_they_buy_more(full_trace):
+    """GIVEN TinyNet (3 blocks) WHEN advised with every candidate saved (no ratio floor,
+    room in the budget) at several dispatch costs THEN the advice recommends its own
+    selective list exactly when what the saved ops buy back, net of the dispatch cost,
+    beats the same memory spent on unchecked blocks at the recompute's own ratio (all
+    recompute ms per MiB of all candidates), every_<k> otherwise, and full when the
+    dispatch cost eats the whole gain."""
+    from ckprof.strategy.advice import MIB, _every_k_for
+
+    a = load(full_trace)
+    kw = {"budget_bytes": 10**12, "threshold_ms_per_mib": 0}
+    for per_op_us in (0.0, 1.0, 1e6):
+        adv = advise(a, dispatch_overhead_us=per_op_us, **kw)
+        t = adv.table
+        cand = t[t["rank"] > 0]
+        ratio = adv.estimate["recompute_ms"] / (cand["saved_bytes"].sum() / MIB)
+        saved = t[t["decision"] == "save"]
+        net = saved["cost_ms"].sum() - adv.estimate["dispatch_overhead_ms"]
+        if not adv.save_ops:
+            assert adv.recommended == "full" and per_op_us == 1e6
+        elif net < ratio * saved["saved_bytes"].sum() / MIB:
+            assert adv.recommended.startswith("every_")
+            assert adv.recommended_policy().kind == "every"
+            assert any("recommended every_" in n for n in adv.notes)
+        else:
+            assert adv.recommended == "advised" and adv.recommended_policy() == adv.policy()
+    assert _every_k_for(0.5, 4) == 2 and _every_k_for(0.75, 4) == 4 and _every_k_for(0.2, 1) == 1

@@ -17,8 +17,10 @@ checkpointing (the two-trace form, NOTE [ Advice from two traces ]).
 # backward, PREFER_RECOMPUTE reruns the op in backward. For every op type recomputed in
 # the trace ckprof measures, per step:
 #   cost   what saving it would stop recomputing: the self time of its recompute calls
-#          plus that of the ops they call that are not candidates themselves (GPU time
-#          of the kernels they launched when the trace has GPU events, else wall time);
+#          plus that of the ops they call that are not candidates themselves: the GPU
+#          time of the kernels they launched when recompute is GPU-bound (the GPU busy
+#          >= 50% of the recompute wall time, ckprof.analysis.gpu), else wall time (CPU
+#          traces, and launch-bound GPU recompute where kernels run in the CPU's shadow);
 #   bytes  what saving it would keep alive: the bytes its calls in the FORWARD run of
 #          the checkpointed regions (inside ``ckprof::checkpoint::<region>`` ranges)
 #          allocated that are still live when the call returns: its outputs, which
@@ -106,6 +108,8 @@ MIB = 2**20
 SPIKE = 3.0
 #: ops costing less than this share of the recompute are never saved
 MIN_SHARE = 0.01
+#: recompute utilisation (% of its wall time the GPU is busy) above which it is GPU-bound
+GPU_BOUND_PCT = 50.0
 #: default cost of selective checkpointing's dispatch mode per intercepted op, in us
 #: (NOTE [ The price of selective checkpointing ])
 DISPATCH_OVERHEAD_US = 30.0
@@ -135,6 +139,17 @@ class Advice:
     estimate: dict[str, float]
     source: str
     notes: tuple[str, ...] = field(default=())
+    #: what to run: "advised" (the selective list), "full" (saving does not pay its
+    #: dispatch cost) or "every_<k>" (unchecked blocks buy more for that memory)
+    recommended: str = "advised"
+
+    def recommended_policy(self) -> Policy:
+        """The policy the advice recommends (see ``recommended``)."""
+        if self.recommended == ADVISED:
+            return self.policy()
+        from ckprof.strategy.policies import parse_policy
+
+        return parse_policy(self.recommended)
 
     @property
     def sweep_spec(self) -> str:
@@ -183,6 +198,7 @@ class Advice:
             "threshold_ms_per_mib": _num(self.threshold_ms_per_mib),
             "save_ops": list(self.save_ops),
             "sweep_policy": self.sweep_spec,
+            "recommended": self.recommended,
             "estimate": {k: _num(v) for k, v in self.estimate.items()},
             "ops": records(self.table, digits=6),
             "code": self.code(),
@@ -305,6 +321,15 @@ def _dispatched_per_step(analysis: Analysis) -> float:
     return n / max(int(analysis.phases.steps["step"].nunique()), 1)
 
 
+def _every_k_for(fraction: float, n_regions: int) -> int:
+    """The ``every_<k>`` (k >= 2) whose share of unchecked blocks out of ``n_regions`` is
+    closest to ``fraction`` (the smallest k on ties); 1 when there are no blocks."""
+    if n_regions < 2:
+        return 1
+    return min(range(2, n_regions + 1),
+               key=lambda k: (abs(1 - math.ceil(n_regions / k) / n_regions - fraction), k))
+
+
 def _is_candidate(op: str) -> bool:
     return op.startswith("aten::") and not op.endswith("_")
 
@@ -355,6 +380,20 @@ def advise(analysis: Analysis, none: Analysis | None = None, *, budget_bytes: in
     name_of = pd.Series(calls["op"].to_numpy(), index=calls["event"].to_numpy())
     owner_op = np.where(owner >= 0, name_of.reindex(owner).to_numpy(dtype=object), calls["op"])
     use_gpu = bool(analysis.has_gpu) and float(calls["gpu_ns"].sum()) > 0
+    util = float("nan")
+    if use_gpu:
+        # NOTE [ GPU-bound or launch-bound ]: recompute costs GPU time only when the GPU is
+        # busy during it; a launch-bound recompute costs the CPU time of its ops
+        tot = analysis.gpu.totals.set_index("phase")
+        util = float(tot.loc["recompute", "utilization_pct"]) if "recompute" in tot.index else 0.0
+        use_gpu = util >= GPU_BOUND_PCT
+        notes.append(f"recompute keeps the GPU busy {util:.0f}% of its wall time: "
+                     + ("GPU-bound, costs are GPU time and the CPU-side dispatch overhead "
+                        "runs while kernels do" if use_gpu else
+                        "launch-bound, costs are the CPU time of the ops (kernels run in "
+                        "their shadow)"))
+        if use_gpu:
+            dispatch_overhead_us = 0.0
     cost = (calls.assign(owner_op=owner_op)
             .groupby("owner_op").agg(wall_ns=("self_ns", "sum"), gpu_ns=("gpu_ns", "sum")))
     counts = calls.groupby("op").size()
@@ -375,9 +414,8 @@ def advise(analysis: Analysis, none: Analysis | None = None, *, budget_bytes: in
                           kind="stable").drop(columns="_d").reset_index(drop=True))
     total_cost = float((calls["gpu_ns"] if use_gpu else calls["self_ns"]).sum()) / 1e6 / n_steps
     cand_bytes = float(table.loc[table["candidate"], "saved_bytes"].sum())
-    threshold = total_cost / (cand_bytes / MIB) if cand_bytes > 0 else math.nan
-    if threshold_ms_per_mib is not None:
-        threshold = float(threshold_ms_per_mib)
+    ratio = total_cost / (cand_bytes / MIB) if cand_bytes > 0 else math.nan
+    threshold = ratio if threshold_ms_per_mib is None else float(threshold_ms_per_mib)
 
     peak = analysis.memory_table()
     peak_bytes = float(peak.loc[peak["device"] == dev, "peak_bytes"].max())
@@ -428,12 +466,16 @@ def advise(analysis: Analysis, none: Analysis | None = None, *, budget_bytes: in
         save[:] = False
     saved_bytes = float(table.loc[save, "saved_bytes"].sum())
     gain = float(table.loc[save, "cost_ms"].sum())
-    if save.any() and gain - overhead_ms < threshold * saved_bytes / MIB:
+    n_regions = int(analysis.phases.recompute["region"].nunique())
+    recommended = "advised" if save.any() else "full"
+    if save.any() and gain - overhead_ms < ratio * saved_bytes / MIB:
+        k = _every_k_for(saved_bytes / cand_bytes if cand_bytes else 1.0, n_regions)
+        recommended = f"every_{k}" if k > 1 else "full"
         notes.append(
             f"selective checkpointing buys back {gain - overhead_ms:,.3g} ms per step net of its "
             f"dispatch cost for {format_bytes(saved_bytes)}; leaving blocks unchecked would buy "
-            f"about {threshold * saved_bytes / MIB:,.3g} ms for the same memory "
-            f"({threshold:,.3g} ms/MiB): compare with every_<k> in a sweep")
+            f"about {ratio * saved_bytes / MIB:,.3g} ms for the same memory "
+            f"({ratio:,.3g} ms/MiB): recommended {recommended}; measure both in a sweep")
     rank = np.where(table["candidate"], np.cumsum(table["candidate"].to_numpy()), 0)
     table = table.assign(rank=rank.astype(np.int64),
                          decision=np.where(save, "save", "recompute"), why=why)
@@ -453,7 +495,7 @@ def advise(analysis: Analysis, none: Analysis | None = None, *, budget_bytes: in
                   threshold_ms_per_mib=float(threshold),
                   cost_basis="GPU time" if use_gpu else "wall time", device=dev,
                   budget_bytes=budget_bytes, estimate=estimate, source=source,
-                  notes=tuple(notes))
+                  notes=tuple(notes), recommended=recommended)
 
 
 def render_advice(advice: Advice, fmt: str = "table") -> str:
@@ -490,6 +532,8 @@ def render_advice(advice: Advice, fmt: str = "table") -> str:
         "(an ESTIMATE: measure it with the sweep policy below)",
         f"sweep policy: {advice.sweep_spec}",
     ]
+    if advice.recommended != ADVISED and advice.save_ops:
+        summary.append(f"recommended instead: {advice.recommended} (see the notes)")
     if fmt == "markdown":
         lines = ["### ckprof advise", "", *(s + "  " for s in summary), "",
                  *markdown_table(headers, rows), "", "```python", advice.code().rstrip(), "```"]
