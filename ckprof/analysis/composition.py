@@ -161,6 +161,39 @@ def match_frees(addr: np.ndarray, nbytes: np.ndarray) -> np.ndarray:
     return match
 
 
+def _parts_at(at: np.ndarray, owner: np.ndarray, b: np.ndarray, phase: np.ndarray,
+              step: np.ndarray, region: np.ndarray, op: np.ndarray) -> list[pd.DataFrame]:
+    """For each event position in ``at``: the bytes live there by (origin, origin_step,
+    origin_region, op) of the blocks, as the sum of the signed Bytes of the events up to
+    it that belong to blocks of that origin (an allocation to its own block, a free to
+    the block it closes; NOTE [ Composition adds up ]). Vectorised over all positions:
+    one cumulative sum per origin key, read at every position with one searchsorted."""
+    mine = np.flatnonzero(owner >= 0)
+    keys = pd.MultiIndex.from_arrays([phase[owner[mine]], step[owner[mine]],
+                                      region[owner[mine]], op[owner[mine]]])
+    key, uniq = pd.factorize(keys)
+    key = key.astype(np.int64)
+    n_pos = len(owner) + 1
+    order = np.lexsort((mine, key))
+    k_sorted, p_sorted = key[order], mine[order]
+    csum = np.concatenate([[0], np.cumsum(b[mine][order])])
+    first = np.searchsorted(k_sorted, np.arange(len(uniq)), side="left")
+    packed = k_sorted * n_pos + p_sorted
+    out = []
+    for pos in np.asarray(at, dtype=np.int64).tolist():
+        j = np.searchsorted(packed, np.arange(len(uniq), dtype=np.int64) * n_pos + pos,
+                            side="right")             # events of each key up to pos
+        val = csum[j] - csum[first]
+        keep = np.flatnonzero(val != 0)
+        out.append(pd.DataFrame({
+            "origin": uniq.get_level_values(0)[keep].to_numpy(dtype=object),
+            "origin_step": uniq.get_level_values(1)[keep].to_numpy(dtype=np.int64),
+            "origin_region": uniq.get_level_values(2)[keep].to_numpy(dtype=object),
+            "op": uniq.get_level_values(3)[keep].to_numpy(dtype=object),
+            "bytes": val[keep].astype(np.int64)}))
+    return out
+
+
 def _raw_levels(trace: Trace, device: str, ta: np.ndarray, b: np.ndarray,
                 absolute: bool, baseline: int) -> tuple[np.ndarray, int]:
     """(counter level before the unseen-free correction, baseline used) for one device,
@@ -231,7 +264,6 @@ def memory_composition(trace: Trace, phases: PhaseTable, memory: PhaseMemory,
         m = np.flatnonzero(match >= 0)
         freed_at[match[m]] = m
         sizes = (b[match[m]] != -b[m])
-        odd = match[m][sizes]                 # allocations freed with another size
         if sizes.any():
             notes.append(f"{device}: {int(sizes.sum())} free(s) differ in size from their "
                          "allocation (each event's own Bytes is used)")
@@ -272,40 +304,32 @@ def memory_composition(trace: Trace, phases: PhaseTable, memory: PhaseMemory,
         line[UNSEEN] = -unseen
         line[DRIFT] = drift
         line_parts.append(pd.DataFrame(line, index=rows))
-        # peaks of this device
-        pk = peaks[peaks["device"].astype(str) == device]
+        # peaks of this device: the memory row of each, then all parts at once
+        pk = peaks[peaks["device"].astype(str) == device].reset_index(drop=True)
         t_dev = ts_all[rows]
-        for r in pk.itertuples(index=False):
-            lo = int(np.searchsorted(t_dev, int(r.at_ts_ns), side="left"))
-            hi = int(np.searchsorted(t_dev, int(r.at_ts_ns), side="right"))
-            cand = lo + np.flatnonzero(level[lo:hi] == int(r.peak_bytes))
-            if len(cand) == 0:
-                notes.append(f"{device}: peak of {r.phase} in step {r.step} not found among "
-                             "the memory events")
-                continue
-            k = int(cand[0])
-            live = np.flatnonzero(is_alloc[:k + 1] & ((freed_at[:k + 1] < 0)
-                                                      | (freed_at[:k + 1] > k)))
-            nbytes = b[live]
-            if len(odd):  # a free of another size than its block leaves the difference
-                done = odd[freed_at[odd] <= k]
-                live = np.concatenate([live, done])
-                nbytes = np.concatenate([nbytes, b[done] + b[freed_at[done]]])
-            parts = pd.DataFrame({"origin": phase[rows[live]],
-                                  "origin_step": step[rows[live]],
-                                  "origin_region": region[rows[live]], "op": op[rows[live]],
-                                  "bytes": nbytes})
-            parts = (parts.groupby(["origin", "origin_step", "origin_region", "op"], sort=False)
-                     ["bytes"].sum().reset_index())
-            parts = parts[parts["bytes"] != 0]
+        lo = np.searchsorted(t_dev, pk["at_ts_ns"].to_numpy(dtype=np.int64), side="left")
+        hi = np.searchsorted(t_dev, pk["at_ts_ns"].to_numpy(dtype=np.int64), side="right")
+        at = np.full(len(pk), -1, dtype=np.int64)
+        for i, (a, z, want) in enumerate(zip(lo.tolist(), hi.tolist(),
+                                             pk["peak_bytes"].tolist(), strict=True)):
+            hit = np.flatnonzero(level[a:z] == want)
+            at[i] = a + hit[0] if len(hit) else -1
+        if (at < 0).any():
+            notes.append(f"{device}: {int((at < 0).sum())} peak(s) not found among the memory "
+                         "events")
+        found = np.flatnonzero(at >= 0)
+        parts = _parts_at(at[found], owner, b, phase[rows], step[rows], region[rows], op[rows])
+        for j, i in enumerate(found):
+            k = int(at[i])
+            r = pk.iloc[i]
+            part = parts[j]
             fixed = pd.DataFrame({"origin": [BEFORE, UNSEEN, DRIFT], "origin_step": -1,
                                   "origin_region": "", "op": "",
                                   "bytes": [int(before[k]), -int(unseen[k]), int(drift[k])]})
             fixed = fixed[(fixed["bytes"] != 0) | (fixed["origin"] == BEFORE)]
-            parts = pd.concat([parts, fixed], ignore_index=True)
-            peak_parts.append(parts.assign(step=int(r.step), phase=str(r.phase), device=device,
-                                           peak_bytes=int(r.peak_bytes),
-                                           at_ts_ns=int(r.at_ts_ns)))
+            peak_parts.append(pd.concat([part, fixed], ignore_index=True).assign(
+                step=int(r["step"]), phase=str(r["phase"]), device=device,
+                peak_bytes=int(r["peak_bytes"]), at_ts_ns=int(r["at_ts_ns"])))
     blocks = (pd.concat(block_parts, ignore_index=True).astype(_BLOCK_COLUMNS)
               if block_parts else _empty(_BLOCK_COLUMNS))
     at_peaks = _empty(_PEAK_COLUMNS)
