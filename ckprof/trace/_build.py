@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from ckprof.trace import _native
 from ckprof.trace.model import EVENT_COLUMNS, KINDS, Trace
 
 __all__ = ["Columns", "IdMapper", "Interner", "build_trace", "kind_of_category"]
@@ -306,6 +307,12 @@ def _tree(kind_codes: np.ndarray, pid: np.ndarray, tid: np.ndarray, ts: np.ndarr
         return parent, depth
     group = _group_ids(tree[rows], pid[rows], tid[rows])
     r_ts, r_end = ts[rows], end[rows]
+    if _native.tree is not None:  # the reference algorithm in C (NOTE [ Native scanner ])
+        par_b, dep_b = _native.tree(group, r_ts, r_end)
+        par, dep = np.frombuffer(par_b, dtype=np.int64), np.frombuffer(dep_b, dtype=np.int32)
+        parent[rows] = np.where(par >= 0, rows[np.maximum(par, 0)], -1)
+        depth[rows] = dep
+        return parent, depth
     par, dep, ok = _tree_nested(group, r_ts, r_end)
     if not ok.all():  # groups with partial overlaps: the reference stack algorithm
         sub = np.flatnonzero(~ok)
@@ -315,6 +322,27 @@ def _tree(kind_codes: np.ndarray, pid: np.ndarray, tid: np.ndarray, ts: np.ndarr
     parent[rows] = np.where(par >= 0, rows[np.maximum(par, 0)], -1)
     depth[rows] = dep
     return parent, depth
+
+
+def _time_order(ts: np.ndarray, dur: np.ndarray) -> np.ndarray:
+    """Row order by (ts, -dur, file order).
+
+    A stable sort by ts (fast: Kineto writes each section of the file in time order),
+    then only the runs of equal ts are reordered by -dur (stable, so file order breaks
+    the remaining ties)."""
+    order = np.argsort(ts, kind="stable")
+    ts_sorted = ts[order]
+    tie = ts_sorted[1:] == ts_sorted[:-1]
+    if not tie.any():
+        return order
+    in_run = np.zeros(len(ts), dtype=bool)
+    in_run[1:] |= tie
+    in_run[:-1] |= tie
+    idx = np.flatnonzero(in_run)
+    run = np.cumsum(~np.concatenate([[False], tie]))[idx]  # run id of each tied row
+    sub = np.lexsort((-dur[order[idx]], run))  # stable: file order within equal keys
+    order[idx] = order[idx][sub]
+    return order
 
 
 def _take(parts: list[np.ndarray], order: np.ndarray) -> np.ndarray:
@@ -333,9 +361,7 @@ def build_trace(cols: Columns, *, path: str, metadata: Mapping[str, Any], source
     dur = _concat(cols.ev["dur_ns"], "int64")
     cols.ev["ts_ns"].clear()
     cols.ev["dur_ns"].clear()
-    # (ts, -dur, file order): a stable sort by -dur, then a stable sort by ts
-    order = np.argsort(-dur, kind="stable")
-    order = order[np.argsort(ts[order], kind="stable")]
+    order = _time_order(ts, dur)
     ts, dur = ts[order], dur[order]
     cat = _take(cols.ev["cat"], order)
     pid = _take(cols.ev["pid"], order)

@@ -55,7 +55,7 @@ from ckprof.errors import (
     TraceTruncatedError,
 )
 from ckprof.progress import Progress
-from ckprof.trace import _source
+from ckprof.trace import _native, _source
 from ckprof.trace._build import Columns, build_trace, is_legacy
 from ckprof.trace._careful import read_careful
 from ckprof.trace._fast import Odd, read_fast
@@ -67,6 +67,8 @@ __all__ = ["find_trace_files", "is_trace_path", "load_trace"]
 CHUNK_BYTES = 24 * 1024 * 1024
 #: plain files at least this big are decoded by worker processes (NOTE [ Parallel pieces ])
 PARALLEL_MIN_BYTES = 256 * 1024 * 1024
+#: ... or by threads, when the native scanner is there (no process start-up to pay for)
+NATIVE_PARALLEL_MIN_BYTES = 32 * 1024 * 1024
 #: files at least this big (uncompressed) show a progress bar on a terminal
 PROGRESS_MIN_BYTES = 64 * 1024 * 1024
 
@@ -197,7 +199,8 @@ def _read_fast_file(reader: _source.BlockReader, workers: int | None) -> tuple[C
             except (OSError, ValueError):  # not mappable (a pipe, a special file): stream it
                 return read_fast(reader.blocks(), chunk_bytes=CHUNK_BYTES, on_consumed=consumed)
         try:
-            if reader.file_bytes < PARALLEL_MIN_BYTES:
+            threshold = NATIVE_PARALLEL_MIN_BYTES if _native.available() else PARALLEL_MIN_BYTES
+            if reader.file_bytes < threshold:
                 workers = 1
             elif workers is None:
                 workers = _workers()
