@@ -24,9 +24,11 @@ msgspec, with the same result.
 # duplicate keys, a sign, exponent or 4th decimal in ts/dur, out-of-range numbers,
 # wrongly typed fields. A refused piece goes through the msgspec path (and from there,
 # if need be, the careful reader), so the result never depends on whether the extension
-# is there; tests run both paths and compare them with the careful reader. Texts are
-# decoded in Python (strict UTF-8, msgspec for escapes): a piece whose text is not valid
-# UTF-8 is refused too.
+# is there; tests run both paths and compare them with the careful reader. The texts
+# ckprof keeps (names, categories, text ids) are decoded in Python (strict UTF-8,
+# msgspec for escapes): a piece where one is not valid UTF-8 is refused too. Strings
+# nobody reads are only checked for JSON syntax (msgspec also checks their UTF-8 and
+# then hands the piece to the careful reader, which ignores them: same result).
 #
 # ``tree`` is the reference stack algorithm of NOTE [ Event tree rules ] (``_tree_loop``)
 # in C, O(n) for nested events, partial overlaps included: the numpy version

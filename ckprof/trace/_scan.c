@@ -168,8 +168,23 @@ static inline void skip_ws(parser *P) {
     P->pos = i;
 }
 
-static inline int hexval(u8 c) {
-    return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f') || (c >= 'A' && c <= 'F');
+static inline int hexdigit(u8 c) {
+    if (c >= '0' && c <= '9') return c - '0';
+    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+    return -1;
+}
+
+/* the 4 hex digits at b[i:i+4] (before e) as a code unit, or -1 */
+static inline int hex4(const u8 *b, Py_ssize_t i, Py_ssize_t e) {
+    if (i + 4 > e) return -1;
+    int v = 0;
+    for (int k = 0; k < 4; k++) {
+        int d = hexdigit(b[i + k]);
+        if (d < 0) return -1;
+        v = v * 16 + d;
+    }
+    return v;
 }
 
 /* At '"': the string's raw content [*s, *s + *len); *esc set when it holds escapes. */
@@ -196,12 +211,20 @@ static int scan_string(parser *P, const u8 **s, uint32_t *len, int *esc) {
         if (i + 1 >= e) REFUSE(P, "unterminated string");
         u8 x = b[i + 1];
         if (x == 'u') {
-            if (i + 5 >= e || !hexval(b[i + 2]) || !hexval(b[i + 3]) || !hexval(b[i + 4]) ||
-                !hexval(b[i + 5])) {
+            int cu = hex4(b, i + 2, e);
+            if (cu < 0 || (cu >= 0xDC00 && cu <= 0xDFFF)) {
                 P->pos = i;
                 REFUSE(P, "bad \\u escape");
             }
             i += 6;
+            if (cu >= 0xD800 && cu <= 0xDBFF) { /* a surrogate pair, as msgspec requires */
+                int lo = (i + 1 < e && b[i] == '\\' && b[i + 1] == 'u') ? hex4(b, i + 2, e) : -1;
+                if (lo < 0xDC00 || lo > 0xDFFF) {
+                    P->pos = i;
+                    REFUSE(P, "lone surrogate escape");
+                }
+                i += 6;
+            }
         } else if (x == '"' || x == '\\' || x == '/' || x == 'b' || x == 'f' || x == 'n' ||
                    x == 'r' || x == 't') {
             i += 2;
