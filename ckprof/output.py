@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from ckprof.errors import CkprofError, OutputExistsError
 
@@ -27,8 +28,10 @@ def format_bytes(n: Any, *, missing: str = "—") -> str:
     return f"{sign}{value:.1f} TiB"
 
 
-def write_new_file(path: str | os.PathLike[str], data: bytes, *, force: bool = False) -> Path:
+def write_new_file(path: str | os.PathLike[str], data: bytes | Callable[[BinaryIO], None], *,
+                   force: bool = False) -> Path:
     """Write ``data`` to ``path`` through a temporary file in the same directory.
+    ``data`` may be a function writing to the open binary file (large outputs stream).
 
     Never replaces an existing file unless ``force`` (:class:`OutputExistsError`, exit
     8); the final name never holds a half-written file. The no-overwrite check is
@@ -42,7 +45,11 @@ def write_new_file(path: str | os.PathLike[str], data: bytes, *, force: bool = F
         raise CkprofError("output directory does not exist", path=str(out.parent), hint="Create it first")
     tmp = out.with_name(f".{out.name}.ckprof-tmp-{os.getpid()}")
     try:
-        tmp.write_bytes(data)
+        if callable(data):
+            with open(tmp, "wb") as f:
+                data(f)
+        else:
+            tmp.write_bytes(data)
         if force:
             os.replace(tmp, out)
         else:
