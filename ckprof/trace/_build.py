@@ -27,13 +27,15 @@ from __future__ import annotations
 import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pandas as pd
 
 from ckprof.trace import _native
 from ckprof.trace.model import EVENT_COLUMNS, KINDS, Trace
+
+if TYPE_CHECKING:  # imported by the functions that build frames: reading needs no pandas
+    import pandas as pd
 
 __all__ = ["Columns", "IdMapper", "Interner", "build_trace", "kind_of_category"]
 
@@ -197,6 +199,8 @@ def _concat(parts: list[np.ndarray], dtype: str) -> np.ndarray:
 
 def _categorical(codes: np.ndarray, values: list[str]) -> pd.Categorical:
     """Categorical over the values that occur, categories in first-seen order."""
+    import pandas as pd
+
     used = np.zeros(len(values), dtype=bool)
     used[codes] = True
     if used.all():
@@ -210,6 +214,8 @@ def _categorical(codes: np.ndarray, values: list[str]) -> pd.Categorical:
 
 def _group_ids(tree: np.ndarray, pid: np.ndarray, tid: np.ndarray) -> np.ndarray:
     """Dense ids for (tree, pid, tid) triples (vectorised)."""
+    import pandas as pd
+
     pid_codes, pid_u = pd.factorize(pid)
     tid_codes, tid_u = pd.factorize(tid)
     key = (tree.astype(np.int64) * (len(pid_u) + 1) + pid_codes) * (len(tid_u) + 1) + tid_codes
@@ -357,6 +363,8 @@ def build_trace(cols: Columns, *, path: str, metadata: Mapping[str, Any], source
     """Sort, classify and nest the decoded columns; return the finished Trace.
 
     Consumes ``cols`` (its chunk arrays are released as the columns are assembled)."""
+    import pandas as pd
+
     ts = _concat(cols.ev["ts_ns"], "int64")
     dur = _concat(cols.ev["dur_ns"], "int64")
     cols.ev["ts_ns"].clear()

@@ -42,7 +42,6 @@ from typing import Any, Union
 
 import msgspec
 import numpy as np
-import pandas as pd
 
 from ckprof.trace import _native
 from ckprof.trace._build import Columns, device_label
@@ -191,6 +190,8 @@ def _map_ids(values: list[Any], cols: Columns) -> np.ndarray:
 
 def _factorize(values: list[str]) -> tuple[np.ndarray, list[str]]:
     """Local codes and uniques (first-seen order) of one piece's strings."""
+    import pandas as pd  # here, not at the top: the native path reads without pandas
+
     if not values:
         return np.empty(0, dtype=np.int64), []
     codes, uniques = pd.factorize(np.array(values, dtype=object), sort=False)
@@ -576,6 +577,48 @@ def _run_parallel(win: _Window, path: str, pattern: bytes, chunk_bytes: int, wor
                 fut.cancel()
             raise
     win.consumed(ranges[-1][1], report=False)
+
+
+def prefetch(blocks: Iterator[bytes], depth: int = 3) -> Iterator[bytes]:
+    """``blocks``, produced by a background thread up to ``depth`` ahead.
+
+    For gzip input: zlib / ISA-L release the GIL while they inflate, and so does the
+    native scanner, so decompressing the next blocks overlaps decoding this one (two
+    cores instead of one). Exceptions of the producer are raised here, in order."""
+    import queue
+    import threading
+
+    q: queue.Queue[tuple[bool, Any]] = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def produce() -> None:
+        try:
+            for block in blocks:
+                while not stop.is_set():
+                    try:
+                        q.put((True, block), timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            q.put((False, None))
+        except BaseException as err:  # handed to the consumer
+            q.put((False, err))
+
+    worker = threading.Thread(target=produce, name="ckprof-gunzip", daemon=True)
+    worker.start()
+    try:
+        while True:
+            more, item = q.get()
+            if not more:
+                if item is not None:
+                    raise item
+                return
+            yield item
+    finally:
+        stop.set()
+        worker.join()
 
 
 def read_fast(blocks: Iterator[bytes] | None, *, chunk_bytes: int,

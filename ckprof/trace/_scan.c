@@ -16,6 +16,9 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#ifdef __SSE2__
+#include <emmintrin.h>
+#endif
 
 typedef unsigned char u8;
 
@@ -59,8 +62,17 @@ typedef struct {
     Py_ssize_t ucap;
 } interner;
 
+static uint64_t hash_words(const u8 *p, size_t n, uint64_t h);
+
+/* Long texts (kernel signatures run to hundreds of bytes) hash their first and last 32
+   bytes and their length; equal hashes are confirmed with memcmp, which is fast. */
 static uint64_t hash_bytes(const u8 *p, size_t n) {
     uint64_t h = 0x9E3779B97F4A7C15ull ^ (uint64_t)n;
+    if (n > 64) return hash_words(p + n - 32, 32, hash_words(p, 32, h));
+    return hash_words(p, n, h);
+}
+
+static uint64_t hash_words(const u8 *p, size_t n, uint64_t h) {
     while (n >= 8) {
         uint64_t w;
         memcpy(&w, p, 8);
@@ -194,11 +206,32 @@ static int scan_string(parser *P, const u8 **s, uint32_t *len, int *esc) {
     Py_ssize_t start = i;
     int escaped = 0;
     for (;;) {
+#ifdef __SSE2__
+        {   /* 16 bytes at a time: stop at '"', '\\' or a control character */
+            const __m128i quote = _mm_set1_epi8('"'), bslash = _mm_set1_epi8('\\'),
+                          ctl = _mm_set1_epi8(0x1F);
+            while (i + 16 <= e) {
+                __m128i v = _mm_loadu_si128((const __m128i *)(b + i));
+                __m128i hit = _mm_or_si128(
+                    _mm_or_si128(_mm_cmpeq_epi8(v, quote), _mm_cmpeq_epi8(v, bslash)),
+                    _mm_cmpeq_epi8(_mm_max_epu8(v, ctl), ctl));
+                int mask = _mm_movemask_epi8(hit);
+                if (mask) {
+                    i += __builtin_ctz((unsigned)mask);
+                    goto special;
+                }
+                i += 16;
+            }
+        }
+#endif
         while (i < e) {
             u8 c = b[i];
             if (c == '"' || c == '\\' || c < 0x20) break;
             i++;
         }
+#ifdef __SSE2__
+    special:
+#endif
         if (i >= e) REFUSE(P, "unterminated string");
         u8 c = b[i];
         if (c == '"') break;
@@ -418,6 +451,22 @@ static const char *ARG_KEYS[A_N] = {"correlation",     "External id",     "exter
                                     "Bytes",           "Device Type",     "Device Id"};
 static const int64_t ARG_DEFAULTS[A_N] = {-1, -1, -1, -1, -1, -1, 0, -1, -1};
 
+static int arg_key_of(const u8 *s, uint32_t len) {
+    int k = -1;
+    switch (len) { /* candidates by length and first letter, then one memcmp */
+        case 5: k = A_BYTES; break;
+        case 9: k = A_DEV_ID; break;
+        case 11:
+            k = s[0] == 'c' ? A_CORR : s[0] == 'E' ? A_EXT : s[0] == 'e' ? A_EXT_LEGACY
+                : A_DEV_TYPE;
+            break;
+        case 14: k = A_TOTAL_RES; break;
+        case 15: k = s[0] == 'S' ? A_SEQ : A_TOTAL_ALLOC; break;
+        default: return -1;
+    }
+    return memcmp(ARG_KEYS[k], s, len) == 0 ? k : -1;
+}
+
 static int parse_args(parser *P, int64_t *args) {
     unsigned seen = 0;
     if (++P->depth > 64) REFUSE(P, "nested too deeply");
@@ -439,13 +488,7 @@ static int parse_args(parser *P, int64_t *args) {
         if (P->pos >= P->end || P->b[P->pos] != ':') REFUSE(P, "expected ':'");
         P->pos++;
         skip_ws(P);
-        int which = -1;
-        for (int k = 0; k < A_N; k++) {
-            if (strlen(ARG_KEYS[k]) == len && memcmp(ARG_KEYS[k], s, len) == 0) {
-                which = k;
-                break;
-            }
-        }
+        int which = arg_key_of(s, len);
         if (which >= 0) {
             if (seen & (1u << which)) REFUSE(P, "duplicate args key");
             seen |= 1u << which;

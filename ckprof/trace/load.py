@@ -58,7 +58,7 @@ from ckprof.progress import Progress
 from ckprof.trace import _native, _source
 from ckprof.trace._build import Columns, build_trace, is_legacy
 from ckprof.trace._careful import read_careful
-from ckprof.trace._fast import Odd, read_fast
+from ckprof.trace._fast import Odd, prefetch, read_fast
 from ckprof.trace.model import Trace
 
 __all__ = ["find_trace_files", "is_trace_path", "load_trace"]
@@ -191,8 +191,9 @@ def _read_fast_file(reader: _source.BlockReader, workers: int | None) -> tuple[C
                 bar.total = bar.done + n
             bar.update(n)
 
-        if reader.compressed:
-            return read_fast(reader.blocks(), chunk_bytes=CHUNK_BYTES, on_consumed=consumed)
+        if reader.compressed:  # inflate in a thread while this one decodes
+            return read_fast(prefetch(reader.blocks()), chunk_bytes=CHUNK_BYTES,
+                             on_consumed=consumed)
         with open(reader.path, "rb") as f:
             try:
                 mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)
