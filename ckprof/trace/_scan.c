@@ -821,6 +821,7 @@ static PyObject *scan(PyObject *self, PyObject *args) {
 
 typedef struct {
     int64_t end, pos;
+    Py_ssize_t up; /* nearest entry below with a later end (-1: none) */
     int32_t depth;
 } entry;
 
@@ -875,15 +876,19 @@ static PyObject *tree(PyObject *self, PyObject *args) {
         while (s->n && s->e[s->n - 1].end <= t0) s->n--;
         par[i] = -1;
         dep[i] = 0;
-        for (Py_ssize_t k = s->n - 1; k >= 0; k--) {
-            /* innermost entry that fully encloses us (after the pops every entry
-               ends after t0); the top one unless we only partially overlap it */
-            if (t1 <= s->e[k].end) {
-                par[i] = s->e[k].pos;
-                dep[i] = s->e[k].depth + 1;
-                break;
-            }
+        /* the innermost entry that encloses us: the topmost one ending at or after t1
+           and after t0 (entries left under a partial overlap may have ended). Walking
+           down by "up" skips runs that end earlier than the entry skipped from, so a
+           staircase of partial overlaps costs O(1) per event, not O(stack). */
+        int64_t need = t1 > t0 ? t1 : t0 + 1;
+        Py_ssize_t k = s->n - 1;
+        while (k >= 0 && s->e[k].end < need) k = s->e[k].up;
+        if (k >= 0) {
+            par[i] = s->e[k].pos;
+            dep[i] = s->e[k].depth + 1;
         }
+        Py_ssize_t up = k; /* for our own entry: the nearest below ending after t1 */
+        while (up >= 0 && s->e[up].end <= t1) up = s->e[up].up;
         if (s->n == s->cap) {
             Py_ssize_t cap = s->cap ? s->cap * 2 : 16;
             entry *ne = (entry *)realloc(s->e, (size_t)cap * sizeof(entry));
@@ -896,6 +901,7 @@ static PyObject *tree(PyObject *self, PyObject *args) {
         }
         s->e[s->n].end = t1;
         s->e[s->n].pos = i;
+        s->e[s->n].up = up;
         s->e[s->n].depth = dep[i];
         s->n++;
     }
