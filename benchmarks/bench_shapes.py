@@ -12,18 +12,20 @@ under ``--workdir``) and measures, each in a fresh process as a user runs it:
   ratio HTA / ckprof (wall, and CPU for reference);
 
 then, once: a small (~1 MB) trace end to end (``ckprof analyze``, process start to exit,
-median of ``--small-repeat``) next to ``python -c pass`` and ``python -c "import pandas"``,
-and ``--big-mb`` (default 1000 MB) files of ``--big-shapes`` (ckprof only). Prints a
-table per part and a PASS/FAIL line per target of issue 17:
->= 14x HTA on every shape; 1 GB in <= 6 s with peak RSS <= 0.75x the file; .json.gz
-<= 1.3x plain; annotate <= 2x the file in memory; 1 MB end to end <= 0.3 s.
+median of ``--small-repeat``) next to ``python -c pass`` and ``python -c "import pandas"``;
+six degenerate files of a million events each (identical events, a staircase of partial
+overlaps, half a million steps, a million distinct names ...; ckprof only); and 1 GB
+files (``--big-mb``) of ``--big-shapes`` (ckprof only). Prints a table per part and a
+PASS/FAIL line per target of issue 17: >= 14x HTA on every shape; 1 GB in <= 6 s with
+peak RSS <= 0.75x the file; .json.gz <= 1.3x plain; annotate <= 2x the file in memory;
+1 MB end to end <= 0.3 s (and degenerate files within 4x the slowest shape's MB/s).
 
 Usage::
 
-    python benchmarks/bench_shapes.py                                  # every shape, 100 MB
-    python benchmarks/bench_shapes.py --shapes mixed --size-mb 300     # issue 17's shape
-    python benchmarks/bench_shapes.py --shapes gpu legacy --skip-hta --skip-big
-    python benchmarks/bench_shapes.py --stages                          # + where the time goes
+    python benchmarks/bench_shapes.py                        # everything (~25 min, mostly HTA)
+    python benchmarks/bench_shapes.py --shapes mixed         # issue 17's 300 MB shape
+    python benchmarks/bench_shapes.py --size-mb 100 --skip-big --skip-degenerate
+    python benchmarks/bench_shapes.py --skip-hta --stages    # ckprof only, where the time goes
 
 Files are kept in ``--workdir`` (default ``benchmarks/_data``, ignored by git) and reused.
 """
@@ -31,6 +33,7 @@ Files are kept in ``--workdir`` (default ``benchmarks/_data``, ignored by git) a
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import statistics
 import subprocess
@@ -245,11 +248,80 @@ def bench_big(args: argparse.Namespace) -> list[tuple[bool | None, str]]:
     return checks
 
 
+# degenerate files: what a loader's worst cases look like (NOTE in tests/test_degenerate.py)
+DEGENERATE = ("identical", "identical_memory", "staircase", "many_steps", "unique_names",
+              "zero_same_ts")
+
+
+def write_degenerate(path: Path, kind: str, n: int = 1_000_000) -> None:
+    """A million events of one degenerate kind, Kineto's one-event-per-line layout."""
+    def x(name: str, ts: str, dur: str, cat: str = "cpu_op", tid: int = 1, args: str = "") -> str:
+        return (f'  {{"ph": "X", "cat": "{cat}", "name": "{name}", "pid": 1, "tid": {tid}, '
+                f'"ts": {ts}, "dur": {dur}{args}}}')
+
+    if kind == "identical":  # one event a million times: nests a million deep
+        lines = (x("aten::add", "100.000", "5.000", args=', "args": {"External id": 1}')
+                 for _ in range(n))
+    elif kind == "identical_memory":
+        mem = ('  {"ph": "i", "cat": "cpu_instant_event", "s": "t", "name": "[memory]", "pid": 1, '
+               '"tid": 1, "ts": 101.000, "args": {"Total Allocated": 512, "Total Reserved": 2048, '
+               '"Bytes": 512, "Device Type": 0, "Device Id": -1}}')
+        lines = itertools.chain([x("aten::add", "100.000", "5.000")], itertools.repeat(mem, n))
+    elif kind == "staircase":  # each event starts inside all earlier ones and outlasts them
+        lines = (x(f"op{i % 50}", f"{i}.000", "1000000.000") for i in range(n))
+    elif kind == "many_steps":  # half a million ProfilerSteps
+        lines = itertools.chain(
+            (x(f"ProfilerStep#{k}", f"{k * 10}.000", "10.000", cat="user_annotation")
+             for k in range(n // 2)),
+            (x("aten::mm", f"{k * 10 + 1}.000", "1.000") for k in range(n // 2)))
+    elif kind == "unique_names":
+        lines = (x(f"op_{i}", f"{i}.500", "0.250", tid=i % 4) for i in range(n))
+    elif kind == "zero_same_ts":
+        lines = (x("z", "7.000", "0") for _ in range(n))
+    else:
+        raise ValueError(kind)
+    tmp = path.with_suffix(".partial")
+    with open(tmp, "w") as f:
+        f.write('{\n  "traceEvents": [\n')
+        f.write(",\n".join(lines))
+        f.write("\n  ]\n}\n")
+    tmp.rename(path)
+
+
+def bench_degenerate(args: argparse.Namespace, shape_mbps: list[float]) -> list[tuple[bool | None, str]]:
+    d = Path(args.workdir) / "degenerate"
+    d.mkdir(parents=True, exist_ok=True)
+    rows, checks = [], []
+    floor = min(shape_mbps) if shape_mbps else None
+    for kind in DEGENERATE:
+        path = d / f"{kind}.json"
+        if not path.exists():
+            print(f"generating {path.name} ...", file=sys.stderr)
+            write_degenerate(path, kind)
+        size = path.stat().st_size
+        r = measure("ckprof analyze", ckprof_cli("analyze", str(path)), repeat=1,
+                    timeout=args.degenerate_timeout)
+        print(f"  [degenerate {kind}] {r.seconds:.2f} s (CPU {r.cpu_s:.2f}), {r.rss_mib:,.0f} MiB",
+              file=sys.stderr)
+        mbps = size / MB / r.seconds
+        rows.append([kind, f"{size / MB:,.0f}", ("> " if r.timed_out else "") + f"{r.seconds:.2f}",
+                     f"{r.cpu_s:.2f}", f"{mbps:,.0f}", f"{r.rss_mib * MIB / size:.2f}",
+                     "" if r.rc == 0 or r.timed_out else "FAILED"])
+        if floor is not None:
+            checks.append((r.rc == 0 and not r.timed_out and mbps >= floor / 4,
+                           f"degenerate {kind}: {r.seconds:.2f} s for 1 M events ({mbps:,.0f} MB/s; "
+                           f">= a quarter of the slowest shape's {floor:,.0f} MB/s)"))
+    print()
+    print("degenerate files (a million events each, ckprof only)")
+    print_table(["file", "MB", "wall s", "CPU s", "MB/s", "RSS/file", "note"], rows)
+    return checks
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     ap.add_argument("--shapes", nargs="+", choices=SHAPES, default=list(SHAPES))
-    ap.add_argument("--size-mb", type=float, default=100, help="size of each shape's file, MiB")
+    ap.add_argument("--size-mb", type=float, default=300, help="size of each shape's file, MiB")
     ap.add_argument("--mixed-size-mb", type=float, default=300,
                     help="size of the mixed shape's file (issue 17 measured 300 MB), MiB")
     ap.add_argument("--workdir", default=str(HERE / "_data"))
@@ -262,9 +334,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--skip-small", action="store_true")
     ap.add_argument("--skip-big", action="store_true")
     ap.add_argument("--big-mb", type=float, default=1000 * MB / MIB, help="size of the big files, MiB")
-    ap.add_argument("--big-shapes", nargs="+", choices=SHAPES, default=["gpu", "mixed"])
+    ap.add_argument("--big-shapes", nargs="+", choices=SHAPES, default=list(SHAPES))
     ap.add_argument("--delete-big", action="store_true", help="delete each big file after its run")
     ap.add_argument("--stages", action="store_true", help="also print where ckprof's time goes per shape")
+    ap.add_argument("--skip-degenerate", action="store_true")
+    ap.add_argument("--degenerate-timeout", type=float, default=300)
     args = ap.parse_args(argv)
     Path(args.workdir).mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
@@ -286,6 +360,9 @@ def main(argv: list[str] | None = None) -> int:
                            for s in results]] for n in names])
     if not args.skip_small:
         checks += bench_small(args)
+    if not args.skip_degenerate:
+        checks += bench_degenerate(args, [s.size / MB / s.analyze.seconds for s in results
+                                          if _ok(s.analyze)])
     if not args.skip_big:
         checks += bench_big(args)
     print()

@@ -1,4 +1,6 @@
-"""The fast reader: msgspec typed structs, chunk by chunk, straight into numpy columns.
+"""The fast reader: chunk by chunk, straight into numpy columns -- each piece read by
+the native scanner when it is built and takes the piece (NOTE [ Native scanner ] in
+``_native``), else by msgspec typed structs as described below; same columns either way.
 
 # NOTE [ Fast path ]
 # Kineto writes one event per line group: every event of ``traceEvents`` starts at

@@ -25,20 +25,22 @@ complete events -> EmptyTraceError; too big for this machine's memory ->
 TraceTooLargeError. Individual unusable events are skipped and counted in
 ``Trace.notes`` (see NOTE [ Event field rules ] in ``_careful``).
 
-Two readers, one result: the fast reader (``_fast``: msgspec, chunked, bounded memory)
-handles Kineto-shaped input; a piece of it holding an odd event is re-read event by
-event with the careful rules; anything else odd (another layout, truncation, B/E
-events, damaged gzip) makes the loader start over with the careful reader
-(``_careful``: stdlib json, event by event), which is also the reference the tests
-compare the fast one against. Plain files of 256 MB or more are decoded in 2 worker
-processes on machines with 2+ cores (``CKPROF_LOAD_WORKERS=N`` sets N; 1 turns it off;
-same result either way).
+Two readers, one result: the fast reader (``_fast``: chunked, bounded memory; each
+piece read by the native scanner when it is built -- NOTE [ Native scanner ] in
+``_native`` -- else by msgspec) handles Kineto-shaped input; a piece of it holding an
+odd event is re-read event by event with the careful rules; anything else odd (another
+layout, truncation, B/E events, damaged gzip) makes the loader start over with the
+careful reader (``_careful``: stdlib json, event by event), which is also the reference
+the tests compare the fast one against. On machines with 2+ cores, plain files of 32 MB
+or more are scanned by 2 threads (native scanner), or of 256 MB or more decoded by 2
+worker processes (msgspec); ``CKPROF_LOAD_WORKERS=N`` sets N, 1 turns it off; same
+result either way. gzip input is inflated in a thread while the pieces are decoded.
+Reading imports no pandas (building the Trace does).
 """
 
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import mmap
 import os
 import re
@@ -176,6 +178,8 @@ def _load_file(p: Path, shown: str, salvage: bool, workers: int | None) -> Trace
 
 def _release_free_memory() -> None:
     """Hand the heap pages freed by the chunk arrays back to the OS (glibc only)."""
+    import ctypes
+
     with contextlib.suppress(OSError, AttributeError):  # not glibc: nothing to do
         ctypes.CDLL("libc.so.6").malloc_trim(0)
 
