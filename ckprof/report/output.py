@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import BinaryIO
 
 from ckprof.errors import CkprofError, OutputExistsError
 
@@ -67,8 +69,10 @@ def link_to_free_name(tmp: Path, directory: Path, stem: str, ext: str) -> Path:
     raise OSError(f"no free file name for {stem}{ext} in {directory}")
 
 
-def write_new_file(path: str | os.PathLike[str], data: bytes, *, force: bool = False) -> Path:
+def write_new_file(path: str | os.PathLike[str], data: bytes | Callable[[BinaryIO], None], *,
+                   force: bool = False) -> Path:
     """Write ``data`` to ``path`` through a temporary file in the same directory.
+    ``data`` may be a function writing to the open binary file (large outputs stream).
 
     Never replaces an existing file unless ``force`` (:class:`OutputExistsError`, exit
     8); the final name never holds a half-written file. The no-overwrite check is
@@ -77,7 +81,11 @@ def write_new_file(path: str | os.PathLike[str], data: bytes, *, force: bool = F
     out = check_new_path(path, force=force)
     tmp = out.with_name(f".{out.name}.ckprof-tmp-{os.getpid()}")
     try:
-        tmp.write_bytes(data)
+        if callable(data):
+            with open(tmp, "wb") as fh:
+                data(fh)
+        else:
+            tmp.write_bytes(data)
         if force:
             os.replace(tmp, out)
         else:

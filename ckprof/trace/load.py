@@ -25,20 +25,22 @@ complete events -> EmptyTraceError; too big for this machine's memory ->
 TraceTooLargeError. Individual unusable events are skipped and counted in
 ``Trace.notes`` (see NOTE [ Event field rules ] in ``kineto/careful``).
 
-Two readers, one result: the fast reader (``kineto/fast``: msgspec, chunked, bounded memory)
-handles Kineto-shaped input; a piece of it holding an odd event is re-read event by
-event with the careful rules; anything else odd (another layout, truncation, B/E
-events, damaged gzip) makes the loader start over with the careful reader
-(``kineto/careful``: stdlib json, event by event), which is also the reference the tests
-compare the fast one against. Plain files of 256 MB or more are decoded in 2 worker
-processes on machines with 2+ cores (``CKPROF_LOAD_WORKERS=N`` sets N; 1 turns it off;
-same result either way).
+Two readers, one result: the fast reader (``kineto/fast``: chunked, bounded memory; each
+piece read by the native scanner when it is built -- NOTE [ Native scanner ] in
+``trace/_native`` -- else by msgspec) handles Kineto-shaped input; a piece of it holding an
+odd event is re-read event by event with the careful rules; anything else odd (another
+layout, truncation, B/E events, damaged gzip) makes the loader start over with the
+careful reader (``kineto/careful``: stdlib json, event by event), which is also the reference
+the tests compare the fast one against. On machines with 2+ cores, plain files of 32 MB
+or more are scanned by 2 threads (native scanner), or of 256 MB or more decoded by 2
+worker processes (msgspec); ``CKPROF_LOAD_WORKERS=N`` sets N, 1 turns it off; same
+result either way. gzip input is inflated in a thread while the pieces are decoded.
+Reading imports no pandas (building the Trace does).
 """
 
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import mmap
 import os
 import re
@@ -54,10 +56,11 @@ from ckprof.errors import (
     TraceTooLargeError,
     TraceTruncatedError,
 )
+from ckprof.trace import _native
 from ckprof.trace._build import Columns, build_trace, is_legacy
 from ckprof.trace.kineto import source as _source
 from ckprof.trace.kineto.careful import read_careful
-from ckprof.trace.kineto.fast import NeedsCarefulReader, read_fast
+from ckprof.trace.kineto.fast import NeedsCarefulReader, prefetch, read_fast
 from ckprof.trace.model import Trace
 from ckprof.trace.progress import Progress
 
@@ -67,6 +70,8 @@ __all__ = ["find_trace_files", "is_trace_path", "load_trace"]
 CHUNK_BYTES = 24 * 1024 * 1024
 #: plain files at least this big are decoded by worker processes (NOTE [ Parallel pieces ])
 PARALLEL_MIN_BYTES = 256 * 1024 * 1024
+#: ... or by threads, when the native scanner is there (no process start-up to pay for)
+NATIVE_PARALLEL_MIN_BYTES = 32 * 1024 * 1024
 #: files at least this big (uncompressed) show a progress bar on a terminal
 PROGRESS_MIN_BYTES = 64 * 1024 * 1024
 
@@ -180,6 +185,8 @@ def _load_file(p: Path, shown: str, salvage: bool, workers: int | None) -> Trace
 
 def _release_free_memory() -> None:
     """Hand the heap pages freed by the chunk arrays back to the OS (glibc only)."""
+    import ctypes
+
     with contextlib.suppress(OSError, AttributeError):  # not glibc: nothing to do
         ctypes.CDLL("libc.so.6").malloc_trim(0)
 
@@ -195,15 +202,17 @@ def _read_fast_file(reader: _source.BlockReader, workers: int | None) -> tuple[C
                 bar.total = bar.done + n
             bar.update(n)
 
-        if reader.compressed:
-            return read_fast(reader.blocks(), chunk_bytes=CHUNK_BYTES, on_consumed=consumed)
+        if reader.compressed:  # inflate in a thread while this one decodes
+            return read_fast(prefetch(reader.blocks()), chunk_bytes=CHUNK_BYTES,
+                             on_consumed=consumed)
         with open(reader.path, "rb") as f:
             try:
                 mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)
             except (OSError, ValueError):  # not mappable (a pipe, a special file): stream it
                 return read_fast(reader.blocks(), chunk_bytes=CHUNK_BYTES, on_consumed=consumed)
         try:
-            if reader.file_bytes < PARALLEL_MIN_BYTES:
+            threshold = NATIVE_PARALLEL_MIN_BYTES if _native.available() else PARALLEL_MIN_BYTES
+            if reader.file_bytes < threshold:
                 workers = 1
             elif workers is None:
                 workers = _workers()
