@@ -266,6 +266,7 @@ class Analysis:
             "memory_baseline_bytes": {str(k): int(v) for k, v in self.memory.baseline_bytes.items()},
             "recompute_overhead_pct": (None if overhead is None or math.isnan(overhead) else round(float(overhead), 4)),
             "has_gpu": has_gpu,
+            "compiled_recompute": self.phases.compiled.to_dict(),
             "notes": list(self.notes),
         }
 

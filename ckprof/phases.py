@@ -28,11 +28,12 @@ Only numpy/pandas here: importable and testable without torch.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
 
+from ckprof.compiled_recompute import CompiledRecompute, find_compiled_recompute
 from ckprof.errors import CkprofError, EmptyTraceError, NotCapturedError
 from ckprof.markers import (
     BACKWARD,
@@ -55,7 +56,8 @@ __all__ = [
     "find_phases",
 ]
 
-RECOMPUTE_DETECTIONS: tuple[str, ...] = ("auto", "markers", "stack", "sequence", "none")
+RECOMPUTE_DETECTIONS: tuple[str, ...] = ("auto", "markers", "stack", "sequence", "compiled",
+                                         "none")
 
 #: autograd engine node executions (one per backward node run)
 EVAL_PREFIX = "autograd::engine::evaluate_function: "
@@ -100,6 +102,8 @@ class PhaseTable:
     recompute_detection: str
     notes: tuple[str, ...] = ()
     phase_source: str = "rules"
+    #: recompute inside torch.compile'd backward graphs (ckprof/compiled_recompute.py)
+    compiled: CompiledRecompute = field(default_factory=CompiledRecompute)
 
     def lookup(self, ts_ns: np.ndarray | pd.Series | list[int]) -> tuple[
             np.ndarray, np.ndarray, np.ndarray]:
@@ -411,8 +415,11 @@ def find_phases(trace: Trace, recompute_detection: str = "auto") -> PhaseTable:
 
     ``recompute_detection``: ``auto`` (markers if the trace has
     ``ckprof::recompute::`` ranges, else stack if it has ``recompute_fn`` Python
-    frames, else sequence), ``markers``, ``stack``, ``sequence``, or ``none`` (no
-    recompute carved out). Raises :class:`NotCapturedError` when an explicit method
+    frames, else sequence), ``markers``, ``stack``, ``sequence``, ``compiled`` (only
+    recompute inside compiled backward graphs), or ``none`` (no recompute carved out).
+    Every method but ``none`` also takes the recompute inside torch.compile'd backward
+    graphs from the capture's compile record (method ``compiled``; the found method
+    then reads e.g. ``markers+compiled``). Raises :class:`NotCapturedError` when an explicit method
     needs what the trace lacks, :class:`EmptyTraceError` on a trace without events.
     """
     if recompute_detection not in RECOMPUTE_DETECTIONS:
@@ -471,6 +478,13 @@ def find_phases(trace: Trace, recompute_detection: str = "auto") -> PhaseTable:
         occ = _sequence_recompute(ev, codes, cats).assign(method="sequence")
     else:
         occ = pd.DataFrame({"region": [], "start_ns": [], "end_ns": [], "method": []})
+    # recompute inside compiled backward graphs: what the eager methods cannot see
+    compiled = (find_compiled_recompute(trace, steps) if method != "none"
+                else CompiledRecompute())
+    eager_found = bool(len(occ))
+    if len(compiled.occurrences):
+        occ = pd.concat([occ, compiled.occurrences.assign(method="compiled")],
+                        ignore_index=True)
     if len(occ):
         occ_start = occ["start_ns"].to_numpy(dtype=np.int64)
         occ = occ.assign(step=_step_of(occ_start, steps))
@@ -483,20 +497,31 @@ def find_phases(trace: Trace, recompute_detection: str = "auto") -> PhaseTable:
                 {"step": "int64", "start_ns": "int64", "end_ns": "int64"}))
     else:
         recompute = _empty_recompute()
-    found = method if len(recompute) else "none"
+    has_compiled = bool((recompute["method"] == "compiled").any()) if len(recompute) else False
+    if method == "compiled" or not eager_found:
+        found = "compiled" if has_compiled else "none"
+    else:
+        found = f"{method}+compiled" if has_compiled else method
     if recompute_detection != "none" and found == "none":
         notes.append(f"no recompute found ({method} detection)")
-    if method == "sequence" and len(recompute):
+    notes.extend(compiled.notes)
+    if method == "sequence" and eager_found:
         notes.append("recompute found by the Sequence-number heuristic: region names "
                      "are the backward nodes that triggered it; a backward run with "
                      "create_graph=True would also count as recompute")
 
     # ---- labelled intervals ---------------------------------------------------------
     parts: list[pd.DataFrame] = []
-    if len(recompute):
+    # compiled occurrences span backward work between their pieces: label the pieces
+    labelled = recompute[recompute["method"] != "compiled"] if len(recompute) else recompute
+    if len(compiled.pieces):
+        labelled = pd.concat([labelled[["region", "start_ns", "end_ns"]],
+                              compiled.pieces[["region", "start_ns", "end_ns"]]],
+                             ignore_index=True)
+    if len(labelled):
         parts.append(pd.DataFrame({
-            "start_ns": recompute["start_ns"].to_numpy(), "end_ns": recompute["end_ns"].to_numpy(),
-            "phase": "recompute", "region": recompute["region"].to_numpy(dtype=object),
+            "start_ns": labelled["start_ns"].to_numpy(), "end_ns": labelled["end_ns"].to_numpy(),
+            "phase": "recompute", "region": labelled["region"].to_numpy(dtype=object),
             "layer": _LAYER_RECOMPUTE, "group": -1}))
     mk = np.flatnonzero(is_std | is_user)
     if len(mk):
@@ -541,7 +566,7 @@ def find_phases(trace: Trace, recompute_detection: str = "auto") -> PhaseTable:
     assert not unknown, f"phases outside PHASES: {unknown}"
     return PhaseTable(steps=steps.reset_index(drop=True), segments=segments,
                       recompute=recompute.reset_index(drop=True), recompute_detection=found,
-                      notes=tuple(notes), phase_source=phase_source)
+                      notes=tuple(notes), phase_source=phase_source, compiled=compiled)
 
 
 def _outside(occ: pd.DataFrame, ref: pd.DataFrame) -> pd.DataFrame:

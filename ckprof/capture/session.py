@@ -66,6 +66,7 @@ from torch.profiler import ProfilerAction, ProfilerActivity
 
 from ckprof.capture import nvtx as _nvtx
 from ckprof.capture import ranges as _ranges
+from ckprof.capture.compiled import CompileWatcher, optimized_module_class
 from ckprof.capture.metadata import (
     StorageSnapshot,
     build_metadata,
@@ -185,6 +186,20 @@ class _PhaseMarkers:
         engine_entry._ckprof_original = original  # type: ignore[attr-defined]
         return engine_entry
 
+    def _wrap_optimized_call(self, original: Callable[..., Any]) -> Callable[..., Any]:
+        """torch.compile(module) warns when global module hooks exist as it is called:
+        open the forward (which disarms our global pre-hook) before it looks."""
+        markers = self
+
+        @functools.wraps(original)
+        def __call__(module: Any, *args: Any, **kwargs: Any) -> Any:
+            if markers._forward_hook is not None:
+                markers._on_forward_pre(module, args)
+            return original(module, *args, **kwargs)
+
+        __call__._ckprof_original = original  # type: ignore[attr-defined]
+        return __call__
+
     def _wrap_zero_grad(self, original: Callable[..., Any]) -> Callable[..., Any]:
         markers = self
 
@@ -220,6 +235,10 @@ class _PhaseMarkers:
             self._handles.append(register_optimizer_step_pre_hook(self._on_optimizer_pre))
             self._handles.append(register_optimizer_step_post_hook(self._on_optimizer_post))
             self._patch(torch.autograd, "backward", self._wrap_engine(torch.autograd.backward))
+            optimized = optimized_module_class()
+            if optimized is not None and "__call__" in optimized.__dict__:
+                self._patch(optimized, "__call__",
+                            self._wrap_optimized_call(optimized.__dict__["__call__"]))
             self._patch(torch.autograd, "grad", self._wrap_engine(torch.autograd.grad))
             for cls in (torch.optim.Optimizer, torch.nn.Module):
                 if "zero_grad" in cls.__dict__:
@@ -335,6 +354,7 @@ class Capture:
         self._baseline: dict[str, dict[str, Any]] = {}
         self._start_storages: StorageSnapshot | None = None
         self._markers = _PhaseMarkers(threading.get_ident())
+        self._compiles = CompileWatcher()
         self._cuda_range = False
         self._nvtx_forced = False
         self._nvtx_step_open = False
@@ -392,6 +412,7 @@ class Capture:
             _ACTIVE.append(self)
         self._started = True
         self._markers.thread_id = threading.get_ident()
+        self._compiles.start()  # torch.compile usually compiles in the first steps
         # Pick the NVTX backend now (importing nvtx takes milliseconds): done lazily, it
         # would land inside the first marker of the first profiled step.
         _nvtx.backend()
@@ -595,7 +616,7 @@ class Capture:
             memory_end = {}
             self.errors.append(f"window {self._window}: memory_end not measured: {err}")
         self._start_storages = None
-        return build_metadata(
+        metadata = build_metadata(
             schedule=self.schedule,
             markers=self.markers,
             memory_baseline=self._baseline,
@@ -606,6 +627,10 @@ class Capture:
             with_stack=self.with_stack,
             nsys=self.nsys,
         )
+        compiled = self._compiles.metadata()
+        if compiled:
+            metadata["compiled"] = compiled
+        return metadata
 
     def _first_active(self) -> int:
         if self._action(self._window_start) == ProfilerAction.WARMUP:
@@ -650,6 +675,7 @@ class Capture:
             else:
                 self._leave_recording()
         finally:
+            self._compiles.stop()
             with _ACTIVE_LOCK:
                 if self in _ACTIVE:
                     _ACTIVE.remove(self)
