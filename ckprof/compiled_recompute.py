@@ -138,6 +138,22 @@ def _record(graphs: Mapping[str, Any], key: str) -> dict[str, Any] | None:
     return {"calls": calls, "regions": [str(r) for r in regions]}
 
 
+def _best_keyless(graphs: Mapping[str, Any], keyless: list[str],
+                  child_names: list[str]) -> str | None:
+    """The keyless record whose visible calls match ``child_names`` best (or None)."""
+    if len(keyless) == 1:
+        return keyless[0]
+    scores = []
+    for key in keyless:
+        expected = [str(c[0]) for c in graphs[key].get("calls", []) if c and c[0]]
+        found = sum(1 for m in _match(expected, child_names) if m >= 0)
+        scores.append((found / len(expected) if expected else 0.0, key))
+    scores.sort(reverse=True)
+    if not scores or scores[0][0] < 0.5 or (len(scores) > 1 and scores[1][0] == scores[0][0]):
+        return None
+    return scores[0][1]
+
+
 def _match(expected: list[str], child_names: list[str]) -> list[int]:
     """For each expected call, the index of the child matched to it (-1: none)."""
     positions: dict[str, list[int]] = {}
@@ -161,21 +177,23 @@ def _match(expected: list[str], child_names: list[str]) -> list[int]:
 def _stretches(calls: list[Any], regions: list[str], matched: list[int], c_start: np.ndarray,
                c_end: np.ndarray, start: int, end: int) -> list[tuple[str, str, int, int]]:
     """``(label, region, start, end)`` with label ``recompute`` or ``fused``."""
-    out: list[tuple[str, str, int, int]] = []
+    seq: list[tuple[str, str, int, int]] = []  # every stretch, in time order
 
     def label(run: list[int], s: int, e: int) -> None:
-        if e <= s or not run:
+        if e <= s:
+            return
+        if not run:
+            seq.append(("gap", "", s, e))  # wrapper Python between two events
             return
         cls = {str(calls[i][2]) for i in run}
         regs = {int(calls[i][3]) for i in run if str(calls[i][2]) in ("r", "m")}
         if not regs:
+            seq.append(("backward", "", s, e))
             return
         first = min(regs)
         name = regions[first] if 0 <= first < len(regions) else "?"
-        if cls == {"r"} and len(regs) == 1:
-            out.append(("recompute", name, s, e))
-        else:
-            out.append(("fused", name, s, e))
+        kind = "recompute" if cls == {"r"} and len(regs) == 1 else "fused"
+        seq.append((kind, name, s, e))
 
     cursor, run = start, []
     for i, c in enumerate(matched):
@@ -187,9 +205,20 @@ def _stretches(calls: list[Any], regions: list[str], matched: list[int], c_start
         label([i], s, e)
         cursor, run = max(cursor, e), []
     label(run, cursor, end)
-    # merge touching stretches of the same label and region
+    # the wrapper's Python between two recompute stretches of one region is recompute
+    # too (a marker range would hold it); touching stretches of a kind merge
     merged: list[tuple[str, str, int, int]] = []
-    for item in out:
+    for k, item in enumerate(seq):
+        if item[0] == "gap":
+            prev = merged[-1] if merged else None
+            nxt = seq[k + 1] if k + 1 < len(seq) else None
+            if (prev is not None and nxt is not None and prev[0] == nxt[0] == "recompute"
+                    and prev[1] == nxt[1] and prev[3] >= item[2]):
+                item = ("recompute", prev[1], item[2], item[3])
+            else:
+                continue
+        if item[0] == "backward":
+            continue
         if merged and merged[-1][:2] == item[:2] and merged[-1][3] >= item[2]:
             merged[-1] = (item[0], item[1], merged[-1][2], max(merged[-1][3], item[3]))
         else:
@@ -241,7 +270,14 @@ def find_compiled_recompute(trace: Trace, steps: pd.DataFrame) -> CompiledRecomp
     unknown_ns, unknown_calls, known_calls = 0, 0, 0
     expected_visible, found_visible = 0, 0
     unknown_keys: dict[str, None] = {}
+    keyless_used = 0
+    keyless = [k for k, v in graphs.items() if isinstance(v, Mapping) and v.get("keyless")]
     for bw_row, row, key in zip(bw_rows.tolist(), call_rows.tolist(), keys, strict=True):
+        children = by_call.get(row, np.array([], dtype=np.int64))
+        child_names = [str(cats[codes[c]]) for c in children]
+        if key == "None" and keyless:
+            key = _best_keyless(graphs, keyless, child_names)
+            keyless_used += key is not None
         rec = _record(graphs, key) if key is not None else None
         if rec is None:
             unknown_ns += int(end[bw_row] - ts[bw_row])
@@ -250,8 +286,6 @@ def find_compiled_recompute(trace: Trace, steps: pd.DataFrame) -> CompiledRecomp
                 unknown_keys[key] = None
             continue
         known_calls += 1
-        children = by_call.get(row, np.array([], dtype=np.int64))
-        child_names = [str(cats[codes[c]]) for c in children]
         expected = [str(c[0]) if len(c) > 0 else "" for c in rec["calls"]]
         matched = _match(expected, child_names)
         expected_visible += sum(1 for n in expected if n)
@@ -314,6 +348,11 @@ def find_compiled_recompute(trace: Trace, steps: pd.DataFrame) -> CompiledRecomp
                 f"{ms(fused_ns)} of compiled backward runs kernels that fuse recompute "
                 "with backward work (inductor fusion): counted as backward, so compiled "
                 f"recompute is a lower bound, at most {ms(fused_ns)} higher")
+        if keyless_used:
+            notes.append(
+                f"{keyless_used} compiled backward call(s) ran with torch's FX graph cache "
+                "off (no graph key in the trace): matched to ckprof's record by their "
+                "kernel sequence")
         if found_visible < expected_visible:
             notes.append(
                 f"{expected_visible - found_visible} of {expected_visible} expected kernel "

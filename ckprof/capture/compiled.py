@@ -13,6 +13,10 @@ returns the ``compiled`` object of the trace metadata (docs/ARCHITECTURE.md)::
      "unknown": ["<key>", ...],          # backward graphs loaded from torch's cache, no record
      "errors": ["..."]}
 
+With torch's FX graph cache off the trace prints ``## Call CompiledFxGraph None ##``:
+such records are stored as ``nokey-<n>`` with ``"keyless": true`` and the analysis
+matches them by their kernel sequence.
+
 ``calls`` lists the kernel calls of the compiled backward in the order its generated
 code makes them: ``trace_name`` is the name the call has in a profiler trace ("" when
 it shows no event of its own: a C++ kernel without ``cpp.enable_kernel_profile``),
@@ -54,6 +58,7 @@ the generated code is byte-for-byte what it would be without ckprof.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -63,7 +68,7 @@ import weakref
 from collections import Counter
 from typing import Any
 
-__all__ = ["CompileWatcher", "PARTITIONER_REGION", "module_path", "optimized_module_class"]
+__all__ = ["PARTITIONER_REGION", "CompileWatcher", "module_path", "optimized_module_class"]
 
 PARTITIONER_REGION = "(partitioner)"
 _ROOT_FUNCTION_REGION = "checkpoint"
@@ -161,6 +166,7 @@ class CompileWatcher:
         self._pending: list[tuple[Any, dict[str, Any]]] = []
         self._graphs: dict[str, dict[str, Any]] = {}
         self._unknown: dict[str, None] = {}
+        self._keyless = 0
         self.errors: list[str] = []
         self.watching = False
 
@@ -387,26 +393,22 @@ class CompileWatcher:
                 self._unknown[key] = None
 
     def _resolve(self) -> None:
+        """Key the records of graphs compiled so far (the key is set once built)."""
         with self._lock:
             pending, self._pending = self._pending, []
-        keep = []
         for ref, record in pending:
             graph = ref()
-            key = getattr(graph, "_fx_graph_cache_key", None) if graph is not None else None
-            if graph is not None and key is None:
-                keep.append((ref, record))  # key not set yet (or caches off): try later
-                continue
-            if key is None:
-                continue
+            if graph is None:
+                continue  # dropped by torch before it could run in a trace window
+            key = getattr(graph, "_fx_graph_cache_key", None)
             with self._lock:
+                if key is None:  # FX graph cache off: the trace prints "None"
+                    self._keyless += 1
+                    self._graphs[f"nokey-{self._keyless}"] = {**record, "keyless": True}
+                    continue
                 self._graphs[str(key)] = record
                 self._unknown.pop(str(key), None)
             _write_sidecar(str(key), record, self._note)
-        with self._lock:
-            self._pending.extend(keep)
-            if keep:
-                self._note(f"{len(keep)} compiled backward graph(s) have no FX graph cache "
-                           "key (caches disabled?): their calls cannot be matched in a trace")
 
     def metadata(self) -> dict[str, Any]:
         """The ``compiled`` metadata object ({} when torch.compile was never watched)."""
@@ -421,14 +423,20 @@ class CompileWatcher:
 # ------------------------------------------------------------------------- sidecar
 
 
-def _sidecar_path(key: str) -> str | None:
-    if not re.fullmatch(r"[A-Za-z0-9_\-]{8,200}", key):
-        return None
+def sidecar_dir() -> str | None:
+    """Where compile records are kept between runs: ``<inductor cache dir>/ckprof``."""
     try:
         from torch._inductor.runtime.runtime_utils import cache_dir
-        return os.path.join(cache_dir(), "ckprof", f"{key}.json")
+        return os.path.join(cache_dir(), "ckprof")
     except Exception:
         return None
+
+
+def _sidecar_path(key: str) -> str | None:
+    folder = sidecar_dir()
+    if folder is None or not re.fullmatch(r"[A-Za-z0-9_\-]{8,200}", key):
+        return None
+    return os.path.join(folder, f"{key}.json")
 
 
 def _read_sidecar(key: str) -> dict[str, Any] | None:
@@ -458,7 +466,5 @@ def _write_sidecar(key: str, record: dict[str, Any], note: Any) -> None:
         os.replace(tmp, path)
     except OSError as err:
         note(f"record of compiled graph {key} not kept for later runs: {err}")
-        try:
+        with contextlib.suppress(OSError):
             os.unlink(tmp)
-        except OSError:
-            pass
