@@ -36,7 +36,7 @@ from ckprof.trace.model import Trace
 
 __all__ = ["Analysis", "analyze", "load", "load_any_trace"]
 
-RECOMPUTE_DETECTIONS = ("auto", "markers", "stack", "sequence", "none")
+RECOMPUTE_DETECTIONS = ("auto", "markers", "stack", "sequence", "compiled", "none")
 
 
 def load_any_trace(path: str | os.PathLike[str], *, salvage: bool = False,

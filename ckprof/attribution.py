@@ -183,7 +183,7 @@ def attribute_time(trace: Trace, phases: PhaseTable) -> TimeAttribution:
     rgpu = rg.groupby("region")["dur_ns"].sum()
     fwd = _forward_wall(trace, phases)
     names = list(dict.fromkeys([*count.index, *rwall.index]))
-    if phases.recompute_detection in ("markers", "none"):
+    if phases.recompute_detection.split("+")[0] in ("markers", "none"):
         names += [r for r in fwd.index if r not in names]
     elif len(fwd):
         notes.append("checkpoint markers name regions differently from "

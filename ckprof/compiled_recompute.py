@@ -50,7 +50,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ckprof.trace.model import Trace
+from ckprof.trace.model import GPU_KINDS, Trace
 
 __all__ = ["CALL_PREFIX", "COMPILED_BACKWARD", "CompiledRecompute", "find_compiled_recompute"]
 
@@ -86,8 +86,33 @@ class CompiledRecompute:
         if self.summary:
             return dict(self.summary)
         return {"status": self.status, "backward_calls": 0, "backward_calls_recorded": 0,
-                "recompute_wall_ms": 0.0, "fused_wall_ms": 0.0, "not_separable_wall_ms": 0.0,
+                "recompute_wall_ms": 0.0, "fused_wall_ms": 0.0, "fused_gpu_ms": None,
+                "not_separable_wall_ms": 0.0, "not_separable_gpu_ms": None,
                 "unknown_graphs": [], "kernel_events_expected": 0, "kernel_events_found": 0}
+
+
+def _gpu_ns_launched_in(ev: pd.DataFrame, intervals: list[tuple[int, int, int]]
+                        ) -> float | None:
+    """GPU time of the events whose launch (runtime event with the same correlation)
+    starts inside one of ``intervals`` = (row on the launching thread, start, end);
+    None when the trace has no GPU events."""
+    kind = ev["kind"]
+    gpu = np.flatnonzero(kind.isin(GPU_KINDS).to_numpy())
+    if len(gpu) == 0:
+        return None
+    if not intervals:
+        return 0.0
+    corr = ev["correlation"].to_numpy(dtype=np.int64)
+    ts = ev["ts_ns"].to_numpy(dtype=np.int64)
+    thread = (ev["pid"].to_numpy(dtype=np.int64) * 1_000_003
+              + ev["tid"].to_numpy(dtype=np.int64))
+    rt = np.flatnonzero((kind == "runtime").to_numpy() & (corr >= 0))
+    chosen = np.zeros(len(rt), dtype=bool)
+    for row, s, e in intervals:
+        chosen |= (thread[rt] == thread[row]) & (ts[rt] >= s) & (ts[rt] < e)
+    ids = np.unique(corr[rt[chosen]])
+    hit = np.isin(corr[gpu], ids)
+    return float(ev["dur_ns"].to_numpy(dtype=np.int64)[gpu][hit].sum())
 
 
 def _step_mask(starts: np.ndarray, steps: pd.DataFrame) -> np.ndarray:
@@ -226,6 +251,10 @@ def _stretches(calls: list[Any], regions: list[str], matched: list[int], c_start
     return merged
 
 
+def _ms_or_none(ns: float | None) -> float | None:
+    return None if ns is None else round(ns / 1e6, 6)
+
+
 def find_compiled_recompute(trace: Trace, steps: pd.DataFrame) -> CompiledRecompute:
     """Recompute stretches of every compiled backward in ``trace`` (see module doc)."""
     ev = trace.events
@@ -266,7 +295,8 @@ def find_compiled_recompute(trace: Trace, steps: pd.DataFrame) -> CompiledRecomp
             by_call[int(parent[chunk[0]])] = chunk
 
     pieces: list[tuple[str, int, int, int]] = []
-    fused: list[tuple[str, int, int]] = []
+    fused: list[tuple[str, int, int, int]] = []
+    unknown_rows: list[tuple[int, int, int]] = []
     unknown_ns, unknown_calls, known_calls = 0, 0, 0
     expected_visible, found_visible = 0, 0
     unknown_keys: dict[str, None] = {}
@@ -281,6 +311,7 @@ def find_compiled_recompute(trace: Trace, steps: pd.DataFrame) -> CompiledRecomp
         rec = _record(graphs, key) if key is not None else None
         if rec is None:
             unknown_ns += int(end[bw_row] - ts[bw_row])
+            unknown_rows.append((bw_row, int(ts[bw_row]), int(end[bw_row])))
             unknown_calls += 1
             if key is not None:
                 unknown_keys[key] = None
@@ -296,14 +327,14 @@ def find_compiled_recompute(trace: Trace, steps: pd.DataFrame) -> CompiledRecomp
             if label == "recompute":
                 pieces.append((region, s, e, row))
             else:
-                fused.append((region, s, e))
+                fused.append((region, s, e, row))
 
     pieces_df = (pd.DataFrame(pieces, columns=["region", "start_ns", "end_ns", "call"])
                  if pieces else _empty(("region", "start_ns", "end_ns", "call")))
     pieces_df = pieces_df.astype({"start_ns": "int64", "end_ns": "int64", "call": "int64",
                                   "region": object})
-    fused_df = (pd.DataFrame(fused, columns=["region", "start_ns", "end_ns"]) if fused
-                else _empty(("region", "start_ns", "end_ns")))
+    fused_df = (pd.DataFrame([f[:3] for f in fused], columns=["region", "start_ns", "end_ns"])
+                if fused else _empty(("region", "start_ns", "end_ns")))
     fused_df = fused_df.astype({"start_ns": "int64", "end_ns": "int64", "region": object})
     occ = (pieces_df.groupby(["call", "region"], as_index=False, sort=False)
            .agg(start_ns=("start_ns", "min"), end_ns=("end_ns", "max"))
@@ -312,6 +343,8 @@ def find_compiled_recompute(trace: Trace, steps: pd.DataFrame) -> CompiledRecomp
                                                                      "end_ns"))
 
     total = known_calls + unknown_calls
+    fused_gpu = _gpu_ns_launched_in(ev, [(r, s, e) for _, s, e, r in fused])
+    unknown_gpu = _gpu_ns_launched_in(ev, unknown_rows)
     notes: list[str] = []
     if known_calls == 0:
         status = "not_separable"
@@ -331,7 +364,8 @@ def find_compiled_recompute(trace: Trace, steps: pd.DataFrame) -> CompiledRecomp
             why = "the trace has no ckprof record of what torch.compile recomputes"
         notes.append(
             f"recompute inside torch.compile is not separable for {unknown_calls} of "
-            f"{total} compiled backward call(s) ({COMPILED_BACKWARD}, {ms(unknown_ns)}): "
+            f"{total} compiled backward call(s) ({COMPILED_BACKWARD}, {ms(unknown_ns)}"
+            + (f", GPU {ms(unknown_gpu)}" if unknown_gpu is not None else "") + "): "
             f"{why}. Any recompute there (activation checkpointing under torch.compile, "
             "or the partitioner's own) is reported as backward and recompute figures "
             "exclude it. Capture with ckprof.capture started before the model is first "
@@ -345,9 +379,11 @@ def find_compiled_recompute(trace: Trace, steps: pd.DataFrame) -> CompiledRecomp
             "work only")
         if fused_ns:
             notes.append(
-                f"{ms(fused_ns)} of compiled backward runs kernels that fuse recompute "
-                "with backward work (inductor fusion): counted as backward, so compiled "
-                f"recompute is a lower bound, at most {ms(fused_ns)} higher")
+                f"{ms(fused_ns)} of compiled backward"
+                + (f" (GPU {ms(fused_gpu)})" if fused_gpu is not None else "")
+                + " runs kernels that fuse recompute with backward work (inductor "
+                "fusion): counted as backward, so compiled recompute is a lower bound, "
+                "at most that much higher")
         if keyless_used:
             notes.append(
                 f"{keyless_used} compiled backward call(s) ran with torch's FX graph cache "
@@ -364,7 +400,9 @@ def find_compiled_recompute(trace: Trace, steps: pd.DataFrame) -> CompiledRecomp
         "backward_calls_recorded": int(known_calls),
         "recompute_wall_ms": round(piece_ns / 1e6, 6),
         "fused_wall_ms": round(fused_ns / 1e6, 6),
+        "fused_gpu_ms": _ms_or_none(fused_gpu),
         "not_separable_wall_ms": round(unknown_ns / 1e6, 6),
+        "not_separable_gpu_ms": _ms_or_none(unknown_gpu),
         "unknown_graphs": list(unknown_keys),
         "kernel_events_expected": int(expected_visible),
         "kernel_events_found": int(found_visible),

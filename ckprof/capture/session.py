@@ -16,7 +16,8 @@ of the JSON. ``trace_paths`` lists the files written, in order.
 # flat), and ProfilerStep#N keeps N = the global step index (we seed the profiler's
 # step counter). Phase markers (forward / backward / optimizer / zero_grad) exist only
 # during active steps: global hooks and patches are installed when recording starts
-# and removed when it stops.
+# and removed when it stops. The torch.compile watcher (capture/compiled.py) runs from
+# start() to stop(): models compile in the first steps, before any window.
 #
 # Failures never stop training: a window whose profiler cannot start, or whose file
 # cannot be written, is skipped with ONE warning per capture (later reasons go to
@@ -35,6 +36,10 @@ of the JSON. ``trace_paths`` lists the files written, in order.
 #           ckprof.phase opens or closes, or the step ends. The global pre-hook is
 #           removed while a forward range is open and during backward (a global
 #           module hook slows every module call) and re-armed when they close.
+#           torch.compile(module) warns when it is called while global module hooks
+#           exist: while recording, OptimizedModule.__call__ opens the forward range
+#           (removing our hook) before torch looks. Compiled code never runs module
+#           hooks, so they do not change what torch.compile traces (guards ignore them).
 # backward  wraps torch.autograd.backward / torch.autograd.grad (Tensor.backward
 #           calls the former), outermost call only.
 # optimizer global optimizer step pre/post hooks (nested optimizers counted).
