@@ -57,9 +57,9 @@ class _Truth:
     def calls(self, provenance: dict[str, list[str]]) -> list[tuple[str, str]]:
         """(trace name, r/m/b) of the backward graph's kernel calls, in code order."""
         out = []
-        for key in sorted((k for k, v in provenance.items()
-                           if any(n in self.backward_nodes for n in v)),
-                          key=lambda k: int(k.rsplit(":", 1)[1])):
+        # torch resets its provenance map around each compile_fx call and restores it
+        # after: what stays is the lazily compiled backward graph's map
+        for key in sorted(provenance, key=lambda k: int(k.rsplit(":", 1)[1])):
             kernel = key.rsplit(":", 1)[0]
             nodes = [self.backward_nodes[n] for n in provenance[key] if n in self.backward_nodes]
             nodes = [n for n in nodes if n.op == "call_function"
