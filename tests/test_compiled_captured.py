@@ -285,3 +285,45 @@ def test_cpp_kernel_ranges_are_matched_with_kernel_profile(compiled_env, tmp_pat
     assert all(_covered(r, spans) for r in recompute)
     assert not any(_overlaps(o, spans) for o in other)
     torch._dynamo.reset()
+
+
+def test_tiny_hf_llama_compiled_with_gradient_checkpointing(compiled_env, tmp_path):
+    # GIVEN a tiny HF Llama (config only, no download), gradient checkpointing through
+    # HF's own partial(checkpoint), compiled: HF's forward graph-breaks, so the
+    # decoder stack is compiled as its own graph (paths relative to ``model``) and
+    # SDPA's recompute runs wrapped in run_with_rng_state
+    transformers = pytest.importorskip("transformers")
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    cfg = transformers.LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64,
+                                   num_hidden_layers=2, num_attention_heads=2,
+                                   num_key_value_heads=1, max_position_embeddings=32)
+    model = transformers.LlamaForCausalLM(cfg)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # HF deprecation chatter
+        model.gradient_checkpointing_enable(
+            gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.train()
+    compiled = torch.compile(model)
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-3)
+    ids = torch.randint(0, 64, (2, 16), generator=torch.Generator().manual_seed(1))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with ckprof.capture(tmp_path / "hf", wait=1, warmup=1, active=STEPS) as cap:
+            for _ in range(2 + STEPS):
+                compiled(input_ids=ids, labels=ids).loss.backward()
+                optimizer.step()
+                optimizer.zero_grad()
+                cap.step()
+    assert not [w for w in caught if "global hooks" in str(w.message)]
+    a = ckprof.load(cap.trace_paths[0])
+    # THEN the layers are named by their path in the model passed to the step, as in
+    # eager mode, and every expected kernel event was found
+    regions = a.regions_table().set_index("region")
+    assert {"model.layers.0", "model.layers.1"} <= set(regions.index)
+    assert (regions.loc[["model.layers.0", "model.layers.1"], "count"] == STEPS).all()
+    out = a.to_dict()["compiled_recompute"]
+    assert out["status"] == "separated"
+    assert out["kernel_events_found"] == out["kernel_events_expected"] > 0
+    assert a.recompute_detection == "compiled"
+    torch._dynamo.reset()

@@ -35,7 +35,9 @@ the generated code is byte-for-byte what it would be without ckprof.
 # counter) and ``nn_module_stack`` (module paths). The min-cut partitioner copies the
 # forward nodes it chooses to recompute into the backward graph with their meta, so
 # a backward-graph node tagged ``is_forward`` IS a recomputed node (torch's own
-# partitioner test, ``_has_tag_is_forward``). Inductor then fuses nodes into kernels
+# partitioner test, ``_has_tag_is_forward``); nodes created after partitioning carry
+# no tag (``run_with_rng_state`` around a recomputed random op) and decide nothing.
+# Inductor then fuses nodes into kernels
 # and, for every kernel call it generates, calls
 # ``torch._inductor.debug.set_kernel_post_grad_provenance_tracing(nodes, kernel_name)``
 # (its provenance hook; a no-op unless ``trace.provenance_tracking_level`` is set) in
@@ -98,18 +100,23 @@ def module_path(dynamo_path: str) -> str:
     return path.strip(".")
 
 
-def _stack_paths(node: Any) -> tuple[str, ...]:
+Stack = tuple[tuple[str, str], ...]  # ((module path, class name), ...) outermost first
+
+
+def _stack_paths(node: Any) -> Stack:
     stack = node.meta.get("nn_module_stack") or {}
     out = []
     for value in stack.values():
         path = value[0] if isinstance(value, tuple) and value else value
+        cls = value[1] if isinstance(value, tuple) and len(value) > 1 else ""
+        cls_name = getattr(cls, "__name__", None) or str(cls).rsplit(".", 1)[-1].strip("'>")
         p = module_path(str(path))
         if p:
-            out.append(p)
+            out.append((p, cls_name))
     return tuple(out)
 
 
-def _common_prefix(a: tuple[str, ...], b: tuple[str, ...]) -> tuple[str, ...]:
+def _common_prefix(a: Stack, b: Stack) -> Stack:
     n = 0
     for x, y in zip(a, b, strict=False):
         if x != y:
@@ -128,7 +135,26 @@ def _is_trivial(node: Any) -> bool:
     return getattr(target, "__name__", "") == "getitem"
 
 
+def _wrapped_op_name(extern: Any) -> str:
+    """The op a higher-order op runs (``run_with_rng_state(rng, aten.sdpa, ...)``): the
+    trace shows that op's event, not the wrapper's."""
+    origin = getattr(extern, "origin_node", None)
+    for node in [origin, *getattr(extern, "origins", ())]:
+        for arg in getattr(node, "args", ()) if node is not None else ():
+            schema = getattr(arg, "_schema", None)
+            if schema is not None and getattr(schema, "name", ""):
+                return str(schema.name)
+    return ""
+
+
 def _extern_trace_name(extern: Any, kernel_name: str) -> str:
+    name = _extern_op_name(extern, kernel_name)
+    if name.startswith("higher_order::"):
+        return _wrapped_op_name(extern) or name
+    return name
+
+
+def _extern_op_name(extern: Any, kernel_name: str) -> str:
     op = getattr(extern, "op_overload", None)
     schema = getattr(op, "_schema", None)
     if schema is not None and getattr(schema, "name", ""):
@@ -149,7 +175,7 @@ class _Frame:
     def __init__(self, is_backward: bool) -> None:
         self.is_backward = is_backward
         self.calls: list[tuple[str, str, Counter[Any], int]] = []
-        self.stacks: dict[int, tuple[str, ...]] = {}
+        self.stacks: dict[int, Stack] = {}
         self.graph_id: int | None = None
         self.kernel_profile = False
 
@@ -162,7 +188,7 @@ class CompileWatcher:
         self._depth = 0
         self._saved: list[tuple[Any, str, Any]] = []
         self._local = threading.local()
-        self._region_stacks: dict[int, tuple[str, ...]] = {}
+        self._region_stacks: dict[int, Stack] = {}
         self._pending: list[tuple[Any, dict[str, Any]]] = []
         self._graphs: dict[str, dict[str, Any]] = {}
         self._unknown: dict[str, None] = {}
@@ -291,7 +317,7 @@ class CompileWatcher:
     # -- recording ----------------------------------------------------------------------
     def _learn_regions(self, gm: Any, frame: _Frame) -> None:
         """Deepest module common to the nodes of each checkpoint call (ac_graph_id)."""
-        seen: dict[int, tuple[str, ...]] = {}
+        seen: dict[int, Stack] = {}
         for node in gm.graph.nodes:
             ac = node.meta.get("ac_graph_id")
             if ac is None or node.op != "call_function":
@@ -336,10 +362,13 @@ class CompileWatcher:
             if node is None or node.name in seen or _is_trivial(node):
                 continue
             seen.add(node.name)
-            if node.meta.get("partitioner_tag") == "is_forward":
+            tag = node.meta.get("partitioner_tag")
+            if tag == "is_forward":
                 recompute[node.meta.get("ac_graph_id")] += 1
-            else:
+            elif tag is not None:
                 backward += 1
+            # untagged: made after partitioning (run_with_rng_state wrapping a
+            # recomputed random op, ...): it decides nothing
         frame.calls.append((name, call_kind, recompute, backward))
 
     def _finish(self, frame: _Frame, compiled: Any) -> None:
@@ -349,17 +378,17 @@ class CompileWatcher:
         with self._lock:
             stacks = {ac: self._region_stacks.get(ac, frame.stacks.get(ac, ())) for ac in ac_ids}
         names: list[str] = []
+        classes: list[str] = []
         index: dict[Any, int] = {}
-        used: Counter[str] = Counter()
         for ac in ac_ids:
-            base = stacks[ac][-1] if stacks[ac] else _ROOT_FUNCTION_REGION
-            k = used[base]
-            used[base] += 1
+            path, cls = stacks[ac][-1] if stacks[ac] else ("", "")
             index[ac] = len(names)
-            names.append(base if k == 0 else f"{base}#{k}")
+            names.append(path)
+            classes.append(cls)
         if any(None in rc for _, _, rc, _ in frame.calls):
             index[None] = len(names)
             names.append(PARTITIONER_REGION)
+            classes.append("")
         calls = []
         for name, kind, rc, bw in frame.calls:
             n_rc = sum(rc.values())
@@ -369,10 +398,14 @@ class CompileWatcher:
                 cls = "r"
             else:
                 cls = "b" if bw else "v"
-            region = index[max(rc, key=lambda a: (rc[a], a is not None))] if n_rc else -1
+            # a checkpoint region wins over the partitioner's own recompute fused in
+            region = index[max(rc, key=lambda a: (a is not None, rc[a]))] if n_rc else -1
             calls.append([name, kind, cls, region, n_rc, bw])
+        # "paths": module paths relative to the compiled root; "regions" (the names) are
+        # made at metadata time, qualified in the model the capture saw
         record = {"source": "compiled", "graph_id": frame.graph_id,
-                  "kernel_profile": frame.kernel_profile, "regions": names, "calls": calls}
+                  "kernel_profile": frame.kernel_profile, "paths": names,
+                  "classes": classes, "regions": _unique(names), "calls": calls}
         try:
             ref: Any = weakref.ref(compiled)
         except TypeError:
@@ -410,14 +443,65 @@ class CompileWatcher:
                 self._unknown.pop(str(key), None)
             _write_sidecar(str(key), record, self._note)
 
-    def metadata(self) -> dict[str, Any]:
-        """The ``compiled`` metadata object ({} when torch.compile was never watched)."""
+    def metadata(self, roots: Any = ()) -> dict[str, Any]:
+        """The ``compiled`` metadata object ({} when torch.compile was never watched).
+
+        ``roots``: the model(s) the capture saw; region paths (relative to the compiled
+        module, which may be a submodule after a graph break) are qualified in them,
+        like eager region names (``model.layers.0``)."""
         if not self.watching and not self._graphs and not self._pending and not self._unknown:
             return {}
         self._resolve()
+        index = _ModuleIndex(roots)
         with self._lock:
-            return {"watched": True, "graphs": {k: dict(v) for k, v in self._graphs.items()},
+            graphs = {}
+            for key, rec in self._graphs.items():
+                paths = rec.get("paths")
+                if isinstance(paths, list) and len(paths) == len(rec.get("classes", ())):
+                    full = [index.qualify(p, c) for p, c in zip(paths, rec["classes"],
+                                                                   strict=True)]
+                    rec = {**rec, "regions": _unique(full)}
+                graphs[key] = dict(rec)
+            return {"watched": True, "graphs": graphs,
                     "unknown": list(self._unknown), "errors": list(self.errors)}
+
+
+def _unique(paths: list[str]) -> list[str]:
+    """Region names from module paths: a path seen again gets ``#k`` (eager rule)."""
+    used: Counter[str] = Counter()
+    out = []
+    for path in paths:
+        base = path or _ROOT_FUNCTION_REGION
+        k = used[base]
+        used[base] += 1
+        out.append(base if k == 0 or base == PARTITIONER_REGION else f"{base}#{k}")
+    return out
+
+
+class _ModuleIndex:
+    """Qualified names of the capture's root models, by class name."""
+
+    def __init__(self, roots: Any) -> None:
+        self._by_class: dict[str, list[str]] = {}
+        try:
+            for root in list(roots):
+                root = getattr(root, "_orig_mod", root)  # torch.compile(module) wrapper
+                for qual, module in root.named_modules():
+                    if qual:
+                        self._by_class.setdefault(type(module).__name__, []).append(qual)
+        except Exception:  # a model mutating while we look: keep relative names
+            self._by_class = {}
+
+    def qualify(self, path: str, cls: str) -> str:
+        """``layers.0`` -> ``model.layers.0`` when exactly one module of that class
+        sits at a qualified name ending with the path; else the path unchanged."""
+        if not path or path == PARTITIONER_REGION or not cls:
+            return path
+        hits = {q for q in self._by_class.get(cls, ())
+                if q == path or q.endswith("." + path)}
+        if path in hits:
+            return path
+        return hits.pop() if len(hits) == 1 else path
 
 
 # ------------------------------------------------------------------------- sidecar

@@ -199,7 +199,8 @@ class _PhaseMarkers:
         @functools.wraps(original)
         def __call__(module: Any, *args: Any, **kwargs: Any) -> Any:
             if markers._forward_hook is not None:
-                markers._on_forward_pre(module, args)
+                # the compiled model is the root its regions are named in, as in eager
+                markers._on_forward_pre(getattr(module, "_orig_mod", module), args)
             return original(module, *args, **kwargs)
 
         __call__._ckprof_original = original  # type: ignore[attr-defined]
@@ -632,7 +633,7 @@ class Capture:
             with_stack=self.with_stack,
             nsys=self.nsys,
         )
-        compiled = self._compiles.metadata()
+        compiled = self._compiles.metadata(roots=list(NAMES.roots))
         if compiled:
             metadata["compiled"] = compiled
         return metadata
