@@ -356,10 +356,10 @@ def find_compiled_recompute(trace: Trace, steps: pd.DataFrame) -> CompiledRecomp
     if unknown_calls:
         if watched:
             why = ("ckprof did not see those graphs being compiled (compiled before "
-                   "ckprof.capture started, or loaded from torch's compile cache without "
-                   "ckprof's record)")
+                   "ckprof.capture started, by a backend other than inductor, or loaded "
+                   "from torch's compile cache without ckprof's record)")
         elif meta is None and isinstance(trace.ckprof, Mapping):
-            why = "torch.compile was not loaded when ckprof.capture started"
+            why = "this capture recorded no torch.compile activity"
         else:
             why = "the trace has no ckprof record of what torch.compile recomputes"
         notes.append(

@@ -327,3 +327,25 @@ def test_tiny_hf_llama_compiled_with_gradient_checkpointing(compiled_env, tmp_pa
     assert out["kernel_events_found"] == out["kernel_events_expected"] > 0
     assert a.recompute_detection == "compiled"
     torch._dynamo.reset()
+
+
+def test_torch_compile_called_after_the_capture_started_is_watched(monkeypatch):
+    # GIVEN a capture started before torch.compile was ever loaded (simulated)
+    monkeypatch.setattr(compiled_capture, "compile_in_use", lambda: False)
+    watcher = compiled_capture.CompileWatcher()
+    original = torch.compile
+    watcher.start()
+    try:
+        assert torch.compile is not original and not watcher.watching
+        # WHEN the model is compiled (lazily: nothing compiles before its first call)
+        monkeypatch.setattr(compiled_capture, "compile_in_use", lambda: True)
+        torch.compile(torch.nn.Linear(2, 2))
+        # THEN ckprof watches from then on
+        assert watcher.watching
+    finally:
+        watcher.stop()
+    # AND everything is put back
+    assert torch.compile is original and not watcher.watching
+    import torch._inductor.compile_fx as compile_fx
+
+    assert not hasattr(compile_fx.fx_codegen_and_compile, "_ckprof_original")

@@ -198,17 +198,17 @@ class CompileWatcher:
 
     # -- lifecycle ---------------------------------------------------------------------
     def start(self) -> None:
-        """Start watching (only when torch.compile is loaded; never imports it)."""
+        """Start watching. Never imports torch.compile's machinery: when it is not
+        loaded yet, ``torch.compile`` is wrapped to start watching at its first call
+        (compiling itself happens later, at the compiled model's first call)."""
         with self._lock:
             self._depth += 1
-            if self._depth > 1 or not compile_in_use():
+            if self._depth > 1:
                 return
-            try:
-                self._patch()
-                self.watching = True
-            except Exception as err:  # an inductor without these hooks: say so
-                self._restore()
-                self._note(f"torch.compile not watched ({type(err).__name__}: {err})")
+            if compile_in_use():
+                self._watch()
+            else:
+                self._wait_for_compile()
 
     def stop(self) -> None:
         with self._lock:
@@ -216,6 +216,33 @@ class CompileWatcher:
             if self._depth == 0:
                 self._restore()
                 self.watching = False
+
+    def _watch(self) -> None:
+        try:
+            self._patch()
+            self.watching = True
+        except Exception as err:  # an inductor without these hooks: say so
+            self._restore()
+            self._note(f"torch.compile not watched ({type(err).__name__}: {err})")
+
+    def _wait_for_compile(self) -> None:
+        import torch
+
+        watcher = self
+        original = torch.compile
+
+        def compile(*args: Any, **kwargs: Any) -> Any:
+            out = original(*args, **kwargs)
+            with watcher._lock:
+                if not watcher.watching and watcher._depth > 0 and compile_in_use():
+                    watcher._watch()
+            return out
+
+        compile.__wrapped__ = original  # type: ignore[attr-defined]
+        compile.__doc__ = original.__doc__
+        compile.__name__ = original.__name__
+        self._saved.append((torch, "compile", original))
+        torch.compile = compile  # type: ignore[assignment]
 
     def _patch(self) -> None:
         import torch._inductor.codecache as codecache
