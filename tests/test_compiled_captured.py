@@ -349,3 +349,30 @@ def test_torch_compile_called_after_the_capture_started_is_watched(monkeypatch):
     import torch._inductor.compile_fx as compile_fx
 
     assert not hasattr(compile_fx.fx_codegen_and_compile, "_ckprof_original")
+
+
+def test_compiling_a_function_while_recording_neither_breaks_nor_fails(compiled_env, tmp_path):
+    # GIVEN a compiled function (not module) whose first call, hence its compile,
+    # happens while ckprof records: dynamo traces the module hooks ckprof armed
+    import torch._dynamo.utils as dynamo_utils
+
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.ReLU(), torch.nn.Linear(8, 8))
+
+    @torch.compile
+    def loss_of(model: Any, x: Any) -> Any:
+        return model(x).square().mean()
+
+    graphs = dynamo_utils.counters["stats"]["unique_graphs"]
+    breaks = sum(dynamo_utils.counters["graph_break"].values())
+    x = torch.randn(4, 8)
+    with ckprof.capture(tmp_path / "fn", wait=0, warmup=0, active=2) as cap:
+        for _ in range(2):
+            loss_of(net, x).backward()
+            cap.step()
+    # THEN it compiles as without ckprof: one graph, no graph break, no error
+    assert dynamo_utils.counters["stats"]["unique_graphs"] - graphs == 1
+    assert sum(dynamo_utils.counters["graph_break"].values()) == breaks
+    assert len(cap.trace_paths) == 1
+    torch._dynamo.reset()

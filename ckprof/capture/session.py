@@ -97,6 +97,10 @@ __all__ = ["Capture", "CaptureWarning", "capture", "phase", "profile_step"]
 F = TypeVar("F", bound=Callable[..., Any])
 
 _graph_task_id = torch._C._current_graph_task_id
+# dynamo traces hooks and patched functions called inside compiled code: they must be
+# no-ops there (a traced record_function breaks inductor; compiled code runs no
+# Python per call anyway). Constant-folded to True while tracing, ~0.1 us otherwise.
+_compiling = torch.compiler.is_compiling
 _RECORDING = (ProfilerAction.RECORD, ProfilerAction.RECORD_AND_SAVE)
 _NEVER = 1 << 62
 
@@ -153,6 +157,8 @@ class _PhaseMarkers:
 
     # -- hooks
     def _on_forward_pre(self, module: torch.nn.Module, args: Any) -> None:
+        if _compiling():
+            return
         if self._kind is None and _graph_task_id() == -1 and self._mine():
             NAMES.add_root(module)
             NAMES.occurrences.clear()
@@ -160,7 +166,7 @@ class _PhaseMarkers:
             self._disarm()
 
     def _on_optimizer_pre(self, optimizer: Any, args: Any, kwargs: Any) -> None:
-        if not self._mine():
+        if _compiling() or not self._mine():
             return
         if self._kind == "optimizer":
             self._opt_depth += 1
@@ -169,6 +175,8 @@ class _PhaseMarkers:
         self._opt_depth = 1
 
     def _on_optimizer_post(self, optimizer: Any, args: Any, kwargs: Any) -> None:
+        if _compiling():
+            return
         if self._kind == "optimizer" and self._mine():
             self._opt_depth -= 1
             if self._opt_depth <= 0:
@@ -179,7 +187,7 @@ class _PhaseMarkers:
 
         @functools.wraps(original)
         def engine_entry(*args: Any, **kwargs: Any) -> Any:
-            if _graph_task_id() != -1 or not markers._mine():
+            if _compiling() or _graph_task_id() != -1 or not markers._mine():
                 return original(*args, **kwargs)
             markers.close_current(rearm=False)  # recompute calls modules: keep them fast
             try:
@@ -211,7 +219,7 @@ class _PhaseMarkers:
 
         @functools.wraps(original)
         def zero_grad(obj: Any, *args: Any, **kwargs: Any) -> Any:
-            if not markers._mine():
+            if _compiling() or not markers._mine():
                 return original(obj, *args, **kwargs)
             if markers._kind != "optimizer":
                 markers.close_current()
