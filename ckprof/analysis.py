@@ -28,6 +28,7 @@ from typing import Any
 import pandas as pd
 
 from ckprof.attribution import TimeAttribution, attribute_time
+from ckprof.compiled_recompute import find_compiled_recompute
 from ckprof.errors import NotCapturedError
 from ckprof.markers import PHASES
 from ckprof.memory import MemoryReport, peak_memory_by_phase
@@ -73,6 +74,9 @@ def analyze(trace: Trace, recompute_detection: str = "auto", step: int | None = 
     phases = find_phases(trace, recompute_detection=recompute_detection)
     if step is not None:
         phases = _only_step(phases, step, trace.path)
+        if phases.compiled.status != "none":  # its figures for that step only
+            phases = dataclasses.replace(
+                phases, compiled=find_compiled_recompute(trace, phases.steps))
     time = attribute_time(trace, phases)
     memory = peak_memory_by_phase(trace, phases)
     return Analysis(trace=trace, phases=phases, time=time, memory=memory, step=step)

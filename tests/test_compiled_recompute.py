@@ -351,3 +351,16 @@ def test_public_compiled_trace_says_not_separable_with_its_cpu_and_gpu_time(shar
                  and e.get("args", {}).get("correlation") in launches)
     assert out["not_separable_gpu_ms"] == pytest.approx(gpu_us / 1e3, abs=1e-3)
     assert gpu_us > 0
+
+
+def test_step_option_reports_compiled_figures_of_that_step_only():
+    b = TraceBuilder().meta(ckprof=metadata())
+    compiled_step(b, 1, 0)
+    compiled_step(b, 2, 1000, key="funknown00000000key")
+    trace = b.to_trace()
+    one = analyze(trace, step=1).to_dict()["compiled_recompute"]
+    two = analyze(trace, step=2).to_dict()["compiled_recompute"]
+    assert (one["status"], one["backward_calls"], one["recompute_wall_ms"]) == (
+        "separated", 1, pytest.approx(0.190))
+    assert (two["status"], two["backward_calls"], two["recompute_wall_ms"]) == (
+        "not_separable", 1, 0.0)
