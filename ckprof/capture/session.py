@@ -38,8 +38,10 @@ of the JSON. ``trace_paths`` lists the files written, in order.
 #           module hook slows every module call) and re-armed when they close.
 #           torch.compile(module) warns when it is called while global module hooks
 #           exist: while recording, OptimizedModule.__call__ opens the forward range
-#           (removing our hook) before torch looks. Compiled code never runs module
-#           hooks, so they do not change what torch.compile traces (guards ignore them).
+#           (removing our hook) before torch looks. Code that torch.compile traces
+#           may call our hooks and patched functions: they return at once under
+#           torch.compiler.is_compiling(), so a compile during a window makes the same
+#           graph as without ckprof (compiled code runs no Python hooks afterwards).
 # backward  wraps torch.autograd.backward / torch.autograd.grad (Tensor.backward
 #           calls the former), outermost call only.
 # optimizer global optimizer step pre/post hooks (nested optimizers counted).
