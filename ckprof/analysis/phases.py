@@ -28,11 +28,12 @@ Only numpy/pandas here: importable and testable without torch.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
 
+from ckprof.analysis.compiled_recompute import CompiledRecompute, find_compiled_recompute
 from ckprof.analysis.detection import RECOMPUTE_DETECTIONS, check_recompute_detection
 from ckprof.analysis.intervals import lexicographic_score, thread_ids
 from ckprof.errors import EmptyTraceError, NotCapturedError
@@ -104,6 +105,8 @@ class PhaseTable:
     #: runs of checkpointed regions (ckprof.analysis.forward_runs.find_forward_runs), None when
     #: built by hand
     forward_runs: pd.DataFrame | None = None
+    #: recompute inside torch.compile'd backward graphs (ckprof/analysis/compiled_recompute.py)
+    compiled: CompiledRecompute = field(default_factory=CompiledRecompute)
 
     def lookup(self, ts_ns: np.ndarray | pd.Series | list[int]) -> tuple[
             np.ndarray, np.ndarray, np.ndarray]:
@@ -552,8 +555,11 @@ def find_phases(trace: Trace, recompute_detection: str = "auto") -> PhaseTable:
 
     ``recompute_detection``: ``auto`` (markers if the trace has
     ``ckprof::recompute::`` ranges, else stack if it has ``recompute_fn`` Python
-    frames, else sequence), ``markers``, ``stack``, ``sequence``, or ``none`` (no
-    recompute carved out). Raises :class:`NotCapturedError` when an explicit method
+    frames, else sequence), ``markers``, ``stack``, ``sequence``, ``compiled`` (only
+    recompute inside compiled backward graphs), or ``none`` (no recompute carved out).
+    Every method but ``none`` also takes the recompute inside torch.compile'd backward
+    graphs from the capture's compile record (method ``compiled``; the found method
+    then reads e.g. ``markers+compiled``). Raises :class:`NotCapturedError` when an explicit method
     needs what the trace lacks, :class:`EmptyTraceError` on a trace without events.
     """
     check_recompute_detection(recompute_detection)
@@ -633,6 +639,13 @@ def find_phases(trace: Trace, recompute_detection: str = "auto") -> PhaseTable:
                 if name is not None:
                     region[k] = name
             occ = occ.assign(region=region)
+    # recompute inside compiled backward graphs: what the eager methods cannot see
+    compiled = (find_compiled_recompute(trace, steps) if method != "none"
+                else CompiledRecompute())
+    eager_found = bool(len(occ))
+    if len(compiled.occurrences):
+        occ = pd.concat([occ, compiled.occurrences.assign(method="compiled")],
+                        ignore_index=True)
     if len(occ):
         occ_start = occ["start_ns"].to_numpy(dtype=np.int64)
         occ = occ.assign(step=_step_of(occ_start, steps))
@@ -645,10 +658,15 @@ def find_phases(trace: Trace, recompute_detection: str = "auto") -> PhaseTable:
                 {"step": "int64", "start_ns": "int64", "end_ns": "int64"}))
     else:
         recompute = _empty_recompute()
-    found = method if len(recompute) else "none"
+    has_compiled = bool((recompute["method"] == "compiled").any()) if len(recompute) else False
+    if method == "compiled" or not eager_found:
+        found = "compiled" if has_compiled else "none"
+    else:
+        found = f"{method}+compiled" if has_compiled else method
     if recompute_detection != "none" and found == "none":
         notes.append(f"no recompute found ({method} detection)")
-    if method == "sequence" and len(recompute):
+    notes.extend(compiled.notes)
+    if method == "sequence" and eager_found:
         notes.append("recompute found by the Sequence-number heuristic"
                      ": regions without a forward run in the "
                      "trace are named after the backward node that triggered them "
@@ -657,10 +675,16 @@ def find_phases(trace: Trace, recompute_detection: str = "auto") -> PhaseTable:
 
     # ---- labelled intervals ---------------------------------------------------------
     parts: list[pd.DataFrame] = []
-    if len(recompute):
+    # compiled occurrences span backward work between their pieces: label the pieces
+    labelled = recompute[recompute["method"] != "compiled"] if len(recompute) else recompute
+    if len(compiled.pieces):
+        labelled = pd.concat([labelled[["region", "start_ns", "end_ns"]],
+                              compiled.pieces[["region", "start_ns", "end_ns"]]],
+                             ignore_index=True)
+    if len(labelled):
         parts.append(pd.DataFrame({
-            "start_ns": recompute["start_ns"].to_numpy(), "end_ns": recompute["end_ns"].to_numpy(),
-            "phase": "recompute", "region": recompute["region"].to_numpy(dtype=object),
+            "start_ns": labelled["start_ns"].to_numpy(), "end_ns": labelled["end_ns"].to_numpy(),
+            "phase": "recompute", "region": labelled["region"].to_numpy(dtype=object),
             "layer": _LAYER_RECOMPUTE, "group": -1}))
     mk = np.flatnonzero(is_std | is_user)
     if len(mk):
@@ -698,7 +722,8 @@ def find_phases(trace: Trace, recompute_detection: str = "auto") -> PhaseTable:
     assert not unknown, f"phases outside PHASES: {unknown}"
     return PhaseTable(steps=steps.reset_index(drop=True), segments=segments,
                       recompute=recompute.reset_index(drop=True), recompute_found_by=found,
-                      notes=tuple(notes), phase_source=phase_source, forward_runs=runs)
+                      notes=tuple(notes), phase_source=phase_source, forward_runs=runs,
+                      compiled=compiled)
 
 
 def _outside(occ: pd.DataFrame, ref: pd.DataFrame) -> pd.DataFrame:

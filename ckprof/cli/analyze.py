@@ -33,7 +33,9 @@ Examples:
     "--recompute-detection", type=click.Choice(RECOMPUTE_DETECTIONS),
     default="auto", show_default=True,
     help="How to find forward recompute: ckprof markers, recompute_fn Python frames, "
-    "or grad-mode ops inside backward. auto picks the most exact one the trace supports.",
+    "or grad-mode ops inside backward. auto picks the most exact one the trace supports. "
+    "Recompute inside torch.compile'd backward graphs (from ckprof's compile record) is "
+    "added to every method but none; compiled uses only that.",
 )
 @click.option("--salvage", is_flag=True, help="Analyse the complete events of a truncated trace.")
 @click.option("--workers", type=int, default=None, help="Processes for a directory of traces (default: cores).")
