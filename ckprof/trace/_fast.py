@@ -3,9 +3,10 @@
 # NOTE [ Fast path ]
 # Kineto writes one event per line group: every event of ``traceEvents`` starts at
 # ``\\n<indent>{`` (JSON strings cannot hold a raw newline, so that byte pattern never
-# occurs inside a string). We read plain files through a private mmap (gzip as a
-# stream of ~16 MB blocks), cut ~24 MB pieces at the last such boundary, and decode
-# each piece in place as a JSON list with msgspec typed structs that keep only the
+# occurs inside a string). We read plain files with ``read()`` (never mmap: a mapped
+# file truncated by another process kills us with SIGBUS; see NOTE [ Hostile input
+# files ] in ``_source``) and gzip as a stream of ~16 MB blocks, cut ~24 MB pieces at
+# the last such boundary, and decode each piece in place as a JSON list with msgspec typed structs that keep only the
 # fields ckprof needs (tagged union on ``ph``; everything
 # but complete events and ``[memory]`` instants decodes to empty structs). Each piece
 # becomes numpy columns (names interned to integer codes), so memory stays bounded by
@@ -34,11 +35,11 @@
 from __future__ import annotations
 
 import gc
-import mmap
+import os
 import re
 from collections.abc import Callable, Iterator
 from operator import attrgetter
-from typing import Any, Union
+from typing import Any, BinaryIO, Union
 
 import msgspec
 import numpy as np
@@ -47,11 +48,15 @@ import pandas as pd
 from ckprof.trace._build import Columns, device_label
 from ckprof.trace._careful import read_careful_piece
 
-__all__ = ["Odd", "read_fast"]
+__all__ = ["Blank", "Odd", "read_fast"]
 
 
 class Odd(Exception):
     """The fast reader met something it does not handle; use the careful reader."""
+
+
+class Blank(Exception):
+    """The whole input is whitespace (found in one streaming pass, constant memory)."""
 
 
 class _Args(msgspec.Struct, rename={
@@ -271,57 +276,74 @@ def _ingest(evs: list[Any], cols: Columns) -> None:
 
 _EVENTS_KEY = re.compile(rb'"traceEvents"\s*:\s*\[')
 _HEADER_LIMIT = 64 * 1024 * 1024
+_NOT_WS = re.compile(rb"[^ \t\r\n]")
+_BOM = b"\xef\xbb\xbf"
+#: plain-file reads: at least this much at once, never more than the max in one call
+_READ_BYTES = 16 * 1024 * 1024
+_MAX_READ_BYTES = 64 * 1024 * 1024
 _WS = b" \t\r\n"
 _WS_SET = frozenset(_WS)
 
 
 class _Window:
-    """The unread bytes: a private (copy-on-write) mmap of a plain file, or a bytearray
-    refilled from decompressed blocks. Pieces are decoded in place: the whitespace byte
-    before a piece becomes '[' and the ',' after it becomes ']' (never written back)."""
+    """The unread bytes: a bytearray refilled from decompressed blocks or from a plain
+    file's ``read()``. Pieces are decoded in place: the whitespace byte before a piece
+    becomes '[' and the ',' after it becomes ']' (the file is never written).
+    ``base`` is the file offset of ``buf[0]`` (plain files)."""
 
-    def __init__(self, blocks: Iterator[bytes] | None, mm: mmap.mmap | None) -> None:
+    def __init__(self, blocks: Iterator[bytes] | None, file: BinaryIO | None = None) -> None:
         self.blocks = blocks
-        self.mm = mm
-        if mm is not None:
-            self.buf: Any = mm
-            self.end = len(mm)
-            self.eof = True
-        else:
-            self.buf = bytearray()
-            self.end = 0
-            self.eof = False
+        self.file = file
+        self.buf = bytearray()
+        self.base = 0
+        self.end = 0
+        self.eof = False
         self.pos = 0  # first unread byte
-        self.released = 0  # mmap bytes before this were handed back to the kernel
         #: called with the number of bytes each piece consumed (progress reporting)
         self.on_consumed: Callable[[int], None] | None = None
 
+    def _next(self, need: int) -> bytes | None:
+        if self.file is not None:
+            data = self.file.read(min(max(need, _READ_BYTES), _MAX_READ_BYTES))
+            return data or None
+        return next(self.blocks, None) if self.blocks is not None else None
+
     def fill(self, want: int) -> None:
         """Make at least ``want`` unread bytes available (or reach EOF)."""
-        if self.mm is not None:
-            return
         if self.pos > 0 and self.pos >= len(self.buf) // 2:
             del self.buf[:self.pos]  # cheap: bytearray keeps an offset
+            self.base += self.pos
             self.end -= self.pos
             self.pos = 0
         while not self.eof and self.end - self.pos < want:
-            nxt = next(self.blocks, None) if self.blocks is not None else None
+            nxt = self._next(want - (self.end - self.pos))
             if nxt is None:
                 self.eof = True
             else:
                 self.buf += nxt
                 self.end += len(nxt)
 
+    def drop_read(self) -> None:
+        """Forget the bytes before ``pos`` (keeps memory flat while skipping)."""
+        del self.buf[:self.pos]
+        self.base += self.pos
+        self.end -= self.pos
+        self.pos = 0
+
+    def skip_to(self, offset: int) -> None:
+        """Continue reading a plain file at absolute ``offset`` (after the workers)."""
+        if self.base <= offset <= self.base + self.end:
+            self.pos = offset - self.base
+            return
+        assert self.file is not None
+        self.buf = bytearray()
+        self.file.seek(offset)
+        self.base, self.pos, self.end, self.eof = offset, 0, 0, False
+
     def consumed(self, upto: int, *, report: bool = True) -> None:
         if report and self.on_consumed is not None and upto > self.pos:
             self.on_consumed(upto - self.pos)
         self.pos = upto
-        if self.mm is not None:  # give read pages back: keeps RSS at one chunk
-            page = mmap.PAGESIZE
-            stop = (upto // page) * page
-            if stop - self.released >= 64 * page:
-                self.mm.madvise(mmap.MADV_DONTNEED, self.released, stop - self.released)
-                self.released = stop
 
 
 def _decode_in_place(win: _Window, start: int, stop: int, cols: Columns) -> None:
@@ -414,41 +436,59 @@ def _merge_piece(cols: Columns, piece: dict[str, Any]) -> None:
         cols.add_memory(**mem)
 
 
-_WORKER_MAPS: dict[str, mmap.mmap] = {}
-
-
 def _decode_range(path: str, start: int, stop: int) -> dict[str, Any] | str:
     """Worker: decode ``[start, stop)`` of the file; a str result is an Odd reason."""
     gc.disable()
     try:
-        mm = _WORKER_MAPS.get(path)
-        if mm is None:
-            with open(path, "rb") as f:
-                mm = _WORKER_MAPS[path] = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)
-        win = _Window(None, mm)
+        with open(path, "rb") as f:
+            f.seek(start)
+            data = bytearray(f.read(stop - start))
+        if len(data) != stop - start:
+            return "the file shrank while it was read"
+        win = _Window(None)
+        win.buf, win.end, win.eof = data, len(data), True
         cols = Columns()
         try:
-            _decode_in_place(win, start, stop, cols)
+            _decode_in_place(win, 0, len(data), cols)
         except Odd:
             cols = Columns()
-            _careful_piece(bytes(mm[start:stop]), cols)
-        mm.madvise(mmap.MADV_DONTNEED, (start // mmap.PAGESIZE) * mmap.PAGESIZE,
-                   stop - (start // mmap.PAGESIZE) * mmap.PAGESIZE)
+            _careful_piece(bytes(data), cols)
         return _piece_result(cols)
     except Odd as err:
         return str(err)
+    except OSError as err:
+        return f"OSError: {err}"
 
 
-def _parallel_cuts(win: _Window, pattern: bytes, chunk_bytes: int) -> list[tuple[int, int]]:
-    """Cut points for the worker pieces; the last ~chunk stays for the sequential end."""
+def _last_boundary(f: BinaryIO, pattern: bytes, lo: int, hi: int) -> int:
+    """Offset of the last ``pattern`` lying wholly in ``[lo, hi)``, or -1. Reads
+    backwards from ``hi`` in growing windows (usually one small read)."""
+    width = 1 << 20
+    while True:
+        start = max(lo, hi - width)
+        f.seek(start)
+        data = f.read(hi - start)
+        at = data.rfind(pattern)
+        if at >= 0:
+            return start + at
+        if start == lo or len(data) < hi - start:
+            return -1
+        width *= 4
+
+
+def _parallel_cuts(path: str, start: int, size: int, pattern: bytes,
+                   chunk_bytes: int) -> list[tuple[int, int]]:
+    """Cut points for the worker pieces, found with small reads around each nominal
+    cut; the last ~chunk stays for the sequential end."""
     ranges = []
-    pos = win.pos
-    while pos + 2 * chunk_bytes < win.end:
-        cut = win.buf.rfind(pattern, pos + 1, pos + chunk_bytes)
-        if cut <= pos:
-            break
-        ranges.append((pos, cut))
-        pos = cut
+    pos = start
+    with open(path, "rb") as f:
+        while pos + 2 * chunk_bytes < size:
+            cut = _last_boundary(f, pattern, pos + 1, pos + chunk_bytes)
+            if cut <= pos:
+                break
+            ranges.append((pos, cut))
+            pos = cut
     return ranges
 
 
@@ -457,7 +497,9 @@ def _run_parallel(win: _Window, path: str, pattern: bytes, chunk_bytes: int, wor
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
-    ranges = _parallel_cuts(win, pattern, chunk_bytes)
+    assert win.file is not None
+    size = os.fstat(win.file.fileno()).st_size
+    ranges = _parallel_cuts(path, win.base + win.pos, size, pattern, chunk_bytes)
     if len(ranges) < 2:
         return
     ctx = multiprocessing.get_context("fork")
@@ -480,22 +522,23 @@ def _run_parallel(win: _Window, path: str, pattern: bytes, chunk_bytes: int, wor
             for fut in futures:
                 fut.cancel()
             raise
-    win.consumed(ranges[-1][1], report=False)
+    win.skip_to(ranges[-1][1])
 
 
 def read_fast(blocks: Iterator[bytes] | None, *, chunk_bytes: int,
-              mm: mmap.mmap | None = None, path: str | None = None,
+              file: BinaryIO | None = None, path: str | None = None,
               workers: int = 1,
               on_consumed: Callable[[int], None] | None = None) -> tuple[Columns, dict[str, Any], str]:
-    """Decode a Kineto/Chrome trace from byte blocks (or a private mmap of ``path``,
-    optionally with ``workers`` processes, see NOTE [ Parallel pieces ]). Raises Odd.
+    """Decode a Kineto/Chrome trace from byte blocks (or the open plain ``file`` at
+    ``path``, optionally with ``workers`` processes, see NOTE [ Parallel pieces ]).
+    Raises Odd, or Blank when the input is nothing but whitespace.
     ``on_consumed(n)`` is told the (uncompressed) bytes of every piece decoded."""
     was_enabled = gc.isenabled()
     gc.disable()
     try:
-        win = _Window(blocks, mm)
+        win = _Window(blocks, file)
         win.on_consumed = on_consumed
-        return _read_fast(win, chunk_bytes, path if mm is not None else None, workers)
+        return _read_fast(win, chunk_bytes, path if file is not None else None, workers)
     except (BufferError, ValueError, TypeError, OverflowError, IndexError, KeyError,
             OSError, RuntimeError) as err:
         # anything unexpected in odd input (or a worker that died): the careful reader
@@ -506,34 +549,75 @@ def read_fast(blocks: Iterator[bytes] | None, *, chunk_bytes: int,
             gc.enable()
 
 
+def _all_blank(buf: bytearray, start: int, end: int) -> bool:
+    """``buf[start:end]`` is only JSON whitespace (bytes.count runs at memory speed;
+    a regex or lstrip is 5-10x slower on a GB of blanks)."""
+    n = end - start
+    count = buf.count(b" ", start, end)
+    if count == n:
+        return True
+    for blank in (b"\n", b"\r", b"\t"):
+        count += buf.count(blank, start, end)
+    return count == n
+
+
+def _skip_blanks(win: _Window) -> bool:
+    """Move ``win.pos`` to the next non-blank byte, dropping blanks as they stream by.
+    False when the input ends first."""
+    while True:
+        win.fill(1)
+        if _all_blank(win.buf, win.pos, win.end):
+            if win.eof:
+                win.pos = win.end
+                return False
+            win.pos = win.end
+            win.drop_read()
+            win.fill(_READ_BYTES)
+            continue
+        found = _NOT_WS.search(win.buf, win.pos, win.end)
+        assert found is not None
+        win.pos = found.start()
+        return True
+
+
 def _read_fast(win: _Window, chunk_bytes: int, path: str | None,
                workers: int) -> tuple[Columns, dict[str, Any], str]:
     cols = Columns()
+    # 0. leading whitespace (after a BOM), skipped in a streaming pass: a file of
+    # nothing but blanks is Blank in constant memory, in about a second per GB
+    win.fill(1 << 16)
+    if bytes(win.buf[:3]) == _BOM:
+        win.pos = 3
+    if not _skip_blanks(win):
+        raise Blank()
     # 1. the header: everything up to and including the '[' that opens the events
     want = 1 << 16
     while True:
         win.fill(want)
-        head = bytes(win.buf[:min(win.end, want, _HEADER_LIMIT)])
-        lead = head.lstrip(_WS + b"\xef\xbb\xbf")
-        if lead[:1] == b"[":
-            array_start = len(head) - len(lead) + 1
+        head = bytes(win.buf[win.pos:min(win.end, win.pos + want, win.pos + _HEADER_LIMIT)])
+        if head[:1] == b"[":
+            array_start = win.pos + 1
             header, array_format = b"", True
             break
-        if lead[:1] not in (b"{", b""):
+        if head[:1] != b"{":
             raise Odd("not a JSON object or array")
         match = _EVENTS_KEY.search(head)
         if match:
-            array_start = match.end()
-            header, array_format = head[:array_start], False
+            array_start = win.pos + match.end()
+            header, array_format = head[:match.end()], False
             break
-        if len(head) >= min(win.end, _HEADER_LIMIT) and (win.eof or win.end >= _HEADER_LIMIT):
+        if len(head) >= min(win.end - win.pos, _HEADER_LIMIT) and (
+                win.eof or win.end - win.pos >= _HEADER_LIMIT):
             raise Odd("no traceEvents array near the start")
         want *= 4
-    del head, lead
+    del head
     win.pos = array_start
     # 2. the boundary pattern: the whitespace before the first event, from its newline
     win.fill(4096)
     probe = bytes(win.buf[win.pos:min(win.end, win.pos + 4096)])
+    if len(probe) == 4096 and not probe.strip(_WS):  # a huge run of blanks: stream past it
+        _skip_blanks(win)
+        probe = bytes(win.buf[win.pos:min(win.end, win.pos + 4096)])
     lead = probe.lstrip(_WS)
     ws = probe[:len(probe) - len(lead)]
     nl = ws.rfind(b"\n")
@@ -566,8 +650,10 @@ def _read_fast(win: _Window, chunk_bytes: int, path: str | None,
             break
     # 4. the end: last events, ']' and the trailer (more top-level keys)
     win.fill(1 << 62)
-    data = bytes(win.buf[win.pos:win.end])
-    metadata = _finish(data, header, array_format, cols)
+    win.drop_read()
+    data, win.buf = win.buf, bytearray()  # no second copy of what is left
+    metadata = _finish(bytes(data) if len(data) < (1 << 20) else data, header,
+                       array_format, cols)
     return cols, metadata, "chrome-array" if array_format else "kineto"
 
 
