@@ -48,6 +48,7 @@ import pandas as pd
 
 from ckprof.markers import PHASES, ZERO_GRAD
 from ckprof.phases import PhaseTable
+from ckprof.trace.capture_metadata import clean_ckprof_metadata
 from ckprof.trace.model import Trace
 
 __all__ = ["NO_MEMORY_REASON", "MemoryReport", "peak_memory_by_phase"]
@@ -78,20 +79,35 @@ def _empty(cols: dict[str, object]) -> pd.DataFrame:
     return pd.DataFrame({c: pd.Series([], dtype=d) for c, d in cols.items()})
 
 
+def _capture_meta(trace: Trace) -> Mapping[str, object]:
+    """The capture metadata with every known field of its documented type. The loader
+    already cleans it (and notes what it dropped); a Trace built by hand goes through
+    the same rules here, so no value of the wrong type reaches the arithmetic below."""
+    return clean_ckprof_metadata(trace.ckprof)[0] or {}
+
+
+def _device_meta(trace: Trace, key: str, device: str) -> Mapping[str, object] | None:
+    per_device = _capture_meta(trace).get(key)
+    found = per_device.get(device) if isinstance(per_device, Mapping) else None
+    return found if isinstance(found, Mapping) else None
+
+
 def _baseline_meta(trace: Trace, device: str) -> Mapping[str, object] | None:
-    meta = trace.ckprof or {}
-    base = meta.get("memory_baseline") if isinstance(meta, Mapping) else None
-    if isinstance(base, Mapping) and isinstance(base.get(device), Mapping):
-        return base[device]
-    return None
+    return _device_meta(trace, "memory_baseline", device)
 
 
 def _levels(trace: Trace, device: str, ta: np.ndarray, b: np.ndarray,
             notes: list[str], ts: np.ndarray) -> tuple[np.ndarray, int, bool]:
     """(levels, baseline_bytes, absolute) for one device's events in time order."""
     meta = _baseline_meta(trace, device)
-    base = int(meta.get("bytes", 0)) if meta is not None else 0
-    if (ta < 0).any():
+    base = int(meta.get("bytes", 0)) if meta is not None else 0  # type: ignore[call-overload]
+    missing = ta < 0
+    if missing.any() and not missing.all():
+        ta = _fill_counter(ta, b, missing)
+        notes.append(f"{device}: {int(missing.sum())} of {len(ta)} [memory] events lack a usable "
+                     "'Total Allocated' (missing, NaN or not an integer): their levels are "
+                     "carried from the nearest event with one, plus 'Bytes'")
+    elif missing.any():
         notes.append(f"{device}: events lack 'Total Allocated' (legacy trace): levels rebuilt "
                      "as the running sum of 'Bytes'"
                      + ("" if meta else ", relative to profiling start"))
@@ -112,6 +128,17 @@ def _levels(trace: Trace, device: str, ta: np.ndarray, b: np.ndarray,
     return levels, base, meta is not None
 
 
+def _fill_counter(ta: np.ndarray, b: np.ndarray, missing: np.ndarray) -> np.ndarray:
+    """Counter values for events without one: the nearest earlier event's counter plus
+    the ``Bytes`` since (the first event's minus those up to it, for leading ones)."""
+    idx = np.arange(len(ta))
+    have = np.where(~missing, idx, -1)
+    nearest = np.maximum.accumulate(have)
+    nearest[nearest < 0] = int(np.flatnonzero(~missing)[0])
+    cs = np.cumsum(b)
+    return np.where(missing, ta[nearest] + cs - cs[nearest], ta)
+
+
 def _correct_unseen_frees(trace: Trace, device: str, ts: np.ndarray, levels: np.ndarray,
                           notes: list[str]) -> np.ndarray:
     """Subtract blocks freed during the window that the CPU profiler never reported.
@@ -129,8 +156,8 @@ def _correct_unseen_frees(trace: Trace, device: str, ts: np.ndarray, levels: np.
     # The profiler sometimes does report such a free (it matches a stale address from
     # an earlier session in the process), so the amount subtracted is what the levels
     # over-count at the end of the window, at most ``freed_unseen_bytes``.
-    end_meta = ((trace.ckprof or {}).get("memory_end") or {}).get(device) or {}
-    unseen = int(end_meta.get("freed_unseen_bytes", 0) or 0)
+    end_meta = _device_meta(trace, "memory_end", device) or {}
+    unseen = int(end_meta.get("freed_unseen_bytes", 0) or 0)  # type: ignore[call-overload]
     if "bytes" in end_meta and len(levels):
         unseen = min(unseen, max(0, int(levels[-1]) - int(end_meta["bytes"])))
     if unseen <= 0:
