@@ -31,19 +31,18 @@ def write_new_file(path: str | os.PathLike[str], data: bytes, *, force: bool = F
     """Write ``data`` to ``path`` through a temporary file in the same directory.
 
     Never replaces an existing file unless ``force`` (:class:`OutputExistsError`, exit
-    8); the final name never holds a half-written file. The no-overwrite check is
+    8), and never anything but a regular file (NOTE [ Output targets ] in
+    ``ckprof.output_target``); the final name never holds a half-written file. The no-overwrite check is
     atomic where the filesystem has hard links (``os.link`` fails if the name appeared
     meanwhile)."""
-    out = Path(path)
-    if out.exists() and not force:
-        raise OutputExistsError("already exists", path=str(out),
-                                hint="Choose another name or pass --force to overwrite it")
-    if not out.parent.exists():
-        raise CkprofError("output directory does not exist", path=str(out.parent), hint="Create it first")
+    from ckprof.output_target import check_output_target
+
+    out = check_output_target(path, force=force)  # only ever a regular file (NOTE there)
     tmp = out.with_name(f".{out.name}.ckprof-tmp-{os.getpid()}")
     try:
         tmp.write_bytes(data)
         if force:
+            check_output_target(out, force=True)  # again: it may have changed meanwhile
             os.replace(tmp, out)
         else:
             try:

@@ -11,34 +11,26 @@ from pathlib import Path
 
 import click
 
-from ckprof.errors import OutputExistsError
-
 FORMATS = ("table", "json", "csv", "markdown")
 
 
 def _check_output(path: str | None, force: bool) -> None:
-    if path and Path(path).exists() and not force:
-        raise OutputExistsError("file exists", path=path, hint="Pass --force to overwrite it")
+    if path:
+        from ckprof.output_target import check_output_target
 
-
-def _emit(text: str, output: str | None) -> None:
-    if output:
-        Path(output).write_text(text, encoding="utf-8")
-        click.echo(f"wrote {output}", err=True)
-    else:
-        click.echo(text, nl=False)
+        check_output_target(path, force=force)  # a regular file only (NOTE [ Output targets ])
 
 
 @click.command()
-@click.argument("baseline", type=click.Path(dir_okay=False))
-@click.argument("candidate", type=click.Path(dir_okay=False))
+@click.argument("baseline", type=click.Path(dir_okay=False, readable=False))
+@click.argument("candidate", type=click.Path(dir_okay=False, readable=False))
 @click.option("--format", "fmt", type=click.Choice(FORMATS), default="table", show_default=True,
               help="Output format.")
 @click.option("--top", type=click.IntRange(min=1), default=15, show_default=True,
               help="Ops listed in the text/markdown op table (json/csv list all).")
 @click.option("--recompute-detection", type=click.Choice(["auto", "markers", "stack", "sequence"]),
               default="auto", show_default=True, help="How recompute is found in both traces.")
-@click.option("-o", "--output", type=click.Path(dir_okay=False), default=None,
+@click.option("-o", "--output", type=click.Path(readable=False), default=None,
               help="Write to this file instead of stdout.")
 @click.option("--force", is_flag=True, help="Overwrite --output if it exists.")
 def compare(baseline: str, candidate: str, fmt: str, top: int, recompute_detection: str,
@@ -59,7 +51,9 @@ def compare(baseline: str, candidate: str, fmt: str, top: int, recompute_detecti
 
     _check_output(output, force)
     result = run_compare(baseline, candidate, recompute_detection=recompute_detection)
-    _emit(render_comparison(result, fmt, top_ops=top), output)
+    from ckprof.cli._output import emit
+
+    emit(render_comparison(result, fmt, top_ops=top), Path(output) if output else None, force=force)
 
 
 def _parse_budget(ctx: click.Context, param: click.Parameter, value: str | None) -> int | None:
@@ -109,7 +103,7 @@ def _parse_policies(ctx: click.Context, param: click.Parameter, value: tuple[str
               help="Also measure this batch size, so the max-batch estimate uses a measured slope.")
 @click.option("--memory-budget", callback=_parse_budget, default=None,
               help="Recommend the fastest policy whose peak fits this (bytes, or 8GiB / 512MiB / 1.5GB).")
-@click.option("-o", "--output", "plot_path", type=click.Path(dir_okay=False), default=None,
+@click.option("-o", "--output", "plot_path", type=click.Path(readable=False), default=None,
               help="Write the memory-vs-time frontier plot here (.png, .svg, .pdf).")
 @click.option("--out-dir", type=click.Path(file_okay=False), default=None,
               help="Keep each policy's trace under this folder (default: temporary, deleted).")
@@ -154,8 +148,11 @@ def sweep(model: str, policies: tuple[str, ...] | None, blocks: str | None, step
         batch_sizes=sizes, blocks=blocks, warmup=warmup, out_dir=out_dir, isolation=isolation,
         memory_budget=memory_budget, optimizer=optimizer, threads=threads,
     )
-    click.echo(result.render(fmt), nl=False)
+    from ckprof.output_target import write_stdout
+
+    write_stdout(result.render(fmt))
     if plot_path:
-        fig = result.plot()
-        fig.savefig(plot_path)
+        from ckprof.report.plots import save_figure
+
+        save_figure(result.plot(), plot_path, force=force)  # a new (or --force) regular file
         click.echo(f"wrote {plot_path}", err=True)

@@ -34,6 +34,7 @@ annotated copy finds the same markers, phases and numbers as the original.
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import os
 from pathlib import Path
@@ -42,7 +43,7 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 import numpy as np
 
-from ckprof.errors import CkprofError, TraceFormatError
+from ckprof.errors import CkprofError, TraceFormatError, TraceNotFoundError, TraceTooLargeError
 
 if TYPE_CHECKING:  # pragma: no cover
     from ckprof.analysis import Analysis
@@ -156,12 +157,28 @@ def _counter(pid: int, ts_ns: int, values: dict[str, int]) -> dict[str, Any]:
 
 
 def _read_document(path: str) -> Any:
+    """The whole original document as Python objects, guarded like the loader: the
+    memory it needs (NOTE [ Memory guard ] in ckprof.trace.load: 4.5x the JSON) is
+    checked first, and a gzip stream is counted while it is decompressed."""
+    from ckprof.trace import _source
+    from ckprof.trace.load import ANNOTATE_BYTES_PER_BYTE, check_memory, max_stream_bytes
+
+    what = "annotate (the whole trace as Python objects)"
     try:
-        raw = Path(path).read_bytes()
-        if raw[:2] == b"\x1f\x8b":
-            raw = gzip.decompress(raw)
+        _source.check_input_file(path)
+        reader = _source.BlockReader(path, max_bytes=max_stream_bytes(ANNOTATE_BYTES_PER_BYTE))
+        check_memory(path, reader.estimated_size_bytes(), ANNOTATE_BYTES_PER_BYTE, what)
+        raw = reader.read_all()
+        if reader.problem is not None:
+            raise TraceFormatError(f"cannot re-read the trace: the gzip stream is {reader.problem}",
+                                   path=path, hint="annotate needs a complete trace; a salvaged "
+                                                   "one cannot be annotated")
         return msgspec.json.decode(raw)
-    except FileNotFoundError as err:
+    except _source.DecompressedTooLarge as err:
+        raise TraceTooLargeError(f"{what} would need more memory than is available (more than "
+                                 f"{err.seen / 2**30:.1f} GiB of JSON)", path=path,
+                                 hint="Run on a machine with more memory") from None
+    except TraceNotFoundError as err:
         raise CkprofError("the trace file is gone", path=path,
                           hint="annotate reads the original file again; keep it in place") from err
     except (OSError, EOFError, msgspec.DecodeError) as err:
@@ -199,16 +216,15 @@ def write_annotated_trace(analysis: Analysis, out_path: str | os.PathLike[str], 
     Refuses (:class:`OutputExistsError`) to replace an existing file unless
     ``force``, and always refuses (:class:`CkprofError`) to write over the input."""
     from ckprof.output import write_new_file
+    from ckprof.output_target import check_output_target
 
     out = Path(out_path)
     src = Path(str(analysis.trace.path))
-    if out.exists() and src.exists() and os.path.samefile(out, src):
-        raise CkprofError("is the input trace; annotate never modifies the original", path=str(out),
-                          hint="Choose another output name, e.g. trace.ckprof.json.gz")
-    if out.exists() and not force:
-        from ckprof.errors import OutputExistsError
-
-        raise OutputExistsError("already exists", path=str(out),
-                                hint="Choose another name or pass --force to overwrite it")
+    with contextlib.suppress(OSError):
+        if out.exists() and src.exists() and os.path.samefile(out, src):
+            raise CkprofError("is the input trace; annotate never modifies the original",
+                              path=str(out),
+                              hint="Choose another output name, e.g. trace.ckprof.json.gz")
+    check_output_target(out, force=force)  # a regular file only (NOTE [ Output targets ])
     data = annotated_trace_bytes(analysis, gzip_output=out.name.endswith(".gz"))
     return write_new_file(out, data, force=force)

@@ -41,7 +41,7 @@ except ImportError:  # pragma: no cover - depends on the environment
     _ZLIB_ERRORS = (zlib.error,)
 
 __all__ = ["BLOCK_BYTES", "BlockReader", "DecompressedTooLarge", "available_memory_bytes",
-           "check_input_file", "is_gzip"]
+           "check_input_file", "check_input_path", "is_gzip"]
 
 GZIP_MAGIC = b"\x1f\x8b"
 #: size of the blocks handed to the decoder (uncompressed bytes)
@@ -108,6 +108,18 @@ def check_input_file(path: str | os.PathLike[str], shown: str | None = None) -> 
             f"is {file_kind(st.st_mode)}, not a regular file", path=shown,
             hint="Save the trace to a file first (e.g. `cat > trace.json`) and pass that file")
     return st
+
+
+def check_input_path(path: str | os.PathLike[str], shown: str | None = None) -> bool:
+    """True for a directory (searchable); else :func:`check_input_file` (a regular file),
+    raising the same errors. What the commands check before any work."""
+    try:
+        if stat.S_ISDIR(os.stat(path).st_mode):
+            return True
+    except OSError:
+        pass  # check_input_file names the problem
+    check_input_file(path, shown)
+    return False
 
 
 def is_gzip(path: str | os.PathLike[str]) -> bool:

@@ -41,6 +41,7 @@ import contextlib
 import ctypes
 import os
 import re
+import stat
 import sys
 import zlib
 from pathlib import Path
@@ -60,7 +61,7 @@ from ckprof.trace._careful import read_careful
 from ckprof.trace._fast import Blank, Odd, read_fast
 from ckprof.trace.model import Trace
 
-__all__ = ["find_trace_files", "is_trace_path", "load_trace"]
+__all__ = ["find_rank_candidates", "find_trace_files", "is_trace_path", "load_trace"]
 
 #: bytes of JSON text the fast reader decodes at once
 CHUNK_BYTES = 24 * 1024 * 1024
@@ -332,17 +333,23 @@ def _head_text(path: Path, limit: int = _SNIFF_BYTES) -> bytes:
     return head
 
 
-def _looks_like_trace(path: Path) -> bool:
+def _sniff(path: Path) -> str:
+    """``"trace"``, ``"other-json"`` (JSON of another tool) or ``"unknown"`` (empty,
+    not JSON, damaged gzip, UTF-16, unreadable) from the file's first bytes."""
     try:
         head = _head_text(path)
     except OSError:
-        return False
+        return "unknown"
     lead = head.lstrip(b" \t\r\n\xef\xbb\xbf")
     if lead[:1] == b"{":
-        return b'"traceEvents"' in head
+        return "trace" if b'"traceEvents"' in head else "other-json"
     if lead[:1] == b"[":
-        return b'"ph"' in head
-    return False
+        return "trace" if b'"ph"' in head else "other-json"
+    return "unknown"
+
+
+def _looks_like_trace(path: Path) -> bool:
+    return _sniff(path) == "trace"
 
 
 def _is_candidate_name(name: str) -> bool:
@@ -361,6 +368,50 @@ def is_trace_path(path: str | os.PathLike[str]) -> bool:
         return p.is_file() and _looks_like_trace(p)
     except (OSError, ValueError):
         return False
+
+
+#: tensorboard_trace_handler's names: such a file is a trace even when it cannot be read
+_TRACE_NAME = re.compile(r"\.pt\.trace\.json(\.gz)?$", re.IGNORECASE)
+
+
+def find_rank_candidates(directory: str | os.PathLike[str], *, recursive: bool = False,
+                         include_nsys: bool = False) -> list[Path]:
+    """Every file in ``directory`` that looks like a trace by name or content, sorted:
+    what :func:`find_trace_files` finds, plus the ``*.json[.gz]`` files that would fail
+    to load -- empty, not JSON, damaged gzip, UTF-16, unreadable, a FIFO or device, a
+    dangling link or a link loop -- so that a directory analysis can list them as
+    failures instead of dropping them. Skipped: another tool's JSON (valid JSON without
+    ``traceEvents``, unless named ``*.pt.trace.json[.gz]``), HTA and ckprof outputs,
+    directories. Only regular files are opened (sniffed)."""
+    d = Path(directory)
+    if not d.is_dir():
+        raise TraceNotFoundError("not a directory", path=str(directory),
+                                 hint="Pass the folder that holds the traces")
+    found = []
+    for f in d.rglob("*") if recursive else d.iterdir():
+        name = f.name
+        if include_nsys and name.endswith(".sqlite"):
+            from ckprof.nsys import is_nsys_sqlite
+
+            if f.is_file() and is_nsys_sqlite(f):
+                found.append(f)
+            continue
+        if not _is_candidate_name(name):
+            continue
+        try:
+            st = f.stat()
+        except OSError:  # a link loop, a dangling link, no permission to stat
+            found.append(f)
+            continue
+        if stat.S_ISDIR(st.st_mode):
+            continue
+        if not stat.S_ISREG(st.st_mode):  # a FIFO, socket or device: never opened
+            found.append(f)
+            continue
+        kind = _sniff(f)
+        if kind == "trace" or kind == "unknown" or _TRACE_NAME.search(name):
+            found.append(f)
+    return sorted(found)
 
 
 def find_trace_files(directory: str | os.PathLike[str], *, recursive: bool = False,
