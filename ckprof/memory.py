@@ -47,7 +47,7 @@ import numpy as np
 import pandas as pd
 
 from ckprof.markers import PHASES, ZERO_GRAD
-from ckprof.phases import PhaseTable
+from ckprof.phases import PhaseTable, nearest_marked_ancestor
 from ckprof.trace.capture_metadata import clean_ckprof_metadata
 from ckprof.trace.model import Trace
 
@@ -200,15 +200,23 @@ def _innermost_ops(ev: pd.DataFrame, pid: np.ndarray, tid: np.ndarray,
         k = np.searchsorted(ts[rows], t[at], side="right") - 1
         j[at] = np.where(k >= 0, rows[np.maximum(k, 0)], -1)
     # the last event starting at or before t is the innermost one containing t when it
-    # contains t; otherwise one of its ancestors does (or none)
+    # contains t; otherwise one of its ancestors does (or none). Ancestors start no
+    # later, so the first one on the way up that ends after t contains t, and so do
+    # all above it: the answer is then the nearest cpu_op at or above it. A row ending
+    # at or before t rules out every ancestor with the same end at once (a million
+    # identical events nest a million deep: NOTE [ Ancestor queries ] in phases).
+    rows_n = np.arange(len(ts))
+    op_at = np.where(is_op, rows_n, nearest_marked_ancestor(parent, is_op))
+    run_top_mark = (parent < 0) | (end[np.maximum(parent, 0)] != end)
+    run_top = np.where(run_top_mark, rows_n, nearest_marked_ancestor(parent, run_top_mark))
     found = np.full(len(t), -1, dtype=np.int64)
     pending = j >= 0
     while pending.any():
         p = np.flatnonzero(pending)
         jj = j[p]
-        hit = is_op[jj] & (ts[jj] <= t[p]) & (t[p] < end[jj])
-        found[p[hit]] = jj[hit]
-        j[p] = np.where(hit, -1, parent[jj])
+        inside = (ts[jj] <= t[p]) & (t[p] < end[jj])
+        found[p[inside]] = op_at[jj[inside]]
+        j[p] = np.where(inside, -1, parent[run_top[jj]])
         pending = j >= 0
     names = ev["name"].to_numpy(dtype=object)
     ok = found >= 0
