@@ -372,12 +372,14 @@ def clamp_workers(requested: int | None, files: Sequence[Path],
     if requested is not None and requested < 1:
         raise ValueError(f"workers must be at least 1, not {requested}")
     cores = _cores()
-    want = cores if requested is None else requested
-    n = max(1, min(want, cores, len(files)))
+    n = cores if requested is None else requested
+    reason = ""
+    for limit, why in ((cores, f"{cores} core(s)"), (len(files), f"{len(files)} file(s)")):
+        if limit < n:
+            n, reason = max(1, limit), why
     from ckprof.trace._source import available_memory_bytes
 
     available = available_memory_bytes()
-    reason = f"{cores} core(s)" if n < want and want > cores else ""
     if available is not None and n > 1:
         sizes = sorted((_estimated_bytes(p) for p in files), reverse=True)
         fits = 1

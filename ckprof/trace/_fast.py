@@ -52,7 +52,10 @@ __all__ = ["Blank", "Odd", "read_fast"]
 
 
 class Odd(Exception):
-    """The fast reader met something it does not handle; use the careful reader."""
+    """The fast reader met something it does not handle; use the careful reader.
+    ``events_seen``: events it had decoded by then (sizes the careful reader's memory)."""
+
+    events_seen = 0
 
 
 class Blank(Exception):
@@ -440,11 +443,15 @@ def _decode_range(path: str, start: int, stop: int) -> dict[str, Any] | str:
     """Worker: decode ``[start, stop)`` of the file; a str result is an Odd reason."""
     gc.disable()
     try:
-        with open(path, "rb") as f:
+        data = bytearray(stop - start)
+        with open(path, "rb", buffering=0) as f:
             f.seek(start)
-            data = bytearray(f.read(stop - start))
-        if len(data) != stop - start:
-            return "the file shrank while it was read"
+            got = f.readinto(data)
+            while got < len(data):
+                more = f.readinto(memoryview(data)[got:])
+                if not more:
+                    return "the file shrank while it was read"
+                got += more
         win = _Window(None)
         win.buf, win.end, win.eof = data, len(data), True
         cols = Columns()
@@ -535,15 +542,21 @@ def read_fast(blocks: Iterator[bytes] | None, *, chunk_bytes: int,
     ``on_consumed(n)`` is told the (uncompressed) bytes of every piece decoded."""
     was_enabled = gc.isenabled()
     gc.disable()
+    cols = Columns()
     try:
         win = _Window(blocks, file)
         win.on_consumed = on_consumed
-        return _read_fast(win, chunk_bytes, path if file is not None else None, workers)
+        return _read_fast(win, cols, chunk_bytes, path if file is not None else None, workers)
+    except Odd as err:
+        err.events_seen = cols.n_events + cols.n_memory
+        raise
     except (BufferError, ValueError, TypeError, OverflowError, IndexError, KeyError,
             OSError, RuntimeError) as err:
         # anything unexpected in odd input (or a worker that died): the careful reader
         # decides what it is
-        raise Odd(f"{type(err).__name__}: {err}") from None
+        odd = Odd(f"{type(err).__name__}: {err}")
+        odd.events_seen = cols.n_events + cols.n_memory
+        raise odd from None
     finally:
         if was_enabled:
             gc.enable()
@@ -580,9 +593,8 @@ def _skip_blanks(win: _Window) -> bool:
         return True
 
 
-def _read_fast(win: _Window, chunk_bytes: int, path: str | None,
+def _read_fast(win: _Window, cols: Columns, chunk_bytes: int, path: str | None,
                workers: int) -> tuple[Columns, dict[str, Any], str]:
-    cols = Columns()
     # 0. leading whitespace (after a BOM), skipped in a streaming pass: a file of
     # nothing but blanks is Blank in constant memory, in about a second per GB
     win.fill(1 << 16)

@@ -83,8 +83,15 @@ PROGRESS_MIN_BYTES = 64 * 1024 * 1024
 # known before it is read (the size field is the last member's, modulo 4 GiB), so the
 # decompressed bytes are also counted while streaming and the read stops as soon as
 # they pass what memory allows (``_source.DecompressedTooLarge``).
+# The careful reader's peak is about 2.4 x the text plus ~200 bytes per event (its
+# Python int lists): 2.9 x on a 400 MB synthetic GPU trace (400 bytes per event),
+# 4.5 x on tiny 90-byte events. The guard takes the larger of 4.0 x and
+# 2.5 x + 250 bytes x the events the fast reader decoded before it gave up, and the
+# exact decompressed size once the fast reader has streamed a gzip file to its end.
 FAST_BYTES_PER_BYTE = 1.0
 CAREFUL_BYTES_PER_BYTE = 4.0
+CAREFUL_TEXT_BYTES_PER_BYTE = 2.5
+CAREFUL_BYTES_PER_EVENT = 250
 ANNOTATE_BYTES_PER_BYTE = 4.5
 FIXED_OVERHEAD_BYTES = 96 * 1024 * 1024
 
@@ -124,7 +131,7 @@ def _stream_too_large(shown: str, err: _source.DecompressedTooLarge, factor: flo
     if err.bomb:
         return TraceFormatError(
             f"the gzip stream expands more than {_source.BOMB_RATIO}x ({err.seen / 2**30:.1f} "
-            f"GiB from {err.compressed / 2**20:.1f} MiB read so far): that is not a profiler "
+            f"GiB from {err.compressed / 2**20:.1f} MiB of gzip data): that is not a profiler "
             "trace (they compress 10-30x)", path=shown,
             hint="Check where the file came from; ckprof stopped reading it")
     available = _source.available_memory_bytes() or 0
@@ -209,10 +216,12 @@ def _load_file(p: Path, shown: str, salvage: bool, workers: int | None) -> Trace
     check_memory(shown, size, FAST_BYTES_PER_BYTE, "this trace")
     notes: list[str] = []
     result: tuple[Columns, dict, str] | None
+    events_seen = 0
     try:
         result = _read_fast_file(reader, workers)
-    except Odd:  # anything unexpected: start over with the careful reader
+    except Odd as odd:  # anything unexpected: start over with the careful reader
         result = None
+        events_seen = odd.events_seen
     except Blank:
         raise EmptyTraceError("the file holds nothing but whitespace", path=shown,
                               hint="Capture the trace again; the profiler wrote nothing"
@@ -222,14 +231,19 @@ def _load_file(p: Path, shown: str, salvage: bool, workers: int | None) -> Trace
     if result is not None and reader.problem is None and result[0].n_events > 0:
         cols, metadata, fmt = result
     else:
+        if result is not None:
+            events_seen = result[0].n_events + result[0].n_memory
         result = None  # let the fast reader's columns go before the careful read
         what = "this trace has an unusual layout; the careful reader"
-        check_memory(shown, size, CAREFUL_BYTES_PER_BYTE, what)
-        reader.max_bytes = max_stream_bytes(CAREFUL_BYTES_PER_BYTE)
+        size = max(size, reader.streamed_bytes)  # exact once a gzip stream was read through
+        factor = max(CAREFUL_BYTES_PER_BYTE, CAREFUL_TEXT_BYTES_PER_BYTE
+                     + CAREFUL_BYTES_PER_EVENT * events_seen / max(size, 1))
+        check_memory(shown, size, factor, what)
+        reader.max_bytes = max_stream_bytes(factor)
         try:
             data = reader.read_all()
         except _source.DecompressedTooLarge as err:
-            raise _stream_too_large(shown, err, CAREFUL_BYTES_PER_BYTE, what) from None
+            raise _stream_too_large(shown, err, factor, what) from None
         problem = reader.problem
         if problem is not None:
             cols, metadata, fmt, notes = _read_damaged_gzip(data, shown, salvage, problem)
