@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import contextlib
 import gzip
+import json
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -173,7 +174,7 @@ def _read_document(path: str) -> Any:
             raise TraceFormatError(f"cannot re-read the trace: the gzip stream is {reader.problem}",
                                    path=path, hint="annotate needs a complete trace; a salvaged "
                                                    "one cannot be annotated")
-        return msgspec.json.decode(raw)
+        return _decode_document(raw)
     except _source.DecompressedTooLarge as err:
         raise TraceTooLargeError(f"{what} would need more memory than is available (more than "
                                  f"{err.seen / 2**30:.1f} GiB of JSON)", path=path,
@@ -184,6 +185,27 @@ def _read_document(path: str) -> Any:
     except (OSError, EOFError, msgspec.DecodeError) as err:
         raise TraceFormatError(f"cannot re-read the trace as complete JSON ({err})", path=path,
                                hint="annotate needs a complete trace; a salvaged one cannot be annotated") from err
+
+
+def _decode_document(raw: bytes) -> Any:
+    """msgspec, or the stdlib for JSON msgspec refuses but the loader read: a name with
+    a lone surrogate (``"\\ud800"``, valid JSON) is kept as it is in the copy."""
+    try:
+        return msgspec.json.decode(raw)
+    except msgspec.DecodeError as err:
+        if "surrogate" not in str(err):
+            raise
+        try:
+            return json.loads(raw)
+        except ValueError:
+            raise err from None
+
+
+def _encode_document(doc: Any) -> bytes:
+    try:
+        return msgspec.json.encode(doc)
+    except UnicodeEncodeError:  # lone surrogates: written back as \\udXXX escapes
+        return json.dumps(doc, ensure_ascii=True, separators=(",", ":")).encode("ascii")
 
 
 def annotated_trace_bytes(analysis: Analysis, *, gzip_output: bool = True) -> bytes:
@@ -203,7 +225,7 @@ def annotated_trace_bytes(analysis: Analysis, *, gzip_output: bool = True) -> by
     else:
         raise TraceFormatError("not a Chrome trace (neither an object nor an array)", path=path,
                                hint="Pass a Chrome/Kineto trace")
-    data = msgspec.json.encode(doc)
+    data = _encode_document(doc)
     if gzip_output:
         data = gzip.compress(data, compresslevel=5)
     return data

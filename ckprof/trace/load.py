@@ -17,12 +17,16 @@ NOTE [ Event tree rules ] in ``_build``, ``[memory]`` events in ``memory``, all 
 top-level keys in ``metadata`` and the ``ckprof`` object in ``ckprof``.
 
 Errors (all ``ckprof.errors`` subclasses, one-line messages, never another type):
-missing path or directory without traces -> TraceNotFoundError; not JSON, not a
-trace, damaged gzip -> TraceFormatError; JSON or gzip stream that ends early ->
+missing path, a symlink loop or dangling link, a directory without traces ->
+TraceNotFoundError; not JSON, not a trace, damaged gzip, UTF-16/32 text, not a
+regular file (a FIFO, device or socket is never opened: it could block forever), an
+unreadable file, a gzip stream expanding more than any trace -> TraceFormatError;
+JSON or gzip stream that ends early (also a file truncated while it is read) ->
 TraceTruncatedError (``events_recovered``; with ``salvage=True`` the complete events
 are returned and a note says "salvaged N events from truncated file"); no usable
-complete events -> EmptyTraceError; too big for this machine's memory ->
-TraceTooLargeError. Individual unusable events are skipped and counted in
+complete events, or nothing but whitespace -> EmptyTraceError; too big for this
+machine's memory, before reading or while a gzip stream grows -> TraceTooLargeError
+(NOTE [ Memory guard ]; NOTE [ Hostile input files ] in ``_source``). Individual unusable events are skipped and counted in
 ``Trace.notes`` (see NOTE [ Event field rules ] in ``_careful``).
 
 Two readers, one result: the fast reader (``_fast``: msgspec, chunked, bounded memory)

@@ -171,6 +171,10 @@ def _surrogate_plot(d: Path) -> Run:
                 "-o", str(d / "m.svg")])
 
 
+def _surrogate_annotate(d: Path) -> Run:
+    return Run(["annotate", str(write(d / "t.json", op="x\ud800")), "-o", str(d / "a.json.gz")])
+
+
 def _metadata(ck: Any) -> Callable[[Path], Run]:
     def build(d: Path) -> Run:
         return analyze(write(d / "t.json", ckprof=ck))
@@ -459,6 +463,8 @@ CASES: list[Case] = [
          before="UnicodeEncodeError traceback"),
     Case("surrogate-compare", _surrogate_compare, (0,), before="UnicodeEncodeError traceback"),
     Case("surrogate-plot", _surrogate_plot, (0,), err=r"wrote "),
+    Case("surrogate-annotate", _surrogate_annotate, (0,), err=r"wrote ",
+         before="exit 4 'cannot re-read the trace as complete JSON'"),
     Case("metadata-bytes-string", _metadata({"memory_baseline": {"cpu": {"bytes": "abc"}}}),
          (0,), out=r"capture metadata field.*memory_baseline\.cpu\.bytes",
          before="ValueError traceback in memory.py"),
