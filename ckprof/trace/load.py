@@ -388,6 +388,15 @@ def is_trace_path(path: str | os.PathLike[str]) -> bool:
         return False
 
 
+def _entries(d: Path, recursive: bool) -> list[Path]:
+    """The folder's entries, or TraceFormatError naming a folder that cannot be listed."""
+    try:
+        return list(d.rglob("*") if recursive else d.iterdir())
+    except OSError as err:
+        raise TraceFormatError(f"cannot list the directory ({err.strerror or err})",
+                               path=str(d), hint="Check the folder's permissions") from None
+
+
 #: tensorboard_trace_handler's names: such a file is a trace even when it cannot be read
 _TRACE_NAME = re.compile(r"\.pt\.trace\.json(\.gz)?$", re.IGNORECASE)
 
@@ -406,7 +415,7 @@ def find_rank_candidates(directory: str | os.PathLike[str], *, recursive: bool =
         raise TraceNotFoundError("not a directory", path=str(directory),
                                  hint="Pass the folder that holds the traces")
     found = []
-    for f in d.rglob("*") if recursive else d.iterdir():
+    for f in _entries(d, recursive):
         name = f.name
         if include_nsys and name.endswith(".sqlite"):
             from ckprof.nsys import is_nsys_sqlite
@@ -446,9 +455,8 @@ def find_trace_files(directory: str | os.PathLike[str], *, recursive: bool = Fal
     if not d.is_dir():
         raise TraceNotFoundError("not a directory", path=str(directory),
                                  hint="Pass the folder that holds the traces")
-    files = d.rglob("*") if recursive else d.iterdir()
     found = []
-    for f in files:
+    for f in _entries(d, recursive):
         if _is_candidate_name(f.name) and f.is_file() and _looks_like_trace(f):
             found.append(f)
         elif include_nsys and f.name.endswith(".sqlite") and f.is_file():

@@ -404,6 +404,12 @@ def _unreadable_input(d: Path) -> Run:
     return Run(["analyze", str(p)], unprivileged=True)
 
 
+def _unreadable_dir(d: Path) -> Run:
+    rd = _rank_dir(d, 2)
+    rd.chmod(0o300)  # can enter, cannot list
+    return Run(["analyze", str(rd)], unprivileged=True)
+
+
 def _symlink_loop(d: Path) -> Run:
     os.symlink("b.json", d / "a.json")
     os.symlink("a.json", d / "b.json")
@@ -554,6 +560,8 @@ CASES: list[Case] = [
          before="vanished without a note"),
     Case("step-2^52-us", _huge_step, (0,), out=r"longer than a day", before="no warning"),
     Case("unreadable-input", _unreadable_input, (4,), err=ERR + r"cannot be read",
+         subprocess=True, before="exit 2 with a usage message"),
+    Case("unreadable-directory", _unreadable_dir, (4,), err=ERR + r"cannot list the directory",
          subprocess=True, before="exit 2 with a usage message"),
     Case("symlink-loop", _symlink_loop, (3,), err=ERR + r"symbolic link loop",
          before="'no such file or directory'"),
