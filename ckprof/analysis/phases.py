@@ -61,7 +61,11 @@ __all__ = [
 
 #: autograd engine node executions (one per backward node run)
 EVAL_PREFIX = "autograd::engine::evaluate_function: "
-_STEP_RE = re.compile(r"^ProfilerStep#(\d+)$")
+# ASCII digits only ("#٣" is not step 3), at most 18 significant ones (int64)
+_STEP_RE = re.compile(r"^ProfilerStep#0*([0-9]{1,18})$")
+_STEP_PREFIX = "ProfilerStep#"
+#: a step longer than a day is implausible (a clock or writer error): noted
+LONG_STEP_NS = 24 * 3600 * 10**9
 _RECOMPUTE_FN_RE = re.compile(r"checkpoint\.py\(\d+\): recompute_fn$")
 _MODULE_PREFIX = "nn.Module: "
 _LEGACY_NODE_RE = re.compile(r"(?:^|::)[A-Z]\w*Backward\d*$|^torch::autograd::AccumulateGrad$")
@@ -192,6 +196,10 @@ def _outermost_above(parent: np.ndarray, hit: np.ndarray) -> np.ndarray:
         top[live[move]] = nxt[move]
 
 
+#: the public name of :func:`_nearest_above` (the memory stage uses it too)
+nearest_marked_ancestor = _nearest_above
+
+
 def _empty_recompute() -> pd.DataFrame:
     return pd.DataFrame({
         "step": pd.Series([], dtype="int64"), "region": pd.Series([], dtype=object),
@@ -208,8 +216,15 @@ def _find_steps(trace: Trace, codes, cats, notes: list[str]) -> pd.DataFrame:
     is_ann = _kind_mask(ev, "user_annotation", "cpu_op")  # legacy: record_function = Operator
     step_of_cat = np.array([(int(m.group(1)) if (m := _STEP_RE.match(c)) else -1)
                             for c in cats], dtype=np.int64)
+    step_like = np.array([c.startswith(_STEP_PREFIX) for c in cats], dtype=bool)
     step_no = np.where(codes >= 0, step_of_cat[np.maximum(codes, 0)], -1)
     step_no = np.where(is_ann, step_no, -1)
+    unusable = is_ann & (codes >= 0) & step_like[np.maximum(codes, 0)] & (step_no < 0)
+    if unusable.any():
+        example = str(ev["name"].iloc[int(np.flatnonzero(unusable)[0])])
+        notes.append(f"ignored {int(unusable.sum())} ProfilerStep annotation(s) without a usable "
+                     f"step number (e.g. {example[:60]!r}; a step is ProfilerStep#<0..2^63-1> "
+                     "in ASCII digits): their time belongs to no step")
     rows = np.flatnonzero(step_no >= 0)
     ts = ev["ts_ns"].to_numpy(dtype=np.int64)
     end = ts + ev["dur_ns"].to_numpy(dtype=np.int64)
@@ -218,10 +233,13 @@ def _find_steps(trace: Trace, codes, cats, notes: list[str]) -> pd.DataFrame:
         if not cpu.any():
             cpu = np.ones(len(ev), dtype=bool)
         notes.append("no ProfilerStep#N annotations: the whole trace is reported as step 0")
-        return pd.DataFrame({"step": np.array([0], dtype=np.int64),
-                             "start_ns": np.array([ts[cpu].min()], dtype=np.int64),
-                             "end_ns": np.array([end[cpu].max()], dtype=np.int64)})
+        df = pd.DataFrame({"step": np.array([0], dtype=np.int64),
+                           "start_ns": np.array([ts[cpu].min()], dtype=np.int64),
+                           "end_ns": np.array([end[cpu].max()], dtype=np.int64)})
+        _note_long_steps(df, notes)
+        return df
     df = pd.DataFrame({"step": step_no[rows], "start_ns": ts[rows], "end_ns": end[rows]})
+    df = _renumber_repeated_steps(df, notes)
     df = (df.groupby("step", as_index=False).agg(start_ns=("start_ns", "min"),
                                                  end_ns=("end_ns", "max"))
           .sort_values(["start_ns", "step"], kind="stable").reset_index(drop=True))
@@ -230,7 +248,58 @@ def _find_steps(trace: Trace, codes, cats, notes: list[str]) -> pd.DataFrame:
     if clipped.any():
         notes.append(f"{int(clipped.sum())} ProfilerStep range(s) overlap the next step: "
                      "cut at the next step's start")
-    return df.assign(end_ns=np.minimum(df["end_ns"].to_numpy(), nxt).astype(np.int64))
+    df = df.assign(end_ns=np.minimum(df["end_ns"].to_numpy(), nxt).astype(np.int64))
+    _note_long_steps(df, notes)
+    return df
+
+
+def _renumber_repeated_steps(df: pd.DataFrame, notes: list[str]) -> pd.DataFrame:
+    """A step number whose ranges occur at separate times (two runs' traces joined, a
+    writer restarting its count) is not one step: the first occurrence keeps the
+    number, later ones get numbers after the largest step (noted), so no content is
+    merged into a wrong step or dropped. Overlapping ranges of one number (the same
+    step seen twice) stay one step."""
+    df = df.sort_values(["step", "start_ns", "end_ns"], kind="stable").reset_index(drop=True)
+    same = df["step"].to_numpy()[1:] == df["step"].to_numpy()[:-1]
+    if not same.any():
+        return df
+    reach = df.groupby("step")["end_ns"].cummax().to_numpy()
+    new_cluster = np.ones(len(df), dtype=bool)
+    new_cluster[1:] = ~same | (df["start_ns"].to_numpy()[1:] >= reach[:-1])
+    cluster = np.cumsum(new_cluster) - 1
+    first_of_step = np.ones(len(df), dtype=bool)
+    first_of_step[1:] = ~same
+    # the cluster index within its step: 0 for the first occurrence
+    k = cluster - cluster[np.maximum.accumulate(np.where(first_of_step, np.arange(len(df)), 0))]
+    if not (k > 0).any():
+        return df
+    starts = pd.DataFrame({"cluster": cluster, "start_ns": df["start_ns"].to_numpy()})
+    repeats = starts[k > 0].groupby("cluster")["start_ns"].min().sort_values(kind="stable")
+    top = int(df["step"].max())
+    if top + len(repeats) > np.iinfo(np.int64).max:
+        notes.append(f"{len(repeats)} repeated ProfilerStep range(s) left out: no step numbers "
+                     "are left above the largest one")
+        return df[k == 0].reset_index(drop=True)
+    new_number = dict(zip(repeats.index.tolist(), range(top + 1, top + 1 + len(repeats)),
+                          strict=True))
+    step = df["step"].to_numpy().copy()
+    hit = k > 0
+    step[hit] = [new_number[c] for c in cluster[hit].tolist()]
+    old = sorted(set(df["step"].to_numpy()[hit].tolist()))
+    shown = ", ".join(f"#{s}" for s in old[:5]) + (" ..." if len(old) > 5 else "")
+    notes.append(f"ProfilerStep {shown} occur(s) again later in the trace: {len(repeats)} later "
+                 f"occurrence(s) analysed as step(s) {top + 1}..{top + len(repeats)}")
+    return df.assign(step=step)
+
+
+def _note_long_steps(steps: pd.DataFrame, notes: list[str]) -> None:
+    dur = steps["end_ns"].to_numpy(dtype=np.int64) - steps["start_ns"].to_numpy(dtype=np.int64)
+    long = np.flatnonzero(dur > LONG_STEP_NS)
+    if len(long):
+        i = int(long[0])
+        notes.append(f"{len(long)} step(s) last longer than a day (step "
+                     f"{int(steps['step'].iloc[i])}: {dur[i] / 3.6e12:,.0f} h): implausible; "
+                     "check the trace's timestamps")
 
 
 def _step_of(starts: np.ndarray, steps: pd.DataFrame) -> np.ndarray:

@@ -38,6 +38,7 @@ from __future__ import annotations
 import collections
 import gzip
 import itertools
+import json
 import os
 import zlib
 from pathlib import Path
@@ -46,7 +47,7 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 import numpy as np
 
-from ckprof.errors import CkprofError, TraceFormatError
+from ckprof.errors import CkprofError, TraceFormatError, TraceNotFoundError, TraceTooLargeError
 
 if TYPE_CHECKING:  # pragma: no cover
     from ckprof.analysis import Analysis
@@ -172,17 +173,54 @@ def _counter(pid: int, ts: Any, values: dict[str, int]) -> dict[str, Any]:
 
 
 def _read_document(path: str) -> Any:
+    """The whole original document as Python objects, guarded like the loader: the
+    memory it needs (NOTE [ Memory guard ] in ckprof.trace.load: 4.5x the JSON) is
+    checked first, and a gzip stream is counted while it is decompressed."""
+    from ckprof.trace.kineto import source as _source
+    from ckprof.trace.load import ANNOTATE_BYTES_PER_BYTE, check_memory, max_stream_bytes
+
+    what = "annotate (the whole trace as Python objects)"
     try:
-        raw = Path(path).read_bytes()
-        if raw[:2] == b"\x1f\x8b":
-            raw = gzip.decompress(raw)
-        return msgspec.json.decode(raw)
-    except FileNotFoundError as err:
+        _source.check_input_file(path)
+        reader = _source.BlockReader(path, max_bytes=max_stream_bytes(ANNOTATE_BYTES_PER_BYTE))
+        check_memory(path, reader.estimated_size_bytes(), ANNOTATE_BYTES_PER_BYTE, what)
+        raw = reader.read_all()
+        if reader.problem is not None:
+            raise TraceFormatError(f"cannot re-read the trace: the gzip stream is {reader.problem}",
+                                   path=path, hint="annotate needs a complete trace; a salvaged "
+                                                   "one cannot be annotated")
+        return _decode_document(raw)
+    except _source.DecompressedTooLarge as err:
+        raise TraceTooLargeError(f"{what} would need more memory than is available (more than "
+                                 f"{err.seen / 2**30:.1f} GiB of JSON)", path=path,
+                                 hint="Run on a machine with more memory") from None
+    except TraceNotFoundError as err:
         raise CkprofError("the trace file is gone", path=path,
                           hint="annotate reads the original file again; keep it in place") from err
     except (OSError, EOFError, msgspec.DecodeError) as err:
         raise TraceFormatError(f"cannot re-read the trace as complete JSON ({err})", path=path,
                                hint="annotate needs a complete trace; a salvaged one cannot be annotated") from err
+
+
+def _decode_document(raw: bytes) -> Any:
+    """msgspec, or the stdlib for JSON msgspec refuses but the loader read: a name with
+    a lone surrogate (``"\\ud800"``, valid JSON) is kept as it is in the copy."""
+    try:
+        return msgspec.json.decode(raw)
+    except msgspec.DecodeError as err:
+        if "surrogate" not in str(err):
+            raise
+        try:
+            return json.loads(raw)
+        except ValueError:
+            raise err from None
+
+
+def _encode_document(doc: Any) -> bytes:
+    try:
+        return msgspec.json.encode(doc)
+    except UnicodeEncodeError:  # lone surrogates: written back as \\udXXX escapes
+        return json.dumps(doc, ensure_ascii=True, separators=(",", ":")).encode("ascii")
 
 
 def annotated_trace_bytes(analysis: Analysis, *, gzip_output: bool = True) -> bytes:
@@ -202,7 +240,7 @@ def annotated_trace_bytes(analysis: Analysis, *, gzip_output: bool = True) -> by
     else:
         raise TraceFormatError("not a Chrome trace (neither an object nor an array)", path=path,
                                hint="Pass a Chrome/Kineto trace")
-    data = msgspec.json.encode(doc)
+    data = _encode_document(doc)
     if gzip_output:
         data = gzip.compress(data, compresslevel=5)
     return data

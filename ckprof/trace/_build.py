@@ -31,7 +31,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ckprof._text import printable
 from ckprof.trace import _native
+from ckprof.trace.capture_metadata import clean_ckprof_metadata
 from ckprof.trace.model import EVENT_COLUMNS, KINDS, Trace
 
 if TYPE_CHECKING:  # imported by the functions that build frames: reading needs no pandas
@@ -387,6 +389,23 @@ def _time_order(ts: np.ndarray, dur: np.ndarray) -> np.ndarray:
     sub = np.lexsort((-dur[order[idx]], run))  # stable: file order within equal keys
     order[idx] = order[idx][sub]
     return order
+def _printable_values(values: list[str]) -> tuple[list[str], int]:
+    """Interned strings with control characters and lone surrogates escaped
+    (``ckprof._text.printable``): a name can then go into a text table, a one-line
+    message, CSV or HTML as it is. Returns (values, how many changed); values that
+    become equal to another one get a ``#k`` suffix so codes stay distinct."""
+    out = [printable(v) for v in values]
+    changed = sum(1 for a, b in zip(values, out, strict=True) if a is not b)
+    if changed and len(set(out)) != len(out):
+        seen: set[str] = set()
+        for i, v in enumerate(out):
+            k, candidate = 1, v
+            while candidate in seen:
+                k += 1
+                candidate = f"{v}#{k}"
+            seen.add(candidate)
+            out[i] = candidate
+    return out, changed
 
 
 def _take(parts: list[np.ndarray], order: np.ndarray) -> np.ndarray:
@@ -413,14 +432,19 @@ def build_trace(cols: Columns, *, path: str, metadata: Mapping[str, Any], source
     pid = _take(cols.ev["pid"], order)
     tid = _take(cols.ev["tid"], order)
 
+    names, odd_names = _printable_values(cols.names.values)
+    cats, odd_cats = _printable_values(cols.cats.values)
+    if odd_names or odd_cats:
+        notes.append(f"{odd_names + odd_cats} event name(s)/categories held control characters "
+                     "or invalid Unicode (lone surrogates): shown escaped, e.g. \\n, \\ud800")
     kind_of_cat_code = np.array([KINDS.index(kind_of_category(c)) for c in cols.cats.values],
                                 dtype=np.int8)
     kind = kind_of_cat_code[cat] if len(cat) else np.empty(0, dtype=np.int8)
     parent, depth = _tree(kind, pid, tid, ts, ts + dur, _TREE_OF_KIND)
 
     data = {
-        "name": _categorical(_take(cols.ev["name"], order), cols.names.values),
-        "cat": _categorical(cat, cols.cats.values),
+        "name": _categorical(_take(cols.ev["name"], order), names),
+        "cat": _categorical(cat, cats),
         "kind": pd.Categorical.from_codes(kind, categories=list(KINDS)),
         "pid": pid, "tid": tid, "ts_ns": ts, "dur_ns": dur,
         "correlation": _take(cols.ev["correlation"], order),
@@ -440,14 +464,13 @@ def build_trace(cols: Columns, *, path: str, metadata: Mapping[str, Any], source
            for k in ("pid", "tid", "total_allocated_bytes", "total_reserved_bytes", "bytes")},
     }, copy=False)
 
-    ck = metadata.get("ckprof")
-    if ck is not None and not isinstance(ck, Mapping):
-        notes.append("ignored the top-level 'ckprof' key: it is not a JSON object")
-        ck = None
+    ck, ck_notes = clean_ckprof_metadata(metadata.get("ckprof"))  # input like any other
+    notes.extend(ck_notes)
     for reason, count in sorted(cols.skipped.items()):
         notes.append(f"skipped {count} event{'s' if count != 1 else ''}: {reason}")
     return Trace(path=path, events=events, memory=memory, metadata=dict(metadata), ckprof=ck,
-                 source_format=source_format, thread_names=dict(cols.ids.names),
+                 source_format=source_format,
+                 thread_names={k: printable(v) for k, v in cols.ids.names.items()},
                  notes=tuple(notes))
 
 

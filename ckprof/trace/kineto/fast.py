@@ -49,11 +49,19 @@ from ckprof.trace import _native
 from ckprof.trace._build import Columns, device_label
 from ckprof.trace.kineto.careful import read_careful_piece
 
-__all__ = ["NeedsCarefulReader", "read_fast"]
+__all__ = ["Blank", "NeedsCarefulReader", "prefetch", "read_fast"]
 
 
 class NeedsCarefulReader(Exception):
-    """The fast reader met something it does not handle; use the careful reader."""
+    """The fast reader met something it does not handle; use the careful reader.
+    ``events_seen``: events it had decoded by then (sizes the careful reader's memory
+    guard; 0 when unknown)."""
+
+    events_seen = 0
+
+
+class Blank(Exception):
+    """The whole input is whitespace (found in one streaming pass, constant memory)."""
 
 
 class _Args(msgspec.Struct, rename={
