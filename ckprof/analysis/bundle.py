@@ -35,6 +35,7 @@ from typing import Any
 import pandas as pd
 
 from ckprof.analysis.attribution import TimeAttribution, attribute_time
+from ckprof.analysis.compiled_recompute import find_compiled_recompute
 from ckprof.analysis.composition import BEFORE, UNSEEN, MemoryComposition, memory_composition
 from ckprof.analysis.detection import check_recompute_detection
 from ckprof.analysis.gpu import GpuActivity, gpu_activity
@@ -66,6 +67,9 @@ def analyze(trace: Trace, recompute_detection: str = "auto", step: int | None = 
     phases = find_phases(trace, recompute_detection=recompute_detection)
     if step is not None:
         phases = _only_step(phases, step, trace.path)
+        if phases.compiled.status != "none":  # its figures for that step only
+            phases = dataclasses.replace(
+                phases, compiled=find_compiled_recompute(trace, phases.steps))
     time = attribute_time(trace, phases)
     memory = peak_memory_by_phase(trace, phases)
     return Analysis(trace=trace, phases=phases, time=time, memory=memory, step=step)
@@ -407,6 +411,7 @@ class Analysis:
                                             / self.step_total_ns * 100.0, 4)
                                       if self.step_total_ns > 0 else None),
             "has_gpu": has_gpu,
+            "compiled_recompute": self.phases.compiled.to_dict(),
             "notes": list(self.notes),
         }
         if gpu:

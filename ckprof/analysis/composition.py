@@ -59,8 +59,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from ckprof.analysis.intervals import innermost_op_rows
-from ckprof.analysis.memory import PhaseMemory
+from ckprof.analysis.memory import PhaseMemory, innermost_op_rows
 from ckprof.analysis.ops import OpContext, op_context
 from ckprof.analysis.phases import PhaseTable
 from ckprof.trace.markers import PHASES

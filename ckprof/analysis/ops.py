@@ -80,8 +80,7 @@ import numpy as np
 import pandas as pd
 
 from ckprof.analysis.attribution import TimeAttribution
-from ckprof.analysis.intervals import down_tree, nearest_op_ancestor
-from ckprof.analysis.phases import PhaseTable
+from ckprof.analysis.phases import PhaseTable, nearest_marked_ancestor
 from ckprof.trace.markers import CHECKPOINT_PREFIX, PHASES
 from ckprof.trace.model import Trace
 
@@ -121,6 +120,8 @@ class OpContext:
     self_ns: np.ndarray
     checkpoint_region: np.ndarray
     alloc_call: np.ndarray
+    #: the nearest strictly enclosing cpu_op row of every row (-1 when none)
+    op_above: np.ndarray
 
     def call_of(self, rows: np.ndarray) -> np.ndarray:
         """The call row of each event row (-1 for -1 or a row that is not an op)."""
@@ -128,6 +129,15 @@ class OpContext:
         out = np.full(len(rows), -1, dtype=np.int64)
         ok = rows >= 0
         out[ok] = self.canon[rows[ok]]
+        return out
+
+    def enclosing_call(self, rows: np.ndarray) -> np.ndarray:
+        """The call of the nearest op strictly enclosing each event row (-1 when none):
+        the op that made a runtime call, the op a nested call runs in."""
+        rows = np.asarray(rows, dtype=np.int64)
+        out = np.full(len(rows), -1, dtype=np.int64)
+        ok = rows >= 0
+        out[ok] = self.call_of(self.op_above[rows[ok]])
         return out
 
     def allocating_call(self, rows: np.ndarray) -> np.ndarray:
@@ -164,51 +174,56 @@ def _strip_aten(name: str) -> str:
 
 
 def op_context(trace: Trace) -> OpContext:
-    """Call rows, self times and checkpoint regions of every event row (pure, vectorised:
-    one pass per tree level). See NOTE [ Op self time ] and NOTE [ One call per op ]."""
+    """Call rows, self times and checkpoint regions of every event row (pure, vectorised;
+    ancestor queries by pointer jumping, so any nesting depth is fine). See NOTE [ Op self
+    time ], NOTE [ One call per op ] and NOTE [ Who allocated a block ]."""
     ev = trace.events
     n = len(ev)
     codes, cats = _category_names(ev)
     kind = ev["kind"].astype(str).to_numpy(dtype=object) if n else np.empty(0, dtype=object)
     parent = ev["parent"].to_numpy(dtype=np.int64)
-    depth = ev["depth"].to_numpy(dtype=np.int64)
     dur = ev["dur_ns"].to_numpy(dtype=np.int64)
+    rows_n = np.arange(n, dtype=np.int64)
     is_op = kind == "cpu_op"
     safe_codes = np.maximum(codes, 0)
-    pdm_cat = np.array([c == PYTHON_DISPATCH for c in cats], dtype=bool)
-    is_pdm = is_op & (pdm_cat[safe_codes] if len(cats) else np.zeros(n, dtype=bool)) & (codes >= 0)
+    valid = codes >= 0
+
+    def by_name(pred) -> np.ndarray:
+        hit = np.fromiter((bool(pred(str(c))) for c in cats), dtype=bool, count=len(cats))
+        return (hit[safe_codes] & valid) if len(cats) else np.zeros(n, dtype=bool)
+
+    is_pdm = is_op & by_name(lambda c: c == PYTHON_DISPATCH)
+    is_factory = is_op & by_name(lambda c: c in FACTORY_OPS)
+    is_ck = (kind == "user_annotation") & by_name(lambda c: c.startswith(CHECKPOINT_PREFIX))
     norm_codes, _ = pd.factorize(pd.Index([_strip_aten(str(c)) for c in cats], dtype=object))
     norm = norm_codes[safe_codes] if len(cats) else np.zeros(n, dtype=np.int64)
-    regions = [str(c)[len(CHECKPOINT_PREFIX):] for c in cats]
-    region_cat = np.array([str(c).startswith(CHECKPOINT_PREFIX) for c in cats], dtype=bool)
-    is_ck = (kind == "user_annotation") & (region_cat[safe_codes] if len(cats) else False) & (codes >= 0)
-    ck = np.where(is_ck, codes, -1).astype(np.int64)
-    canon = np.where(is_op, np.arange(n, dtype=np.int64), -1)
-    factory_cat = np.array([str(c) in FACTORY_OPS for c in cats], dtype=bool)
-    is_factory = is_op & (factory_cat[safe_codes] if len(cats) else False) & (codes >= 0)
-    alloc = canon.copy()
-
-    def fill(rows: np.ndarray, par: np.ndarray) -> None:
-        ok = par >= 0
-        p = np.maximum(par, 0)
-        ck[rows] = np.where(ck[rows] >= 0, ck[rows], np.where(ok, ck[p], -1))
-        par_op = ok & is_op[p]
-        pdm = is_pdm[rows] & par_op
-        canon[rows[pdm]] = canon[p[pdm]]
-        outer = canon[p]
-        dup = (is_op[rows] & ~is_pdm[rows] & ok & is_pdm[p] & (outer >= 0) & (outer != p))
-        dup &= norm[rows] == norm[np.maximum(outer, 0)]
-        canon[rows[dup]] = outer[dup]
-        # who owns an allocation made here (NOTE [ Who allocated a block ]): a frame or
-        # duplicate of a call -> that call's owner; an allocator helper inside an op ->
-        # the enclosing op's owner; any other call -> itself
-        own = canon[rows]
-        lifted = np.where(par_op, alloc[p], rows)
-        alloc[rows] = np.where(~is_op[rows], -1,
-                               np.where(own != rows, alloc[np.maximum(own, 0)],
-                                        np.where(is_factory[rows], lifted, rows)))
-
-    down_tree(parent, depth, fill)
+    # checkpoint region: the innermost checkpoint range at or above the row
+    ck_at = np.where(is_ck, rows_n, nearest_marked_ancestor(parent, is_ck))
+    regions = np.array(["", *[str(c)[len(CHECKPOINT_PREFIX):] for c in cats]], dtype=object)
+    checkpoint_region = regions[np.where(ck_at >= 0, codes[np.maximum(ck_at, 0)] + 1, 0)] \
+        if n else np.empty(0, dtype=object)
+    # the call of each op row: SAC frames and their same-named inner op belong to the op
+    # around the frame (a fixed point: SAC frames nest a level or two, not deeper)
+    par = np.maximum(parent, 0)
+    par_op = (parent >= 0) & is_op[par]
+    canon = np.where(is_op, rows_n, -1)
+    frame = is_pdm & par_op
+    inner = is_op & ~is_pdm & (parent >= 0) & is_pdm[par]
+    for _ in range(64):
+        new = canon.copy()
+        new[frame] = canon[par[frame]]
+        outer = canon[par]
+        dup = inner & (outer >= 0) & (outer != par) & (norm == norm[np.maximum(outer, 0)])
+        new[dup] = outer[dup]
+        if np.array_equal(new, canon):
+            break
+        canon = new
+    # allocations: an allocator helper gives its memory to the nearest enclosing op that
+    # is not one; a frame or duplicate row to its call
+    owner_row = np.where(is_factory, nearest_marked_ancestor(parent, is_op & ~is_factory),
+                         rows_n)
+    owner_row = np.where(owner_row >= 0, owner_row, rows_n)
+    alloc = np.where(is_op, canon[owner_row], -1)
     # self time: duration minus the direct children that are not runtime calls
     child = np.flatnonzero((parent >= 0) & (kind != "runtime"))
     nested = np.zeros(n, dtype=np.int64)
@@ -217,10 +232,8 @@ def op_context(trace: Trace) -> OpContext:
     self_ns = np.zeros(n, dtype=np.int64)
     ops = np.flatnonzero(is_op & (canon >= 0))
     np.add.at(self_ns, canon[ops], own[ops])
-    region_names = np.array(["", *regions], dtype=object)
-    return OpContext(canon=canon, self_ns=self_ns,
-                     checkpoint_region=region_names[ck + 1] if n else np.empty(0, dtype=object),
-                     alloc_call=alloc)
+    return OpContext(canon=canon, self_ns=self_ns, checkpoint_region=checkpoint_region,
+                     alloc_call=alloc, op_above=nearest_marked_ancestor(parent, is_op))
 
 
 def ops_by_phase(trace: Trace, phases: PhaseTable, time: TimeAttribution,
@@ -250,7 +263,7 @@ def ops_by_phase(trace: Trace, phases: PhaseTable, time: TimeAttribution,
     extra = _empty(_BY_STEP_COLUMNS)
     if len(g):
         launcher = g["launched_by"].to_numpy(dtype=np.int64)
-        op_row = ctx.call_of(nearest_op_ancestor(ev, launcher))
+        op_row = ctx.enclosing_call(launcher)
         at = np.where(op_row >= 0, pos[np.maximum(op_row, 0)], -1)
         dur = g["dur_ns"].to_numpy(dtype=np.int64)
         hit = at >= 0

@@ -16,7 +16,8 @@ of the JSON. ``trace_paths`` lists the files written, in order.
 # flat), and ProfilerStep#N keeps N = the global step index (we seed the profiler's
 # step counter). Phase markers (forward / backward / optimizer / zero_grad) exist only
 # during active steps: global hooks and patches are installed when recording starts
-# and removed when it stops.
+# and removed when it stops. The torch.compile watcher (capture/compiled.py) runs from
+# start() to stop(): models compile in the first steps, before any window.
 #
 # Failures never stop training: a window whose profiler cannot start, or whose file
 # cannot be written, is skipped with ONE warning per capture (later reasons go to
@@ -49,6 +50,7 @@ from torch.profiler import ProfilerAction, ProfilerActivity
 
 from ckprof.capture import nvtx as _nvtx
 from ckprof.capture import ranges as _ranges
+from ckprof.capture.compiled import CompileWatcher
 from ckprof.capture.hooks import LIVE, LIVE_LOCK, PhaseMarkers, phase
 from ckprof.capture.metadata import (
     StorageSnapshot,
@@ -141,6 +143,7 @@ class Capture:
         self._baseline: dict[str, dict[str, Any]] = {}
         self._start_storages: StorageSnapshot | None = None
         self._markers = PhaseMarkers(threading.get_ident())
+        self._compiles = CompileWatcher()
         self._cuda_range = False
         self._nvtx_forced = False
         self._nvtx_step_open = False
@@ -198,6 +201,7 @@ class Capture:
             LIVE.append(self._markers)
         self._started = True
         self._markers.thread_id = threading.get_ident()
+        self._compiles.start()  # torch.compile usually compiles in the first steps
         # Pick the NVTX backend now (importing nvtx takes milliseconds): done lazily, it
         # would land inside the first marker of the first profiled step.
         _nvtx.backend()
@@ -402,7 +406,7 @@ class Capture:
             memory_end = {}
             self.errors.append(f"window {self._window}: memory_end not measured: {err}")
         self._start_storages = None
-        return build_metadata(
+        metadata = build_metadata(
             schedule=self.schedule,
             markers=self.markers,
             memory_baseline=self._baseline,
@@ -413,6 +417,10 @@ class Capture:
             with_stack=self.with_stack,
             nsys=self.nsys,
         )
+        compiled = self._compiles.metadata(roots=list(NAMES.roots))
+        if compiled:
+            metadata["compiled"] = compiled
+        return metadata
 
     def _first_active(self) -> int:
         if self._action(self._window_start) == ProfilerAction.WARMUP:
@@ -457,6 +465,7 @@ class Capture:
             else:
                 self._leave_recording()
         finally:
+            self._compiles.stop()
             with LIVE_LOCK:
                 if self._markers in LIVE:
                     LIVE.remove(self._markers)

@@ -18,15 +18,15 @@ from ckprof.report.text import FORMATS
 
 
 @click.command()
-@click.argument("baseline", type=click.Path(dir_okay=False))
-@click.argument("candidate", type=click.Path(dir_okay=False))
+@click.argument("baseline", type=click.Path(dir_okay=False, readable=False))
+@click.argument("candidate", type=click.Path(dir_okay=False, readable=False))
 @click.option("--format", "fmt", type=click.Choice(FORMATS), default="table", show_default=True,
               help="Output format.")
 @click.option("--top", type=click.IntRange(min=1), default=15, show_default=True,
               help="Ops listed in the text/markdown op table (json/csv list all).")
 @click.option("--recompute-detection", type=click.Choice(RECOMPUTE_DETECTIONS),
               default="auto", show_default=True, help="How recompute is found in both traces.")
-@click.option("-o", "--output", type=click.Path(dir_okay=False), default=None,
+@click.option("-o", "--output", type=click.Path(readable=False), default=None,
               help="Write to this file instead of stdout.")
 @click.option("--force", is_flag=True, help="Overwrite --output if it exists.")
 def compare(baseline: str, candidate: str, fmt: str, top: int, recompute_detection: str,
@@ -99,7 +99,7 @@ def _parse_policies(ctx: click.Context, param: click.Parameter, value: tuple[str
               help="Also measure this batch size, so the max-batch estimate uses a measured slope.")
 @click.option("--memory-budget", callback=_parse_budget, default=None,
               help="Recommend the fastest policy whose peak fits this (bytes, or 8GiB / 512MiB / 1.5GB).")
-@click.option("-o", "--output", "plot_path", type=click.Path(dir_okay=False), default=None,
+@click.option("-o", "--output", "plot_path", type=click.Path(readable=False), default=None,
               help="Write the memory-vs-time frontier plot here (.png, .svg, .pdf).")
 @click.option("--out-dir", type=click.Path(file_okay=False), default=None,
               help="Keep each policy's trace under this folder (default: temporary, deleted).")
@@ -145,7 +145,9 @@ def sweep(model: str, policies: tuple[str, ...] | None, blocks: str | None, step
         batch_sizes=sizes, blocks=blocks, warmup=warmup, out_dir=out_dir, isolation=isolation,
         memory_budget=memory_budget, optimizer=optimizer, threads=threads,
     )
-    click.echo(result.render(fmt), nl=False)
+    from ckprof.report.output import write_stdout
+
+    write_stdout(result.render(fmt))
     if plot_path:
         from ckprof.report.plots import save_figure
 

@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from ckprof.errors import CkprofError, NotCapturedError, OutputExistsError
+from ckprof.errors import CkprofError, NotCapturedError
 from ckprof.report.output import write_new_file
 from ckprof.report.text import format_bytes
 from ckprof.trace.markers import PHASE_COLORS, PHASES
@@ -702,7 +702,7 @@ def save_figure(fig: Figure, path: str | os.PathLike[str], *, force: bool = Fals
     if fmt is None:
         raise CkprofError(f"cannot tell the image format from the suffix {out.suffix!r}", path=str(out),
                           hint=f"Use one of {', '.join(FIGURE_FORMATS)}")
-    if out.exists() and not force:
-        raise OutputExistsError("already exists", path=str(out),
-                                hint="Choose another name or pass --force to overwrite it")
+    from ckprof.report.output import check_output_target
+
+    check_output_target(out, force=force)  # before rendering (NOTE [ Output targets ])
     return write_new_file(out, figure_bytes(fig, fmt, dpi=dpi), force=force)

@@ -83,7 +83,6 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from ckprof.analysis.intervals import nearest_op_ancestor
 from ckprof.errors import NotCapturedError
 from ckprof.report.text import (
     check_format,
@@ -240,12 +239,11 @@ def _check(analysis: Analysis, what: str) -> None:
 def _owners(analysis: Analysis, calls: pd.DataFrame, candidates: set[str]) -> np.ndarray:
     """For each recompute call: the row of its nearest candidate call (itself or an
     enclosing recompute call), -1 when none."""
-    ev = analysis.trace.events
     ctx = analysis.op_context
     rows = calls["event"].to_numpy(dtype=np.int64)
     names = calls["op"].to_numpy(dtype=object)
     in_set = pd.Series(np.arange(len(rows)), index=rows)
-    parent_call = ctx.call_of(nearest_op_ancestor(ev, rows))
+    parent_call = ctx.enclosing_call(rows)
     # the parent call may be a frame of the same call (SAC): step until another call
     pos_parent = in_set.reindex(parent_call).fillna(-1).to_numpy(dtype=np.int64)
     is_cand = np.array([n in candidates for n in names], dtype=bool)

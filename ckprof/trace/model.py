@@ -48,9 +48,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pandas as pd
+if TYPE_CHECKING:  # pandas is imported where it is used: the loader reads without it
+    import pandas as pd
 
 __all__ = ["EVENT_COLUMNS", "KINDS", "MEMORY_COLUMNS", "Trace"]
 
@@ -118,12 +119,16 @@ class Trace:
 
     @property
     def has_markers(self) -> bool:
+        import pandas as pd
+
         names = self.events["name"]
         cats = names.cat.categories if hasattr(names, "cat") else pd.Index(names.unique())
         return bool(cats.astype(str).str.startswith("ckprof::").any())
 
     def check(self) -> None:
         """Assert the column contract (used by tests and by alternative readers)."""
+        import pandas as pd
+
         for cols, frame, label in ((EVENT_COLUMNS, self.events, "events"),
                                    (MEMORY_COLUMNS, self.memory, "memory")):
             missing = set(cols) - set(frame.columns)

@@ -39,6 +39,7 @@ from __future__ import annotations
 import os
 import re
 import sqlite3
+import stat
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -137,13 +138,16 @@ REQUIRED_COLUMNS: dict[str, tuple[str, ...]] = {
 def is_nsys_sqlite(path: str | os.PathLike[str]) -> bool:
     """True when ``path`` is a readable file starting with the sqlite magic bytes.
 
-    Never raises: a missing file, a directory or an unreadable file is ``False``
+    Never raises, never opens what is not a regular file: a missing file, a directory,
+    a FIFO or an unreadable file is ``False``
     (the JSON loader then reports what is wrong with it).
     """
     try:
+        if not stat.S_ISREG(os.stat(path).st_mode):  # a FIFO would block in open()
+            return False
         with open(path, "rb") as fh:
             return fh.read(len(SQLITE_MAGIC)) == SQLITE_MAGIC
-    except OSError:
+    except (OSError, ValueError):
         return False
 
 
