@@ -220,9 +220,12 @@ def op_context(trace: Trace) -> OpContext:
         canon = new
     # allocations: an allocator helper gives its memory to the nearest enclosing op that
     # is not one; a frame or duplicate row to its call
+    op_above = nearest_marked_ancestor(parent, is_op)
     owner_row = np.where(is_factory, nearest_marked_ancestor(parent, is_op & ~is_factory),
                          rows_n)
-    owner_row = np.where(owner_row >= 0, owner_row, rows_n)
+    orphan = is_factory & (owner_row < 0)   # helpers with no other op above: the outermost
+    if orphan.any():
+        owner_row[orphan] = _outermost(op_above, rows_n)[orphan]
     alloc = np.where(is_op, canon[owner_row], -1)
     # self time: duration minus the direct children that are not runtime calls
     child = np.flatnonzero((parent >= 0) & (kind != "runtime"))
@@ -233,7 +236,18 @@ def op_context(trace: Trace) -> OpContext:
     ops = np.flatnonzero(is_op & (canon >= 0))
     np.add.at(self_ns, canon[ops], own[ops])
     return OpContext(canon=canon, self_ns=self_ns, checkpoint_region=checkpoint_region,
-                     alloc_call=alloc, op_above=nearest_marked_ancestor(parent, is_op))
+                     alloc_call=alloc, op_above=op_above)
+
+
+def _outermost(up: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """Per row, the outermost row reached by following ``up`` (itself when ``up`` is -1),
+    by pointer doubling: O(log depth) vectorised rounds."""
+    top = np.where(up >= 0, up, rows)
+    while True:
+        nxt = top[top]
+        if np.array_equal(nxt, top):
+            return top
+        top = nxt
 
 
 def ops_by_phase(trace: Trace, phases: PhaseTable, time: TimeAttribution,
