@@ -35,6 +35,7 @@ the native scanner when it is built and takes the piece (NOTE [ Native scanner ]
 
 from __future__ import annotations
 
+import functools
 import gc
 import mmap
 import re
@@ -96,7 +97,11 @@ def _event_types(time_type: Any) -> tuple[type, type, type, Any]:
     return X, i_lower, i_upper, msgspec.json.Decoder(list[union])
 
 
-_X, _I_LOWER, _I_UPPER, _DECODER = _event_types(msgspec.Raw)
+@functools.cache
+def _types() -> tuple[type, type, type, Any]:
+    """(X, i, I struct types, the piece decoder), built on first use: a process that
+    reads everything natively never pays for them."""
+    return _event_types(msgspec.Raw)
 
 _LIST_OF_FLOATS = msgspec.json.Decoder(list[float])
 _POW10 = 10 ** np.arange(19, dtype=np.int64)
@@ -209,7 +214,7 @@ def _ints(values: list[int]) -> np.ndarray:
 
 def _decode(piece: Any) -> list[Any]:
     try:
-        return _DECODER.decode(piece)
+        return _types()[3].decode(piece)
     except (msgspec.DecodeError, msgspec.ValidationError, RecursionError) as err:
         raise Odd(str(err)) from None
 
@@ -227,7 +232,7 @@ def _ingest(evs: list[Any], cols: Columns) -> None:
 
     All or nothing: every check runs before ``cols`` (and its interners) change, so a
     piece that turns out odd can be read again by the careful reader."""
-    X, i_lower, i_upper = _X, _I_LOWER, _I_UPPER
+    X, i_lower, i_upper, _ = _types()
     xs = [e for e in evs if e.__class__ is X]
     others = [e for e in evs if e.__class__ is not X] if len(xs) != len(evs) else []
     inst = [e for e in others if (e.__class__ is i_lower or e.__class__ is i_upper)
