@@ -507,11 +507,13 @@ def shared_or_none():
     return SHARED if SHARED.is_dir() else None
 
 
-def test_odd_events_are_read_carefully_piece_by_piece(tmp_path, monkeypatch, fast_only):
+@pytest.mark.parametrize("compressed", [False, True], ids=["plain", "gzip-blocks"])
+def test_odd_events_are_read_carefully_piece_by_piece(tmp_path, monkeypatch, fast_only, compressed):
     """GIVEN a Kineto-layout trace with odd events (string ts, NaN, a 4th decimal, negative
     and huge durations, a text pid) in the middle and at the very end, read in small pieces
-    WHEN loaded THEN only those pieces are read the careful way (no whole-file fallback) and
-    the Trace, notes included, equals the careful reader's."""
+    (plain, or gzip streamed in small blocks) WHEN loaded THEN only those pieces are read
+    the careful way (no whole-file fallback) and the Trace, notes included, equals the
+    careful reader's."""
     lines = [f'  {{"ph": "X", "cat": "cpu_op", "name": "op{i % 7}", "pid": 1, "tid": {i % 3}, '
              f'"ts": {1000 + 10 * i}.5, "dur": 4.25, "args": {{"External id": {i}}}}}'
              for i in range(300)]
@@ -522,7 +524,13 @@ def test_odd_events_are_read_carefully_piece_by_piece(tmp_path, monkeypatch, fas
     lines[240] = '  {"ph": "X", "cat": "cpu_op", "name": "e", "pid": "host", "tid": 1, "ts": 3500, "dur": 1}'
     lines[299] = '  {"ph": "X", "cat": "cpu_op", "name": "f", "pid": 1, "tid": 1, "ts": 4000, "dur": -1}'
     path = tmp_path / "odd.json"
-    path.write_text('{\n  "traceEvents": [\n' + ",\n".join(lines) + '\n  ],\n  "traceName": "x"\n}\n')
+    text = '{\n  "traceEvents": [\n' + ",\n".join(lines) + '\n  ],\n  "traceName": "x"\n}\n'
+    if compressed:
+        path = tmp_path / "odd.json.gz"
+        path.write_bytes(gzip.compress(text.encode()))
+        monkeypatch.setattr(_source.BlockReader.__init__, "__defaults__", (1500,))
+    else:
+        path.write_text(text)
     monkeypatch.setattr(load_mod, "CHUNK_BYTES", 2048)
     trace = load_trace(path)
     trace.check()

@@ -35,6 +35,7 @@ the native scanner when it is built and takes the piece (NOTE [ Native scanner ]
 
 from __future__ import annotations
 
+import functools
 import gc
 import mmap
 import re
@@ -106,7 +107,11 @@ def _event_types(time_type: Any) -> tuple[type, type, type, Any]:
     return X, i_lower, i_upper, msgspec.json.Decoder(list[union])
 
 
-_X, _I_LOWER, _I_UPPER, _DECODER = _event_types(msgspec.Raw)
+@functools.cache
+def _types() -> tuple[type, type, type, Any]:
+    """(X, i, I struct types, the piece decoder), built on first use: a process that
+    reads everything natively never pays for them."""
+    return _event_types(msgspec.Raw)
 
 _LIST_OF_FLOATS = msgspec.json.Decoder(list[float])
 _POW10 = 10 ** np.arange(19, dtype=np.int64)
@@ -219,7 +224,7 @@ def _ints(values: list[int]) -> np.ndarray:
 
 def _decode(piece: Any) -> list[Any]:
     try:
-        return _DECODER.decode(piece)
+        return _types()[3].decode(piece)
     except (msgspec.DecodeError, msgspec.ValidationError, RecursionError) as err:
         raise NeedsCarefulReader(str(err)) from None
 
@@ -237,7 +242,7 @@ def _ingest(evs: list[Any], cols: Columns) -> None:
 
     All or nothing: every check runs before ``cols`` (and its interners) change, so a
     piece that turns out odd can be read again by the careful reader."""
-    X, i_lower, i_upper = _X, _I_LOWER, _I_UPPER
+    X, i_lower, i_upper, _ = _types()
     xs = [e for e in evs if e.__class__ is X]
     others = [e for e in evs if e.__class__ is not X] if len(xs) != len(evs) else []
     inst = [e for e in others if (e.__class__ is i_lower or e.__class__ is i_upper)
@@ -707,6 +712,57 @@ def _run_threads(win: _Window, pattern: bytes, workers: int, cols: Columns,
             raise
 
 
+def _stream_blocks(win: _Window, pattern: bytes, cols: Columns) -> None:
+    """Decompressed blocks read natively where they lie (NOTE [ Native scanner ]).
+
+    Each block is scanned in place from its first to its last event boundary; only the
+    few bytes around block edges (the partial event before the first boundary, plus
+    the carry from the previous block) are copied -- the window's grow-and-trim would
+    copy every byte two or three times. A piece the scanner refuses goes the usual way
+    (msgspec, then the careful rules). The last block and the carry stay in the window
+    for ``_finish`` (the trailer may hold the boundary pattern too)."""
+    assert win.blocks is not None
+    carry = bytes(win.buf[win.pos:win.end])
+    blocks = win.blocks
+    block = next(blocks, None)
+    while block is not None:
+        following = next(blocks, None)
+        if following is None:  # the last block: _finish reads it with the carry
+            carry += block
+            break
+        first = block.find(pattern)
+        last = block.rfind(pattern)
+        if first < 0:  # no boundary in the whole block (a huge event): carry it on
+            carry += block
+        else:
+            _read_piece(carry + block[:first], 0, len(carry) + first, cols, win)
+            if last > first:
+                _read_piece(block, first, last, cols, win)
+            carry = block[last:]
+        block = following
+    win.blocks = iter(())
+    win.buf = bytearray(carry)
+    win.pos, win.end, win.eof = 0, len(carry), True
+
+
+def _read_piece(buf: bytes, start: int, stop: int, cols: Columns, win: _Window) -> None:
+    """One piece of ``buf`` (events separated by commas) into ``cols``: natively, else
+    msgspec, else the careful rules. Progress is reported to ``win``."""
+    s, e = _trim(buf, start, stop)
+    if e > s and not _scan_into(buf, s, e, cols):
+        piece = _Window(iter(()), None)
+        piece.buf = bytearray(buf[start:stop])
+        piece.end, piece.eof = len(piece.buf), True
+        ids_before = cols.ids.snapshot()
+        try:
+            _decode_in_place(piece, 0, piece.end, cols, native=False)
+        except Odd:
+            cols.ids.restore(ids_before)
+            _careful_piece(bytes(buf[start:stop]), cols)
+    if win.on_consumed is not None:
+        win.on_consumed(stop - start)
+
+
 def _read_fast(win: _Window, chunk_bytes: int, path: str | None,
                workers: int) -> tuple[Columns, dict[str, Any], str]:
     cols = Columns()
@@ -745,6 +801,8 @@ def _read_fast(win: _Window, chunk_bytes: int, path: str | None,
             _run_threads(win, pattern, workers, cols)
         else:
             _run_parallel(win, path, pattern, chunk_bytes, workers, cols)
+    if pattern is not None and win.mm is None and _native.scan is not None:
+        _stream_blocks(win, pattern, cols)
     while pattern is not None:
         win.fill(chunk_bytes)
         limit = min(win.end, win.pos + chunk_bytes)
