@@ -15,6 +15,7 @@ Examples:
   ckprof analyze traces/demo/host_123_rank0_0.pt.trace.json.gz
   ckprof analyze trace.json --format json | jq .recompute_overhead_pct
   ckprof analyze trace.json --recompute-detection sequence   # cross-check the markers
+  ckprof analyze ab_trace.json.gz       # capture(ab=True): cost and saving, measured
   ckprof analyze runs/job42/            # every rank's trace, in parallel
   ckprof analyze --with-hta runs/job42/ # HTA kernel breakdown split by phase
 """
@@ -23,6 +24,8 @@ Examples:
 @click.command(epilog=EXAMPLE)
 @click.argument("trace", type=click.Path(path_type=Path))
 @click.option("--step", type=int, default=None, help="Only this ProfilerStep#N.")
+@click.option("--variant", default=None,
+              help="A/B trace (capture(ab=True)): only the steps of this variant, on or off.")
 @click.option(
     "--format", "fmt", type=click.Choice(["table", "json", "csv", "markdown"]), default="table",
     show_default=True, help="Output format; json is a stable contract for scripts.",
@@ -42,7 +45,7 @@ Examples:
 @click.option("--with-hta", is_flag=True, help="Also print HTA's kernel breakdown / idle time split by phase (needs ckprof[hta]).")
 @click.option("-o", "--output", type=click.Path(path_type=Path), default=None,
               help="Write to this file instead of stdout (never overwrites).")
-def analyze(trace: Path, step: int | None, fmt: str, recompute_detection: str, salvage: bool,
+def analyze(trace: Path, step: int | None, variant: str | None, fmt: str, recompute_detection: str, salvage: bool,
             workers: int | None, engine: str, scheduler: str | None, with_hta: bool, output: Path | None) -> None:
     """Split a training step's time into forward, backward, forward recompute (per
     checkpointed region) and optimizer, and report peak memory per phase.
@@ -80,5 +83,6 @@ def analyze(trace: Path, step: int | None, fmt: str, recompute_detection: str, s
     from ckprof.analysis import load
     from ckprof.report.tables import render
 
-    analysis = load(trace, recompute_detection=recompute_detection, step=step, salvage=salvage)
+    analysis = load(trace, recompute_detection=recompute_detection, step=step, salvage=salvage,
+                    variant=variant)
     emit(render(analysis, fmt), output)

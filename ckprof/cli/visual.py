@@ -61,11 +61,12 @@ Examples:
 
 @click.command(epilog=PLOT_EXAMPLE)
 @click.argument("trace", type=click.Path(path_type=Path))
-@click.option("--kind", type=click.Choice(["memory", "breakdown", "regions", "categories"]),
+@click.option("--kind", type=click.Choice(["memory", "breakdown", "regions", "categories", "ab"]),
               default="memory", show_default=True,
               help="memory: allocated bytes over time with phases shaded and peaks marked; "
                    "breakdown: stacked time per phase per step; regions: recompute time per "
-                   "checkpointed region; categories: torch memory-profiler categories (when saved).")
+                   "checkpointed region; categories: torch memory-profiler categories (when saved); "
+                   "ab: checkpointing on vs off, step time and peak memory (capture(ab=True)).")
 @click.option("-o", "--output", type=click.Path(path_type=Path), required=True,
               help="Image file: .png, .svg or .pdf.")
 @click.option("--dpi", type=int, default=120, show_default=True, help="Resolution of .png output.")
