@@ -40,13 +40,14 @@ def ab_headline(ab: ABResult) -> list[str]:
         if d is not None:
             n_on = int(ab.variants.set_index("variant").loc[d.candidate, "steps"])
             n_off = int(ab.variants.set_index("variant").loc[d.baseline, "steps"])
-            verdict = (" — within step-to-step noise (IQRs overlap): capture more active steps"
-                       if d.within_noise else "")
             lines.append(
                 f"Checkpointing cost: {format_signed_pct(d.cost_pct)} step time (measured: "
-                f"{format_ms(d.candidate_step_ms)} ms on vs {format_ms(d.baseline_step_ms)} ms off, "
-                f"median of {n_on} / {n_off} steps){verdict}"
+                f"{format_ms(d.candidate_step_ms, digits=1)} ms on vs {format_ms(d.baseline_step_ms, digits=1)} "
+                f"ms off, median of {n_on} / {n_off} steps)"
             )
+            if d.within_noise:
+                lines.append("  within step-to-step noise (the IQRs overlap): the sign is not established; "
+                             "capture more active steps")
             share = ("" if _nan(d.recompute_share_pct) or d.within_noise
                      else f" ({d.recompute_share_pct:.0f}% of the cost)")
             lines.append(f"  of which re-running forward: {format_signed_pct(d.recompute_pct)}{share}")
