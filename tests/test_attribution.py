@@ -101,9 +101,63 @@ def test_unmatched_and_outside_kernels_are_noted():
     a = attribute_time(t, find_phases(t))
     assert a.gpu_events["launched_by"].tolist() == [-1]
     assert a.gpu_events["phase"].tolist() == ["forward"]
-    assert any("no launching runtime" in n for n in a.notes)
+    assert a.gpu_events["placed_by"].tolist() == ["own_start"]
+    assert any("carry no correlation id" in n for n in a.notes)
     assert any("outside the analysed steps" in n for n in a.notes)
     a.self_check()
+
+
+def launch_window_trace() -> TraceBuilder:
+    """Two marked steps on a GPU that lags the CPU. Correlation ids (launch order):
+    1-3 launched before profiling (kernels still running in step 1's forward), 10 and
+    13 launched in step 1's forward/backward, 11-12 lost (no runtime event) between
+    them, 20 launched in step 2's forward, 30 after the last launch id without a
+    runtime event, and one memset without any correlation id."""
+    b = TraceBuilder()
+    for n, t0 in ((1, 0), (2, 1000)):
+        b.step(n, t0, 1000).marker("forward", t0, 400).marker("backward", t0 + 400, 500)
+    for c, k_ts in ((1, 5), (2, 50), (3, 120)):              # warmup's queue
+        b.kernel(f"stale{c}", k_ts, 40, correlation=c)
+    b.runtime("cudaLaunchKernel", 100, 5, correlation=10).kernel("k10", 300, 20, correlation=10)
+    b.kernel("lost11", 330, 30, correlation=11).kernel("lost12", 900, 30, correlation=12,
+                                                      cat="gpu_memset")
+    b.runtime("cudaLaunchKernel", 450, 5, correlation=13).kernel("k13", 950, 20, correlation=13)
+    b.runtime("cudaLaunchKernel", 1100, 5, correlation=20).kernel("k20", 1150, 20,
+                                                                  correlation=20)
+    b.kernel("late30", 1500, 7, correlation=30)
+    b.kernel("nocorr", 1600, 3, cat="gpu_memset")
+    return b
+
+
+def test_gpu_events_follow_launch_order_not_their_own_start():
+    """GIVEN kernels launched before profiling, kernels whose launch is lost between
+    two recorded launches, one above every launch id and one without an id WHEN
+    attributed THEN the pre-profiling ones belong to no step (how many and how many ms
+    noted), the lost ones take the step and phase of the launch before them by id
+    (even when they run in the next phase), the last two keep their own start (noted);
+    each step's GPU time is exactly what it launched."""
+    t = launch_window_trace().to_trace()
+    a = attribute_time(t, find_phases(t))
+    a.self_check()
+    names = t.events["name"].astype(str).to_numpy()
+    got = {names[r.event]: (r.step, r.phase, r.placed_by) for r in a.gpu_events.itertuples()}
+    assert got == {
+        "k10": (1, "forward", "runtime"),
+        "lost11": (1, "forward", "neighbours"),
+        "lost12": (1, "forward", "neighbours"),
+        "k13": (1, "backward", "runtime"),
+        "k20": (2, "forward", "runtime"),
+        "late30": (2, "backward", "own_start"),
+        "nocorr": (2, "backward", "own_start"),
+    }
+    gpu = a.by_step.groupby("step")["gpu_ns"].sum()
+    assert gpu.to_dict() == {1: (20 + 30 + 30 + 20) * US, 2: (20 + 7 + 3) * US}
+    notes = " | ".join(a.notes)
+    assert "3 GPU event(s) (0.120 ms of GPU time) were launched before profiling" in notes
+    assert "2 GPU event(s) whose launch is not in the trace took the step and phase" in notes
+    assert "for 2 of them the launch after them lies in another step or phase" in notes
+    assert "1 GPU event(s) carry no correlation id" in notes
+    assert "correlation id above every launch" in notes
 
 
 def test_cpu_only_trace_has_nan_gpu_and_nan_free_walls():
@@ -156,3 +210,36 @@ def test_step_filter_keeps_only_that_step(marked):
     assert a.regions["count"].tolist() == [1]
     assert a.regions["forward_wall_ns"].tolist() == [100 * US]
     a.self_check()
+
+
+def test_rocm_memset_without_flow_links_by_correlation():
+    """GIVEN a ROCm-style step: hipMemsetAsync (category hip_runtime) launched in
+    forward, its gpu_memset running during backward, no flow events at all WHEN
+    attributed THEN the memset takes forward by its correlation id."""
+    b = (TraceBuilder().step(1, 0, 1000).marker("forward", 0, 400).marker("backward", 400, 500)
+         .runtime("hipMemsetAsync", 50, 5, correlation=41, cat="hip_runtime")
+         .kernel("Memset (Device)", 600, 10, correlation=41, cat="gpu_memset"))
+    t = b.to_trace()
+    a = attribute_time(t, find_phases(t))
+    assert a.gpu_events[["phase", "placed_by"]].to_dict("records") == [
+        {"phase": "forward", "placed_by": "runtime"}]
+    a.self_check()
+
+
+def test_launch_order_is_compared_within_one_process_namespace():
+    """GIVEN correlation ids of two processes kept apart as the nsys reader does
+    (process k at k << 32) and a kernel of process 1 whose id is below every launch of
+    process 1 but above those of process 0 WHEN attributed THEN it was launched before
+    profiling (no step), not between process 0's last launch and process 1's first."""
+    hi = 1 << 32
+    b = (TraceBuilder().step(1, 0, 1000).marker("forward", 0, 900)
+         .runtime("cudaLaunchKernel", 100, 5, correlation=7).kernel("p0", 200, 10, correlation=7)
+         .runtime("cudaLaunchKernel", 300, 5, correlation=hi + 10, tid=2)
+         .kernel("p1", 400, 10, correlation=hi + 10)
+         .kernel("p1_stale", 20, 30, correlation=hi + 3))
+    t = b.to_trace()
+    a = attribute_time(t, find_phases(t))
+    names = t.events["name"].astype(str).to_numpy()
+    assert sorted(names[a.gpu_events["event"]]) == ["p0", "p1"]
+    assert any("1 GPU event(s) (0.030 ms of GPU time) were launched before profiling" in n
+               for n in a.notes)

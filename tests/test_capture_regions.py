@@ -231,6 +231,51 @@ def test_region_names(monkeypatch: pytest.MonkeyPatch) -> None:
     assert [names.unique("f"), names.unique("f"), names.unique("g")] == ["f", "f#1", "g"]
 
 
+def test_region_names_look_through_partials_wrappers_and_wrapped_modules(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """GIVEN the callables real code hands to checkpoint: HF >= 5's
+    ``partial(Layer.forward, layer, **kwargs)``, a ``functools.wraps`` wrapper around
+    it, a checkpoint_wrapper-ed block, checkpoint_sequential's segment closure
+    WHEN region names are derived
+    THEN each is the module path a user sees (no ``_checkpoint_wrapped_module``), a
+    checkpoint_sequential segment is ``<sequential>[start:end]``, and a checkpoint
+    called inside backward (a nested re-run) is not counted as a new occurrence."""
+    from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoint_wrapper
+
+    _fresh_names(monkeypatch)
+    names = regions.NAMES
+    model = TinyNet()
+    model.blocks[2] = checkpoint_wrapper(model.blocks[2])
+    body = torch.nn.Sequential(*[torch.nn.Linear(2, 2) for _ in range(4)])
+    model.body = body
+    names.add_root(model)
+    hf_style = functools.partial(type(model.blocks[0]).forward, model.blocks[0], scale=2)
+    assert regions.region_name(hf_style) == "blocks.0"
+
+    @functools.wraps(hf_style)
+    def timed(*args: Any, **kwargs: Any) -> Any:
+        return hf_style(*args, **kwargs)
+
+    assert regions.region_name(timed) == "blocks.0"
+    assert regions.region_name(functools.partial(functools.partial(timed))) == "blocks.0"
+    inner = model.blocks[2]._checkpoint_wrapped_module
+    assert regions.region_name(inner) == "blocks.2"
+    segments: list[str] = []
+    real = torch.utils.checkpoint.checkpoint
+
+    def spy(fn: Any, *args: Any, **kwargs: Any) -> Any:
+        segments.append(regions.region_name(fn))
+        return real(fn, *args, **kwargs)
+
+    monkeypatch.setattr(torch.utils.checkpoint, "checkpoint", spy)
+    torch.utils.checkpoint.checkpoint_sequential(body, 2, torch.ones(1, 2, requires_grad=True),
+                                                 use_reentrant=False)
+    assert segments == ["body[0:2]"]
+    names.count_occurrences = True
+    monkeypatch.setattr(regions, "_graph_task_id", lambda: 3)  # as inside backward
+    assert [names.unique("f"), names.unique("f")] == ["f", "f"]
+
+
 def test_explicit_name_and_sanitising() -> None:
     """GIVEN ckprof.checkpoint(..., name="enc::layer 1")
     WHEN markers are counted

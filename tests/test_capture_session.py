@@ -276,22 +276,52 @@ def test_profile_step_exception_stops_capture(tmp_path: Path, model_opt_x: Any) 
 def test_hooks_only_during_active_steps(tmp_path: Path, model_opt_x: Any) -> None:
     """GIVEN wait=1, warmup=1, active=1
     WHEN each step runs
-    THEN torch.autograd.backward / Optimizer.zero_grad are patched and the global
-    forward pre-hook registered only during the active step, and restored after."""
+    THEN torch.autograd.backward / Optimizer.zero_grad are patched and the stand-in
+    for nn.Module.__call__ (which sees the step's first module call) armed only during
+    the active step, and restored after; no global module hook is ever registered."""
     from torch.nn.modules import module as nn_module
 
-    original = (torch.autograd.backward, torch.autograd.grad, torch.optim.Optimizer.zero_grad)
-    hooks_before = len(nn_module._global_forward_pre_hooks)
+    original = (torch.autograd.backward, torch.autograd.grad, torch.optim.Optimizer.zero_grad,
+                torch.nn.Module.__call__)
     seen = []
     with ckprof.capture(tmp_path, wait=1, warmup=1, active=1) as cap:
         for _ in range(4):
             seen.append((torch.autograd.backward is not original[0],
-                         len(nn_module._global_forward_pre_hooks) - hooks_before))
+                         torch.nn.Module.__call__ is not original[3],
+                         bool(nn_module._has_any_global_hook())))
             train_step(*model_opt_x)
             cap.step()
-    assert seen == [(False, 0), (False, 0), (True, 1), (False, 0)]
+    assert seen == [(False, False, False), (False, False, False), (True, True, False),
+                    (False, False, False)]
     assert (torch.autograd.backward, torch.autograd.grad,
-            torch.optim.Optimizer.zero_grad) == original
+            torch.optim.Optimizer.zero_grad, torch.nn.Module.__call__) == original
+
+
+def test_torch_compile_under_capture_does_not_warn_about_global_hooks(tmp_path: Path) -> None:
+    """GIVEN a torch.compile'd model (eager backend: dynamo only) trained under
+    ckprof.capture
+    WHEN its steps are recorded
+    THEN torch does not warn about global module hooks, dynamo compiles the frame once
+    with no graph break, and the forward marker is still there in every active step."""
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    counters.clear()
+    model, opt, x = build_model("none")
+    compiled = torch.compile(model, backend="eager")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with ckprof.capture(tmp_path, wait=0, warmup=1, active=2) as cap:
+            for _ in range(3):
+                opt.zero_grad(set_to_none=True)
+                compiled(x).square().mean().backward()
+                opt.step()
+                cap.step()
+    assert not [w for w in caught if "global hooks" in str(w.message)]
+    assert counters["frames"]["total"] == counters["frames"]["ok"] == 1
+    assert not counters["graph_break"]
+    trace = read_trace(cap.trace_paths[0])
+    assert annotation_counts(trace).get("ckprof::forward") == 2
 
 
 def test_markers_false_and_user_phase(tmp_path: Path, model_opt_x: Any) -> None:

@@ -31,6 +31,7 @@ SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "traces"
 V100 = "v100_cnn_train_rank0.pt.trace.json.gz"
 DDP = "a100_cnn_train_ddp2_rank0.json.gz"
 AMD = "mi250_toy_train.json.gz"
+COMPILED = "a100_compiled_ws16_rank0.json.gz"
 
 
 def _need_hta() -> None:
@@ -179,6 +180,29 @@ def test_gpu_labels_follow_ckprof_attribution(v100_labels: ckhta.HtaLabels) -> N
     assert inside.mean() > 0.95
     assert (joined.loc[inside, "phase"].astype(str) == joined.loc[inside, "phase_ck"].astype(str)).all()
     assert (joined.loc[inside, "step"] == joined.loc[inside, "step_ck"]).all()
+
+
+@pytest.mark.shared_traces
+def test_labels_and_ckprof_agree_on_the_launch_window(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """GIVEN the torch.compile A100 trace whose window opened with 872 kernels of the
+    warmup step still queued (launched before profiling)
+    WHEN HTA's rows are labelled
+    THEN no GPU row is labelled with a step unless ckprof attributed it, and the GPU
+    time per step of HTA's labelled rows equals ckprof's for every step HTA keeps."""
+    _need_hta()
+    labels = ckhta.label_hta(_copy_rank_dir(tmp_path_factory, COMPILED))
+    frame = labels.frames[0]
+    gpu = frame[frame["stream"] != -1]
+    ck = labels.analyses[0].time.gpu_events
+    attributed = set(ck["event"].tolist())
+    stepped = gpu[gpu["step"] >= 0]
+    assert set(stepped["ckprof_event"].tolist()) <= attributed
+    hta_ms = stepped.groupby("step")["dur"].sum() / 1e3
+    ck_ms = ck.groupby("step")["dur_ns"].sum() / 1e6
+    assert len(hta_ms) >= 3
+    for step, ms in hta_ms.items():
+        assert ms == pytest.approx(ck_ms[step], abs=0.001 * len(stepped)), step
+    assert ck_ms[550] == pytest.approx(77.21, abs=0.01)
 
 
 @pytest.mark.shared_traces

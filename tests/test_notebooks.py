@@ -44,4 +44,4 @@ def test_explore_notebook_runs_top_to_bottom(tmp_path: Path):
     n_fig_cells = sum(1 for c in nb.cells if c.cell_type == "code" and c.source.strip().endswith("fig"))
     assert len(pngs) >= n_fig_cells >= 4
     text = stream_text(outputs)
-    assert "recompute overhead" in text and "peak memory" in text
+    assert "re-running forward alone" in text and "a lower bound" in text and "peak memory" in text

@@ -297,12 +297,14 @@ def test_explicit_methods_need_what_they_read():
 
 def test_sequence_on_marker_trace_ignores_recompute_markers():
     """GIVEN a marked trace WHEN sequence detection is forced THEN the recompute comes
-    from Sequence numbers (inside the marker range), not from the markers."""
+    from Sequence numbers (inside the marker range), not from the markers, and it is
+    named like the markers name it: the backward node (seq 1) was created inside the
+    checkpoint::r0 forward run."""
     pt = find_phases(marker_step(TraceBuilder(), 1, 0).to_trace(),
                      recompute_detection="sequence")
     assert pt.recompute[["region", "start_ns", "end_ns", "method"]].to_dict("records") == [
-        {"region": "recompute@AddmmBackward0", "start_ns": 430 * US, "end_ns": 510 * US,
-         "method": "sequence"}]
+        {"region": "r0", "start_ns": 430 * US, "end_ns": 510 * US, "method": "sequence"}]
+    assert any("named after their region's forward run" in n for n in pt.notes)
     none = find_phases(marker_step(TraceBuilder(), 1, 0).to_trace(), recompute_detection="none")
     assert none.recompute.empty and "recompute" not in set(none.segments["phase"])
 

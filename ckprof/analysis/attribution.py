@@ -10,9 +10,11 @@ Contract::
 - ``totals``: ``phase``, ``wall_ns``, ``gpu_ns``: sums over steps, in ``PHASES`` order.
 - ``regions``: ``region``, ``count`` (recompute occurrences), ``wall_ns`` (recompute wall
   time, exclusive: nested regions are not counted twice), ``gpu_ns`` (GPU time of what
-  was launched during its recompute), ``forward_wall_ns`` (duration of the region's
-  forward runs from ``ckprof::checkpoint::<region>`` markers, 0 when unknown), all
-  summed over the steps in ``phases``.
+  was launched during its recompute), ``forward_wall_ns`` (float: duration of the
+  region's FIRST forward runs -- ``ckprof::checkpoint::<region>`` markers, else the
+  ``checkpoint()`` Python frames of a with_stack trace; re-runs inside backward are
+  recompute, not forward -- NaN when unknown), all summed over the steps in ``phases``.
+  Unknown is NaN everywhere (``None`` in JSON, "—" in text).
 - ``gpu_events``: one row per GPU event (kernel, memcpy, memset) attributed to a step:
   ``event`` (row in ``trace.events``), ``step``, ``phase``, ``region``, ``dur_ns``,
   ``launched_by`` (row of the launching runtime event, -1 when unmatched).
@@ -31,7 +33,7 @@ import numpy as np
 import pandas as pd
 
 from ckprof.analysis.phases import PhaseTable
-from ckprof.trace.markers import CHECKPOINT_PREFIX, PHASES
+from ckprof.trace.markers import PHASES
 from ckprof.trace.model import GPU_KINDS, Trace
 
 __all__ = ["TimeAttribution", "attribute_time"]
@@ -83,19 +85,29 @@ class TimeAttribution:
 
 def _gpu_attribution(trace: Trace, phases: PhaseTable, notes: list[str]) -> pd.DataFrame:
     # NOTE [ GPU attribution ]
-    # A GPU event runs after its launch, often in the next phase, so its own timestamp
-    # says nothing about who asked for it. It takes the phase of the CPU op that launched
+    # A GPU event runs after its launch, often in the next phase or step (on a busy GPU
+    # the queue lags the CPU by more than a step), so its own timestamp says nothing
+    # about who asked for it. It takes the step and phase of the CPU op that launched
     # it: the runtime event (cudaLaunchKernel, cuLaunchKernel, hipLaunchKernel,
-    # cudaMemcpyAsync ...) with the same ``correlation`` id, looked up at the runtime
-    # event's start (the runtime call sits inside the launching cpu_op). GPU events
-    # without a matching runtime event fall back to their own start (counted in notes).
-    # The step is decided the same way: a kernel launched in step N belongs to step N
-    # even when it runs after step N ended; GPU events launched outside every step are
-    # not counted.
+    # cudaMemcpyAsync, hipMemsetAsync ...) with the same ``correlation`` id, looked up
+    # at the runtime event's start (the runtime call sits inside the launching cpu_op).
+    # Every GPU kind (kernel, memcpy, memset) links by correlation id, never by flow
+    # events (ROCm memsets often have none). Correlation ids are issued in launch
+    # order, which places the GPU events whose launch is not in the trace:
+    # - id below every runtime event's id: launched before profiling began (the
+    #   warmup step's kernels still queued when the window opened). They belong to no
+    #   step and are not counted (the notes say how many and how many ms);
+    # - id between launched ones: the launch happened between its neighbours by id; it
+    #   takes the step and phase of the launch just before it by id (the notes count
+    #   those whose next neighbour lies in another step/phase/region);
+    # - id above every launch, or no correlation id at all: attributed by their own
+    #   start time (noted) -- nothing better is known.
+    # GPU events launched outside every step are not counted (noted).
     ev = trace.events
     g = np.flatnonzero(ev["kind"].isin(GPU_KINDS).to_numpy())
     corr = ev["correlation"].to_numpy(dtype=np.int64)
     ts = ev["ts_ns"].to_numpy(dtype=np.int64)
+    dur = ev["dur_ns"].to_numpy(dtype=np.int64)
     rt = np.flatnonzero((ev["kind"] == "runtime").to_numpy() & (corr >= 0))
     rt = rt[np.argsort(corr[rt], kind="stable")]  # stable: earliest first per id
     rc = corr[rt]
@@ -103,51 +115,84 @@ def _gpu_attribution(trace: Trace, phases: PhaseTable, notes: list[str]) -> pd.D
     if dup:
         notes.append(f"{dup} runtime event(s) share a correlation id with another: the "
                      "earliest is taken as the launch")
+        first = np.r_[True, rc[1:] != rc[:-1]]
+        rt, rc = rt[first], rc[first]
     gc = corr[g]
     pos = np.searchsorted(rc, gc, side="left")
-    hit = (gc >= 0) & (pos < len(rc))
+    has_corr = gc >= 0
+    hit = has_corr & (pos < len(rc))
     hit[hit] = rc[pos[hit]] == gc[hit]
-    launched_by = np.where(hit, rt[np.minimum(pos, max(len(rt) - 1, 0))] if len(rt) else -1, -1)
-    at = np.where(hit, ts[np.maximum(launched_by, 0)], ts[g])
+    safe = np.minimum(pos, max(len(rt) - 1, 0))
+    launched_by = np.where(hit, rt[safe] if len(rt) else -1, -1)
+    # ids are compared within one namespace (the nsys reader puts process k's ids
+    # at k << 32; Kineto ids are all in namespace 0)
+    space = gc >> 32
+    prev_in = (pos > 0) & (rc[np.maximum(pos - 1, 0)] >> 32 == space) if len(rc) else \
+        np.zeros(len(g), dtype=bool)
+    next_in = (pos < len(rc)) & (rc[safe] >> 32 == space) if len(rc) else \
+        np.zeros(len(g), dtype=bool)
+    before = has_corr & ~hit & next_in & ~prev_in               # below the first launch id
+    between = has_corr & ~hit & next_in & prev_in               # between two launch ids
+    own = ~hit & ~before & ~between                             # no id, or above the last
+    at = ts[g].copy()
+    at[hit] = ts[launched_by[hit]]
+    prev_rt = rt[np.maximum(pos - 1, 0)] if len(rt) else np.zeros(len(g), dtype=np.int64)
+    at[between] = ts[prev_rt[between]]
     step, phase, region = phases.lookup(at)
+    step[before] = -1
+    if between.any():
+        nxt = rt[np.minimum(pos[between], len(rt) - 1)]
+        s2, p2, r2 = phases.lookup(ts[nxt])
+        unsure = int(((s2 != step[between]) | (p2 != phase[between])
+                      | (r2 != region[between])).sum())
+        notes.append(f"{int(between.sum())} GPU event(s) whose launch is not in the trace "
+                     "took the step and phase of the launch before them by correlation id "
+                     "(ids are issued in launch order)"
+                     + (f"; for {unsure} of them the launch after them lies in another "
+                        "step or phase" if unsure else ""))
+    if before.any():
+        notes.append(f"{int(before.sum())} GPU event(s) ({dur[g][before].sum() / 1e6:,.3f} ms "
+                     "of GPU time) were launched before profiling began (correlation id below "
+                     "every launch in the trace): they belong to no step and are not counted")
     inside = step >= 0
-    unmatched = int((~hit & inside).sum())
-    if unmatched:
-        notes.append(f"{unmatched} GPU event(s) have no launching runtime event (no "
-                     "correlation match): attributed by their own start time")
-    outside = int((~inside).sum())
+    no_corr = int((own & ~has_corr & inside).sum())
+    above = int((own & has_corr & inside).sum())
+    if no_corr:
+        notes.append(f"{no_corr} GPU event(s) carry no correlation id: attributed by their "
+                     "own start time")
+    if above:
+        notes.append(f"{above} GPU event(s) have no launching runtime event and a correlation "
+                     "id above every launch in the trace: attributed by their own start time")
+    outside = int((~inside & ~before).sum())
     if outside and len(g):
         notes.append(f"{outside} of {len(g)} GPU event(s) were launched outside the "
                      "analysed steps: not counted")
+    how = np.where(hit, "runtime", np.where(between, "neighbours", "own_start"))
     return pd.DataFrame({
         "event": g[inside].astype(np.int64),
         "step": step[inside].astype(np.int64),
         "phase": phase[inside].astype(object),
         "region": region[inside].astype(object),
-        "dur_ns": ev["dur_ns"].to_numpy(dtype=np.int64)[g][inside],
+        "dur_ns": dur[g][inside],
         "launched_by": launched_by[inside].astype(np.int64),
+        "placed_by": how[inside].astype(object),
     })
 
 
 def _forward_wall(trace: Trace, phases: PhaseTable) -> pd.Series:
-    ev = trace.events
-    names = ev["name"]
-    cats = pd.Index(names.cat.categories.astype(str) if hasattr(names, "cat")
-                    else names.astype(str).unique())
-    wanted = cats[cats.str.startswith(CHECKPOINT_PREFIX)]
-    is_cp = ((ev["kind"] == "user_annotation") & names.isin(wanted)).to_numpy()
-    cp = ev[is_cp]
-    if cp.empty:
+    """Summed duration of each region's FIRST runs in the analysed steps (NOTE [ Forward
+    runs ] in ckprof.forward_runs): checkpoint markers, else checkpoint() frames."""
+    runs = phases.forward_runs
+    if runs is None:
+        from ckprof.analysis.forward_runs import find_forward_runs
+
+        runs = find_forward_runs(trace, phases.steps)
+    keep = runs["first_run"].to_numpy(dtype=bool) & runs["step"].isin(
+        phases.steps["step"]).to_numpy()
+    first = runs[keep]
+    if first.empty:
         return pd.Series(dtype="int64")
-    st = phases.steps
-    s = st["start_ns"].to_numpy(dtype=np.int64)
-    e = st["end_ns"].to_numpy(dtype=np.int64)
-    t = cp["ts_ns"].to_numpy(dtype=np.int64)
-    idx = np.searchsorted(s, t, side="right") - 1
-    ok = idx >= 0
-    ok[ok] = t[ok] < e[idx[ok]]
-    region = cp["name"].astype(str).str[len(CHECKPOINT_PREFIX):].to_numpy()[ok]
-    return pd.Series(cp["dur_ns"].to_numpy(dtype=np.int64)[ok]).groupby(region).sum()
+    return (first["end_ns"] - first["start_ns"]).groupby(first["region"].to_numpy()).sum()
 
 
 def attribute_time(trace: Trace, phases: PhaseTable) -> TimeAttribution:
@@ -183,19 +228,22 @@ def attribute_time(trace: Trace, phases: PhaseTable) -> TimeAttribution:
     rgpu = rg.groupby("region")["dur_ns"].sum()
     fwd = _forward_wall(trace, phases)
     names = list(dict.fromkeys([*count.index, *rwall.index]))
-    if phases.recompute_found_by in ("markers", "none"):
+    # regions that ran forward but were not recomputed in these steps are listed too
+    # (count 0), when recompute names and run names are one scheme
+    unnamed = [r for r in names if r not in fwd.index]
+    if len(fwd) and (not unnamed or phases.recompute_found_by in ("markers", "none")):
         names += [r for r in fwd.index if r not in names]
-    elif len(fwd):
-        notes.append("checkpoint markers name regions differently from "
-                     f"{phases.recompute_found_by} detection: forward times per region "
-                     "only shown with marker detection")
+    if len(fwd) and unnamed:
+        notes.append(f"{len(unnamed)} recompute region(s) have no forward run in the trace "
+                     f"under that name ({', '.join(unnamed[:3])}"
+                     f"{', ...' if len(unnamed) > 3 else ''}): their forward time is unknown")
     regions = pd.DataFrame({
         "region": pd.Series(names, dtype=object),
         "count": count.reindex(names, fill_value=0).to_numpy(dtype=np.int64),
         "wall_ns": rwall.reindex(names, fill_value=0).to_numpy(dtype=np.int64),
         "gpu_ns": (rgpu.reindex(names, fill_value=0).to_numpy(dtype=float) if has_gpu
                    else np.full(len(names), np.nan)),
-        "forward_wall_ns": fwd.reindex(names, fill_value=0).to_numpy(dtype=np.int64),
+        "forward_wall_ns": fwd.reindex(names).to_numpy(dtype=np.float64),
     })
 
     step_total = int((steps["end_ns"] - steps["start_ns"]).sum())

@@ -188,7 +188,9 @@ class Analysis:
         return wide.reset_index()
 
     def regions_table(self) -> pd.DataFrame:
-        """region, count, wall_ms, gpu_ms, forward_wall_ms (sorted by recompute time)."""
+        """region, count, wall_ms, gpu_ms, forward_wall_ms (sorted by recompute time);
+        NaN where unknown (gpu_ms without GPU events, forward_wall_ms without a forward
+        run in the trace)."""
         r = self.time.regions
         out = pd.DataFrame(
             {
@@ -246,7 +248,8 @@ class Analysis:
                 "count": int(row.count),
                 "wall_ms": round(float(row.wall_ms), 6),
                 "gpu_ms": (round(float(row.gpu_ms), 6) if has_gpu and not math.isnan(row.gpu_ms) else None),
-                "forward_wall_ms": round(float(row.forward_wall_ms), 6),
+                "forward_wall_ms": (None if math.isnan(row.forward_wall_ms)
+                                    else round(float(row.forward_wall_ms), 6)),
             }
             for row in self.regions_table().itertuples(index=False)
         ]
@@ -277,7 +280,14 @@ class Analysis:
             "memory_captured": bool(self.memory.captured),
             "memory_note": self.memory.reason,
             "memory_baseline_bytes": {str(k): int(v) for k, v in self.memory.baseline_bytes.items()},
+            # time re-running forward / (step - that time) x 100: a LOWER BOUND of what
+            # checkpointing costs; forward_rerun_pct is the same figure under its true
+            # name (the old key stays; see README "JSON output")
             "recompute_overhead_pct": (None if overhead is None or math.isnan(overhead) else round(float(overhead), 4)),
+            "forward_rerun_pct": (None if overhead is None or math.isnan(overhead) else round(float(overhead), 4)),
+            "recompute_pct_of_step": (round(self.time.totals.set_index("phase").loc["recompute", "wall_ns"]
+                                            / self.step_total_ns * 100.0, 4)
+                                      if self.step_total_ns > 0 else None),
             "has_gpu": has_gpu,
             "notes": list(self.notes),
             "ab": None if self.ab is None else self.ab.to_dict(),
@@ -300,7 +310,7 @@ class Analysis:
         return (
             f"<ckprof.Analysis {Path(self.trace.path).name}: {self.step_count} step(s), "
             f"{self.step_total_ns / 1e6:.3f} ms, recompute via {self.recompute_detection}, "
-            f"overhead {overhead:.1f}%>"
+            f"forward re-run +{overhead:.1f}%>"
         )
 
 

@@ -108,8 +108,14 @@ def _levels(trace: Trace, device: str, ta: np.ndarray, b: np.ndarray,
         return ta.copy(), base, True
     counter_start = int(ta[0] - b[0])
     if meta is None:
-        notes.append(f"{device}: memory is relative to profiling start (no baseline recorded; "
-                     "capture with ckprof to include memory live before profiling)")
+        if trace.ckprof:
+            notes.append(f"{device}: memory is relative to profiling start: ckprof captured "
+                         "this trace but could not measure the memory live when the window "
+                         "started (the capture warned; see Capture.errors)")
+        else:
+            notes.append(f"{device}: memory is relative to profiling start (no baseline "
+                         "recorded; capture with ckprof to include memory live before "
+                         "profiling)")
     levels = base + (ta - counter_start)
     if meta is not None:
         levels = _correct_unseen_frees(trace, device, ts, levels, notes)

@@ -101,6 +101,9 @@ class PhaseTable:
     recompute_found_by: str
     notes: tuple[str, ...] = ()
     phase_source: str = "rules"
+    #: runs of checkpointed regions (ckprof.analysis.forward_runs.find_forward_runs), None when
+    #: built by hand
+    forward_runs: pd.DataFrame | None = None
 
     def lookup(self, ts_ns: np.ndarray | pd.Series | list[int]) -> tuple[
             np.ndarray, np.ndarray, np.ndarray]:
@@ -304,10 +307,8 @@ def _stack_recompute(ev, codes, cats) -> pd.DataFrame:
     depth = ev["depth"].to_numpy(dtype=np.int64)
     is_py = _kind_mask(ev, "python_function")
     is_rf = is_py & _mask_names(codes, cats, lambda c: bool(_RECOMPUTE_FN_RE.search(c)))
-    is_mod = is_py & _mask_names(codes, cats, lambda c: c.startswith(_MODULE_PREFIX))
     near_rf = np.where(is_rf, np.arange(n), -1)   # outermost recompute_fn at or above
     top_rf = is_rf.copy()
-    mod_above = np.zeros(n, dtype=bool)           # a module frame between it and near_rf
 
     def fill(rows: np.ndarray, par: np.ndarray) -> None:
         ok = par >= 0
@@ -315,32 +316,25 @@ def _stack_recompute(ev, codes, cats) -> pd.DataFrame:
         inherited = np.where(ok, near_rf[p], -1)
         top_rf[rows] = is_rf[rows] & (inherited < 0)
         near_rf[rows] = np.where(inherited >= 0, inherited, np.where(is_rf[rows], rows, -1))
-        mod_above[rows] = ok & (inherited >= 0) & (mod_above[p] | is_mod[p])
 
     _down_tree(parent, depth, fill)
     rf_rows = np.flatnonzero(top_rf)
     ts = ev["ts_ns"].to_numpy(dtype=np.int64)
     end = ts + ev["dur_ns"].to_numpy(dtype=np.int64)
     if len(rf_rows) == 0:
-        return pd.DataFrame({"region": [], "start_ns": [], "end_ns": []})
-    # outermost module frame inside each recompute_fn (first in time)
-    mods = np.flatnonzero(is_mod & (near_rf >= 0) & ~mod_above)
-    first_mod = (pd.DataFrame({"rf": near_rf[mods], "row": mods})
-                 .groupby("rf")["row"].min())
-    # enclosing evaluate_function (innermost that started last before the frame)
+        return pd.DataFrame({"region": [], "start_ns": [], "end_ns": [], "frame": []})
+    # provisional names (recompute@<Node> of the enclosing evaluate_function); the
+    # region's own name comes from its forward run (ckprof.analysis.forward_runs)
     ev_rows = np.flatnonzero(_evals(ev, codes, cats))
     j = np.searchsorted(ts[ev_rows], ts[rf_rows], side="right") - 1
     names: list[str] = []
     for k, r in enumerate(rf_rows):
-        m = first_mod.get(r)
-        if m is not None:
-            names.append(str(cats[codes[m]])[len(_MODULE_PREFIX):])
-            continue
         node = "?"
         if j[k] >= 0 and end[ev_rows[j[k]]] >= end[r]:
             node = str(cats[codes[ev_rows[j[k]]]])[len(EVAL_PREFIX):]
         names.append(f"recompute@{node}")
-    return pd.DataFrame({"region": names, "start_ns": ts[rf_rows], "end_ns": end[rf_rows]})
+    return pd.DataFrame({"region": names, "start_ns": ts[rf_rows], "end_ns": end[rf_rows],
+                         "frame": rf_rows})
 
 
 def _number_repeated(df: pd.DataFrame) -> pd.DataFrame:
@@ -471,6 +465,30 @@ def find_phases(trace: Trace, recompute_detection: str = "auto") -> PhaseTable:
         occ = _sequence_recompute(ev, codes, cats).assign(method="sequence")
     else:
         occ = pd.DataFrame({"region": [], "start_ns": [], "end_ns": [], "method": []})
+
+    # ---- forward runs; one name per region whatever the method ------------------------
+    # (ckprof.analysis.forward_runs reads this module's helpers, hence the import here)
+    from ckprof.analysis import forward_runs as _runs
+
+    tree = _runs._Tree(trace)
+    runs = _runs.find_forward_runs(trace, steps, _tree=tree)
+    if method in ("stack", "sequence") and len(occ):
+        occ = _runs.link_recompute_names(occ, trace, runs, _tree=tree)
+        linked = occ["linked"].to_numpy(dtype=bool)
+        if linked.any():
+            notes.append(f"{int(linked.sum())} of {len(occ)} recompute occurrence(s) named after "
+                         f"their region's forward run ({runs['source'].iloc[0]}), by the "
+                         "Sequence number of the backward node that recomputed them")
+        if "frame" in occ:
+            frames = occ["frame"].to_numpy(dtype=np.float64)
+            todo = np.flatnonzero(~linked & ~np.isnan(frames))
+            fallback = _runs.recompute_frame_names(trace, frames[todo].astype(np.int64),
+                                                   _tree=tree)
+            region = occ["region"].to_numpy(dtype=object).copy()
+            for k, name in zip(todo, fallback, strict=True):
+                if name is not None:
+                    region[k] = name
+            occ = occ.assign(region=region)
     if len(occ):
         occ_start = occ["start_ns"].to_numpy(dtype=np.int64)
         occ = occ.assign(step=_step_of(occ_start, steps))
@@ -487,9 +505,11 @@ def find_phases(trace: Trace, recompute_detection: str = "auto") -> PhaseTable:
     if recompute_detection != "none" and found == "none":
         notes.append(f"no recompute found ({method} detection)")
     if method == "sequence" and len(recompute):
-        notes.append("recompute found by the Sequence-number heuristic: region names "
-                     "are the backward nodes that triggered it; a backward run with "
-                     "create_graph=True would also count as recompute")
+        notes.append("recompute found by the Sequence-number heuristic"
+                     ": regions without a forward run in the "
+                     "trace are named after the backward node that triggered them "
+                     "(recompute@<Node>); a backward run with create_graph=True would also "
+                     "count as recompute")
 
     # ---- labelled intervals ---------------------------------------------------------
     parts: list[pd.DataFrame] = []
@@ -541,7 +561,7 @@ def find_phases(trace: Trace, recompute_detection: str = "auto") -> PhaseTable:
     assert not unknown, f"phases outside PHASES: {unknown}"
     return PhaseTable(steps=steps.reset_index(drop=True), segments=segments,
                       recompute=recompute.reset_index(drop=True), recompute_found_by=found,
-                      notes=tuple(notes), phase_source=phase_source)
+                      notes=tuple(notes), phase_source=phase_source, forward_runs=runs)
 
 
 def _outside(occ: pd.DataFrame, ref: pd.DataFrame) -> pd.DataFrame:

@@ -8,12 +8,13 @@ opens and closes ``ckprof::forward`` / ``ckprof::backward`` / ``ckprof::optimize
 step. :data:`LIVE` holds the markers of the one capture running in this process.
 
 # NOTE [ Phase markers ]
-# forward   opens at the first module forward pre-hook of the step on the capture's
-#           thread outside autograd (graph task id -1: recompute is not forward) and
-#           closes when backward starts, the optimizer or zero_grad runs, a
-#           ckprof.phase opens or closes, or the step ends. The global pre-hook is
-#           removed while a forward range is open and during backward (a global
-#           module hook slows every module call) and re-armed when they close.
+# forward   opens at the first module call of the step on the capture's thread
+#           outside autograd (graph task id -1: recompute is not forward) and closes
+#           when backward starts, the optimizer or zero_grad runs, a ckprof.phase
+#           opens or closes, or the step ends. The first call is seen by a stand-in
+#           for nn.Module.__call__ (no global module hook: torch.compile would warn),
+#           removed while a forward range is open and during backward and re-armed
+#           when they close.
 # backward  wraps torch.autograd.backward / torch.autograd.grad (Tensor.backward
 #           calls the former), outermost call only.
 # optimizer global optimizer step pre/post hooks (nested optimizers counted).
@@ -63,18 +64,29 @@ class PhaseMarkers:
         self._saved: list[tuple[Any, str, Any]] = []
         self._forward_hook: Any = None
 
-    # -- the forward pre-hook is armed only while no forward range is open: any global
-    # module hook sends EVERY module call through torch's slow path (~1.6 us each)
+    # -- the forward "pre-hook" is armed only while no forward range is open. It is a
+    # stand-in for nn.Module.__call__, not a global module hook: a global hook sends
+    # EVERY module call through torch's slow path (~1.6 us each) and makes
+    # torch.compile(module) warn and fire it twice; the stand-in sees the first module
+    # call of the step (outside any compiled frame) and puts torch's __call__ back.
     def _arm(self) -> None:
         if self._forward_hook is None and self.installed:
-            from torch.nn.modules.module import register_module_forward_pre_hook
+            original = torch.nn.Module.__call__
+            markers = self
 
-            self._forward_hook = register_module_forward_pre_hook(self._on_forward_pre)
+            def first_module_call(module: torch.nn.Module, *args: Any, **kwargs: Any) -> Any:
+                if markers._forward_hook is first_module_call:  # not once disarmed
+                    markers._on_forward_pre(module, args)
+                return original(module, *args, **kwargs)
+
+            first_module_call._ckprof_original = original  # type: ignore[attr-defined]
+            torch.nn.Module.__call__ = first_module_call  # type: ignore[method-assign]
+            self._forward_hook = first_module_call
 
     def _disarm(self) -> None:
         hook, self._forward_hook = self._forward_hook, None
-        if hook is not None:
-            hook.remove()  # safe inside the hook: torch iterates over a copy
+        if hook is not None and torch.nn.Module.__call__ is hook:
+            torch.nn.Module.__call__ = hook._ckprof_original  # type: ignore[method-assign]
 
     # -- state
     def _open(self, kind: str, name: str) -> None:

@@ -66,16 +66,22 @@ def _scan_cpu(keep_refs: bool) -> tuple[dict[int, int], dict[int, list[Any]]]:
         except Exception:  # sparse / functional / fake tensors have no plain storage
             return
 
+    tensor, parameter = torch.Tensor, torch.nn.Parameter
     with warnings.catch_warnings():
         # isinstance() on some deprecated torch objects warns (torch.distributed.reduce_op)
         warnings.simplefilter("ignore")
         for obj in gc.get_objects():
-            if isinstance(obj, torch.Tensor):
-                add(obj)
-                if isinstance(obj, torch.nn.Parameter):
-                    grad = obj.grad
-                    if grad is not None:
-                        add(grad)
+            # isinstance() asks the object for __class__: a dead weakref.proxy (torch.compile
+            # leaves some behind) raises ReferenceError, other proxies may raise anything
+            try:
+                if not isinstance(obj, tensor):
+                    continue
+                grad = obj.grad if isinstance(obj, parameter) else None
+            except Exception:
+                continue
+            add(obj)
+            if grad is not None:
+                add(grad)
     return sizes, refs
 
 

@@ -30,12 +30,21 @@ Numerics are untouched: the wrappers only add ranges around what torch runs.
 # ``torch.distributed._composable.checkpoint(module)`` imported the generator by
 # name: its module global is patched too when that module is already loaded.
 #
-# Region names: a module (or a bound method / partial of one) is named by its
-# qualified name in the root model the capture saw (``blocks.0``), else
-# ``<Class><index>`` (index = order of first sight of that class); a plain function by
-# its ``__qualname__``. When the same name is checkpointed again within one forward
-# pass (a shared block, a closure made per layer) the later ones get ``#1``, ``#2``...
-# so every region in a pass has its own name; the counter resets at each forward.
+# Region names: the checkpointed callable is looked through -- ``functools.partial``
+# layers, ``__wrapped__`` wrappers (functools.wraps), bound methods -- to the module it
+# runs: a module, a bound method of one, or a function whose first (partial-bound)
+# argument is a module (HF transformers >= 5 checkpoints ``partial(forward, layer)``).
+# A module is named by its qualified name in the root model the capture saw
+# (``model.layers.0``; wrapper components such as ``_checkpoint_wrapped_module`` or
+# ``_orig_mod`` left out, so a ``checkpoint_wrapper``-ed layer keeps its own path), else
+# ``<Class><index>`` (index = order of first sight of that class); a method other than
+# forward adds ``.<method>``. A ``checkpoint_sequential`` segment is named after the
+# modules it runs (``body[0:2]``); a plain function by its ``__qualname__``. When the
+# same name is checkpointed again within one forward pass (a shared block, a closure
+# made per layer) the later ones get ``#1``, ``#2``... so every region in a pass has its
+# own name; the counter resets at each forward. A checkpoint called INSIDE backward
+# (an inner checkpoint re-run while an outer one is recomputed) is not a new forward
+# run: it keeps the base name and is not counted (no phantom ``inner#1``).
 """
 
 from __future__ import annotations
@@ -107,6 +116,7 @@ class _RegionNames:
                     continue
                 self._scanned.add(root)
                 for qual, sub in root.named_modules():
+                    qual = _visible_path(qual)
                     if qual and sub not in self._qualified:
                         self._qualified[sub] = qual
             name = self._qualified.get(module)
@@ -122,7 +132,8 @@ class _RegionNames:
             return name
 
     def unique(self, base: str) -> str:
-        if not self.count_occurrences:
+        if not self.count_occurrences or _graph_task_id() != -1:
+            # inside backward: a nested checkpoint re-run during an outer recompute
             return base
         k = self.occurrences.get(base, 0)
         self.occurrences[base] = k + 1
@@ -136,24 +147,83 @@ class _RegionNames:
 NAMES = _RegionNames()
 
 
+#: path components that wrappers insert between a model and the module they wrap
+_WRAPPER_ATTRS = frozenset({"_checkpoint_wrapped_module", "_fsdp_wrapped_module", "_orig_mod"})
+_FORWARD_METHODS = frozenset({"forward", "__call__", "_call_impl", "_wrapped_call_impl"})
+
+
+def _visible_path(qual: str) -> str:
+    """``layers.0._checkpoint_wrapped_module`` -> ``layers.0`` (the path a user sees)."""
+    if not qual:
+        return qual
+    return ".".join(p for p in qual.split(".") if p not in _WRAPPER_ATTRS)
+
+
 def _unwrap(fn: Any) -> Any:
     while isinstance(fn, functools.partial):
         fn = fn.func
     return fn
 
 
+def _look_through(fn: Any) -> tuple[Any, torch.nn.Module | None, str]:
+    """``(innermost callable, module it runs or None, method name)`` of a checkpointed
+    callable: through partials, ``__wrapped__`` wrappers and bound methods."""
+    first_arg: Any = None
+    for _ in range(64):  # wrappers can be stacked; never loop forever on a cycle
+        if isinstance(fn, torch.nn.Module):
+            return fn, fn, "forward"
+        if isinstance(fn, functools.partial):
+            if fn.args:
+                first_arg = fn.args[0]  # an inner partial's args come first: inner wins
+            fn = fn.func
+            continue
+        owner = getattr(fn, "__self__", None)
+        if isinstance(owner, torch.nn.Module):
+            return fn, owner, getattr(fn, "__name__", "forward")
+        wrapped = getattr(fn, "__wrapped__", None)
+        if wrapped is None or wrapped is fn:
+            break
+        fn = wrapped
+    if isinstance(first_arg, torch.nn.Module) and callable(fn):
+        return fn, first_arg, getattr(fn, "__name__", "forward")
+    return fn, None, ""
+
+
+def _sequential_segment(fn: Any) -> str | None:
+    """``body[0:2]`` for the closure torch's ``checkpoint_sequential`` checkpoints
+    (``run_function(start, end, functions)``), else None."""
+    code = getattr(fn, "__code__", None)
+    cells = getattr(fn, "__closure__", None)
+    if code is None or not cells or "checkpoint_sequential" not in getattr(
+            fn, "__qualname__", ""):
+        return None
+    try:
+        free = dict(zip(code.co_freevars, (c.cell_contents for c in cells), strict=True))
+        start, end, functions = int(free["start"]), int(free["end"]), free["functions"]
+        first, last = functions[start], functions[end]
+    except (KeyError, ValueError, TypeError, IndexError):
+        return None
+    if not (isinstance(first, torch.nn.Module) and isinstance(last, torch.nn.Module)):
+        return None
+    a, b = NAMES.of_module(first), NAMES.of_module(last)
+    pa, _, ia = a.rpartition(".")
+    pb, _, ib = b.rpartition(".")
+    if pa == pb and ia.isdigit() and ib.isdigit():
+        return f"{pa}[{ia}:{int(ib) + 1}]" if pa else f"[{ia}:{int(ib) + 1}]"
+    return a if first is last else f"{a}..{b}"
+
+
 def region_name(fn: Callable[..., Any]) -> str:
     """Base region name of a checkpointed callable (see NOTE [ Recompute attribution ])."""
-    target = _unwrap(fn)
-    if isinstance(target, torch.nn.Module):
-        return sanitize_region(NAMES.of_module(target))
-    owner = getattr(target, "__self__", None)
-    if isinstance(owner, torch.nn.Module):
-        base = NAMES.of_module(owner)
-        method = getattr(target, "__name__", "forward")
-        if method not in ("forward", "__call__", "_call_impl", "_wrapped_call_impl"):
+    target, module, method = _look_through(fn)
+    if module is not None:
+        base = NAMES.of_module(module)
+        if method not in _FORWARD_METHODS:
             base = f"{base}.{method}"
         return sanitize_region(base)
+    segment = _sequential_segment(target)
+    if segment is not None:
+        return sanitize_region(segment)
     qual = getattr(target, "__qualname__", None) or type(target).__name__
     return sanitize_region(qual.replace(".<locals>", ""))
 

@@ -476,7 +476,8 @@ class Capture:
         except Exception as err:  # pragma: no cover - defensive
             self._start_storages = None
             self._baseline = {}
-            self.errors.append(f"memory baseline not measured: {err}")
+            self._warn(f"memory baseline not measured ({type(err).__name__}: {err}): CPU "
+                       "peaks of this window are relative to profiling start")
 
     def _enter_recording(self) -> None:
         self._recording = True

@@ -56,6 +56,7 @@ from ckprof.errors import (
 )
 from ckprof.report.text import check_format, markdown_table, records, text_table
 from ckprof.trace.markers import PHASES
+from ckprof.trace.model import GPU_KINDS
 
 if TYPE_CHECKING:
     from hta.trace_analysis import TraceAnalysis
@@ -368,8 +369,9 @@ def label_hta(hta_or_path: TraceAnalysis | str | os.PathLike[str], *,
 # Labels: a matched GPU event takes ckprof's attribution (the phase of the CPU op that
 # launched it, through correlation -- never its own timestamp); a matched CPU event
 # takes the phase segment containing its exact ckprof start. A GPU event ckprof did not
-# attribute (outside every step) and an unmatched row take the phase at their own start
-# time (mapped onto ckprof's clock); unmatched rows are counted in notes.
+# attribute (launched before profiling or outside the analysed steps) is in no step
+# (step -1, ``other``), as in ckprof's own tables; an unmatched row takes the phase at
+# its own start time (mapped onto ckprof's clock); unmatched rows are counted in notes.
 
 
 def _ids_to_int(values: pd.Series, thread_names: Mapping[int, str]) -> np.ndarray:
@@ -398,6 +400,10 @@ def _ckprof_labels(analysis: Analysis) -> tuple[np.ndarray, np.ndarray, np.ndarr
     step = np.asarray(step, dtype=np.int64).copy()
     phase = np.asarray(phase, dtype=object).copy()
     region = np.asarray(region, dtype=object).copy()
+    # a GPU event belongs to the step that launched it: one ckprof did not attribute
+    # (launched before profiling or outside the analysed steps) is in no step
+    gpu_rows = events["kind"].isin(GPU_KINDS).to_numpy()
+    step[gpu_rows], phase[gpu_rows], region[gpu_rows] = -1, "other", ""
     gpu = analysis.time.gpu_events
     if len(gpu):
         rows = gpu["event"].to_numpy(dtype=np.int64)

@@ -430,7 +430,8 @@ def plot_time_breakdown(analysis: Analysis, *, width_in: float | None = None,
         top = max(top, float(gpu.sum(axis=1).max()))
     ax.set_ylim(0, top * 1.12 if top > 0 else 1)
     overhead = analysis.time.recompute_overhead_pct
-    sub = "" if overhead is None or math.isnan(overhead) else f", recompute overhead {overhead:.1f}%"
+    sub = ("" if overhead is None or math.isnan(overhead)
+           else f", forward re-run +{overhead:.1f}% (lower bound of checkpointing's cost)")
     ax.set_title(f"Time per step by phase{sub}\n{_trace_name(analysis)}", fontsize=10, loc="left")
     ax.grid(axis="y", color="#DDDDDD", linewidth=0.6)
     ax.set_axisbelow(True)
@@ -463,7 +464,7 @@ def plot_recompute_regions(analysis: Analysis, *, max_regions: int = 40,
         more = pd.DataFrame({
             "region": [f"({len(rest)} more regions)"], "count": [int(rest["count"].sum())],
             "wall_ms": [float(rest["wall_ms"].sum())], "gpu_ms": [float(rest["gpu_ms"].sum())],
-            "forward_wall_ms": [float(rest["forward_wall_ms"].sum())],
+            "forward_wall_ms": [float(rest["forward_wall_ms"].sum(min_count=1))],
         })
         table = pd.concat([head, more], ignore_index=True)
     n = len(table)
@@ -486,7 +487,7 @@ def plot_recompute_regions(analysis: Analysis, *, max_regions: int = 40,
     if (fwd > 0).any():
         ax.barh(ys, fwd, 0.62, facecolor="none", edgecolor=PHASE_COLORS["forward"], linewidth=1.2,
                 linestyle="--", gid="regions:forward", label="first forward run")
-    xmax = float(max(wall.max(), fwd.max())) if n else 1.0
+    xmax = float(np.nanmax(np.r_[wall, fwd, 0.0])) if n else 1.0
     for y, w, c in zip(ys, wall, table["count"].to_numpy(np.int64), strict=True):
         ax.text(w + xmax * 0.01, y, f"{w:.3g} ms  ({int(c)}x)", va="center", ha="left", fontsize=8)
     ax.set_yticks(ys, table["region"].astype(str).tolist(), fontsize=8)

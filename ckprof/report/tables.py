@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 
 from ckprof.report.text import (
     FORMATS,
+    MISSING,
     check_format,
     format_bytes,
     format_ms,
@@ -42,6 +43,10 @@ def render(analysis: Analysis, fmt: str = "table") -> str:
     return render_markdown(analysis)
 
 
+def _rerun(pct: float | None) -> str:
+    return format_pct(pct) if format_pct(pct) == MISSING else "+" + format_pct(pct)
+
+
 def _headline(analysis: Analysis) -> list[str]:
     from ckprof._version import __version__
 
@@ -51,7 +56,8 @@ def _headline(analysis: Analysis) -> list[str]:
     parts = [
         f"{n} step(s) analysed ({', '.join(str(s) for s in steps)})",
         f"{mean:,.3f} ms per step",
-        f"recompute overhead {format_pct(analysis.time.recompute_overhead_pct)}",
+        f"forward re-run {_rerun(analysis.time.recompute_overhead_pct)} of the rest of the "
+        "step (lower bound of checkpointing's cost)",
     ]
     return [
         f"ckprof {__version__} · {analysis.trace.path}",
@@ -107,7 +113,7 @@ def render_text(analysis: Analysis) -> str:
         lines.append("  (no recompute found: " + _no_recompute_reason(analysis) + ")")
     else:
         rows = [
-            [r.region, str(r.count), format_ms(r.wall_ms), format_ms(r.gpu_ms), format_ms(r.forward_wall_ms) if r.forward_wall_ms else "—"]
+            [r.region, str(r.count), format_ms(r.wall_ms), format_ms(r.gpu_ms), format_ms(r.forward_wall_ms)]
             for r in regions.itertuples(index=False)
         ]
         lines += text_table(["region", "count", "recompute ms", "GPU ms", "first-run fwd ms"], rows, "lrrrr")

@@ -1,0 +1,384 @@
+"""Stage 2a: the first (forward) runs of checkpointed regions, and one region name for
+every recompute detection method.
+
+Contract::
+
+    find_forward_runs(trace, steps) -> pd.DataFrame
+    link_recompute_names(occ, trace, runs) -> pd.DataFrame
+
+``find_forward_runs`` returns one row per run of a checkpointed callable, sorted by
+start: ``step`` (int64, -1 outside every step), ``region`` (str), ``start_ns``,
+``end_ns``, ``pid``, ``tid``, ``seq_lo``, ``seq_hi`` (int64: the range of autograd
+``Sequence number`` s the run created, -1 when none), ``first_run`` (bool: False for a
+re-run inside backward -- an inner checkpoint called again while an outer region is
+recomputed), ``source`` (``markers`` | ``stack``). Empty (same columns) when the trace
+has neither ckprof checkpoint markers nor Python frames.
+
+``link_recompute_names`` returns ``occ`` (columns ``region``, ``start_ns``, ``end_ns``,
+...) with ``region`` replaced by the name of the run that created what each occurrence
+recomputes, where the trace tells (see NOTE [ One name per region ]); rows it cannot
+link keep their name. Only numpy/pandas here.
+
+# NOTE [ Forward runs ]
+# markers: each ``ckprof::checkpoint::<region>`` range (written by capture around the
+#          region's run) is a run named <region>.
+# stack:   (only when the trace has no checkpoint markers) each Python frame
+#          ``torch/utils/checkpoint.py(N): checkpoint`` is a run. Its name: below the
+#          frame, torch's plumbing (torch/, ckprof/, functools, built-ins) leads to the
+#          checkpointed callable. When that is a module (an ``nn.Module: X`` frame with
+#          no user frame between), the region is X (``checkpoint_sequential`` runs
+#          several: ``X..Y``); when it is a function, the region is the module whose
+#          forward called checkpoint (``nn.Module: X`` frame above) when the function
+#          is a ``forward`` (HF >= 5 checkpoints ``partial(layer.forward)``; the layer
+#          then has no frame of its own inside), else ``<X>.<function>`` or the
+#          function's name. A name repeated within a step gets ``#1``, ``#2``... in time
+#          order (as capture does within a forward pass).
+# A run that starts inside an ``autograd::engine::evaluate_function`` (any thread) runs
+# inside backward: it re-runs an inner checkpoint while an outer region is recomputed.
+# It is recompute, never a first run (``first_run`` False), and it keeps its region's
+# name (capture does not count it either).
+# Sequence numbers: the seq-carrying cpu_ops on the run's thread inside [start, end);
+# for a reentrant checkpoint the ops inside run under no_grad and carry none, so the
+# ``CheckpointFunction`` op enclosing the marker adds its own seq.
+#
+# NOTE [ One name per region ]
+# Whatever finds a recompute occurrence (markers, stack frames, Sequence numbers), the
+# occurrence sits inside the evaluate_function of the backward node that needed the
+# recomputed tensors, and that node was created by an op of the region's run: the
+# node's Sequence number lies in the run's [seq_lo, seq_hi]. The occurrence takes the
+# name of the latest-started run that contains that number and started before it (a
+# re-run inside backward only when it ran on the same thread, since Sequence numbers
+# are counted per thread). Nested regions: that node lies in the ranges of the inner
+# run and of every run around it, and torch recomputes the outer ones first, so the k
+# occurrences under one evaluate_function take the innermost k runs of that chain,
+# outermost first (the Sequence-number heuristic merges them into one occurrence,
+# named after the inner run). So stack and sequence
+# detection name regions exactly as markers do on a trace that has them
+# (``model.layers.0``), and by the checkpointed module (``LlamaDecoderLayer_0``) on a
+# with_stack trace without markers -- one method can be checked against another.
+"""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pandas as pd
+
+from ckprof.analysis.phases import (
+    EVAL_PREFIX,
+    _down_tree,
+    _kind_mask,
+    _mask_names,
+    _names,
+    _step_of,
+)
+from ckprof.trace.markers import CHECKPOINT_PREFIX
+from ckprof.trace.model import Trace
+
+__all__ = ["RUN_COLUMNS", "find_forward_runs", "link_recompute_names", "recompute_frame_names"]
+
+RUN_COLUMNS: dict[str, str] = {
+    "step": "int64", "region": "object", "start_ns": "int64", "end_ns": "int64",
+    "pid": "int64", "tid": "int64", "seq_lo": "int64", "seq_hi": "int64",
+    "first_run": "bool", "source": "object"}
+
+_CHECKPOINT_FRAME_RE = re.compile(r"(?:^|/)torch/utils/checkpoint\.py\(\d+\): checkpoint$")
+_MODULE_PREFIX = "nn.Module: "
+_FRAME_RE = re.compile(r"^(?P<path>.*)\(\d+\): (?P<func>[^ ]+)$")
+_PLUMBING_FILES = ("functools.py", "contextlib.py")
+_REENTRANT_FN = "CheckpointFunction"
+
+
+def _empty_runs() -> pd.DataFrame:
+    return pd.DataFrame({c: pd.Series([], dtype=d) for c, d in RUN_COLUMNS.items()})
+
+
+def _is_user_frame(name: str) -> bool:
+    """A Python frame of user code (model, transformers ...), not torch's or ckprof's
+    checkpoint plumbing, not a module frame, not a built-in."""
+    if name.startswith(_MODULE_PREFIX) or name.startswith("<"):
+        return False
+    m = _FRAME_RE.match(name)
+    if m is None:
+        return False
+    path = m.group("path").replace("\\", "/")
+    if path.endswith(_PLUMBING_FILES):
+        return False
+    return not re.search(r"(?:^|/)(?:torch|ckprof)/", path)
+
+
+def _func_of(name: str) -> str:
+    m = _FRAME_RE.match(name)
+    return m.group("func") if m else name
+
+
+def _inside_intervals(t: np.ndarray, s: np.ndarray, e: np.ndarray) -> np.ndarray:
+    """For each instant: inside the union of intervals [s, e)?"""
+    if len(s) == 0 or len(t) == 0:
+        return np.zeros(len(t), dtype=bool)
+    order = np.argsort(s, kind="stable")
+    s, e = s[order], e[order]
+    run_end = np.maximum.accumulate(e)           # furthest end of any interval so far
+    j = np.searchsorted(s, t, side="right") - 1
+    ok = j >= 0
+    ok[ok] = t[ok] < run_end[j[ok]]
+    return ok
+
+
+class _Tree:
+    """Arrays of the event table the stage reads, computed once."""
+
+    def __init__(self, trace: Trace) -> None:
+        ev = trace.events
+        self.n = len(ev)
+        self.codes, self.cats = _names(ev)
+        self.ts = ev["ts_ns"].to_numpy(dtype=np.int64)
+        self.end = self.ts + ev["dur_ns"].to_numpy(dtype=np.int64)
+        self.pid = ev["pid"].to_numpy(dtype=np.int64)
+        self.tid = ev["tid"].to_numpy(dtype=np.int64)
+        self.seq = ev["seq"].to_numpy(dtype=np.int64)
+        self.parent = ev["parent"].to_numpy(dtype=np.int64)
+        self.depth = ev["depth"].to_numpy(dtype=np.int64)
+        self.is_op = _kind_mask(ev, "cpu_op")
+        self.is_py = _kind_mask(ev, "python_function")
+        self.is_ann = _kind_mask(ev, "user_annotation")
+        self.is_eval = self.is_op & _mask_names(self.codes, self.cats,
+                                                lambda c: c.startswith(EVAL_PREFIX))
+        self.is_user = self.is_py & _mask_names(self.codes, self.cats, _is_user_frame)
+
+    def name(self, row: int) -> str:
+        return str(self.cats[self.codes[row]]) if self.codes[row] >= 0 else ""
+
+    def in_backward(self, t: np.ndarray) -> np.ndarray:
+        rows = np.flatnonzero(self.is_eval)
+        return _inside_intervals(t, self.ts[rows], self.end[rows])
+
+    def seq_ranges(self, start: np.ndarray, end: np.ndarray, pid: np.ndarray,
+                   tid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(min, max) Sequence number of the cpu_ops on each (pid, tid) in [start, end)."""
+        lo = np.full(len(start), -1, dtype=np.int64)
+        hi = np.full(len(start), -1, dtype=np.int64)
+        ops = np.flatnonzero(self.is_op & (self.seq >= 0) & ~self.is_eval)
+        if len(ops) == 0:
+            return lo, hi
+        key = self.pid[ops] * 1_000_003 + self.tid[ops]
+        want = pid * 1_000_003 + tid
+        for k in np.unique(want):
+            mine = ops[key == k]                 # sorted by ts (events are)
+            t = self.ts[mine]
+            for i in np.flatnonzero(want == k):
+                a, b = np.searchsorted(t, [start[i], end[i]], side="left")
+                if b > a:
+                    s = self.seq[mine[a:b]]
+                    lo[i], hi[i] = int(s.min()), int(s.max())
+        return lo, hi
+
+
+# ------------------------------------------------------------------------- runs
+
+
+def _marker_runs(tr: _Tree) -> pd.DataFrame:
+    rows = np.flatnonzero(tr.is_ann & _mask_names(
+        tr.codes, tr.cats, lambda c: c.startswith(CHECKPOINT_PREFIX)))
+    if len(rows) == 0:
+        return _empty_runs()
+    lo, hi = tr.seq_ranges(tr.ts[rows], tr.end[rows], tr.pid[rows], tr.tid[rows])
+    # reentrant: the marker sits inside the CheckpointFunction op, whose seq is the
+    # backward node's (CheckpointFunctionBackward)
+    par = tr.parent[rows]
+    for k in np.flatnonzero(par >= 0):
+        p = par[k]
+        if tr.is_op[p] and tr.seq[p] >= 0 and tr.name(p) == _REENTRANT_FN:
+            s = int(tr.seq[p])
+            lo[k] = s if lo[k] < 0 else min(lo[k], s)
+            hi[k] = max(hi[k], s)
+    return pd.DataFrame({
+        "region": [c[len(CHECKPOINT_PREFIX):] for c in tr.cats[tr.codes[rows]]],
+        "start_ns": tr.ts[rows], "end_ns": tr.end[rows], "pid": tr.pid[rows],
+        "tid": tr.tid[rows], "seq_lo": lo, "seq_hi": hi, "source": "markers"})
+
+
+def _module_ancestor(tr: _Tree) -> tuple[np.ndarray, np.ndarray]:
+    """(nearest nn.Module frame strictly above each row or -1, is-module mask)."""
+    is_mod = tr.is_py & _mask_names(tr.codes, tr.cats, lambda c: c.startswith(_MODULE_PREFIX))
+    anc = np.full(tr.n, -1, dtype=np.int64)
+
+    def fill(rows: np.ndarray, par: np.ndarray) -> None:
+        ok = par >= 0
+        p = np.where(ok, par, 0)
+        anc[rows] = np.where(ok, np.where(is_mod[p], p, anc[p]), -1)
+
+    _down_tree(tr.parent, tr.depth, fill)
+    return anc, is_mod
+
+
+def callable_name(tr: _Tree, frame: int, mod_anc: np.ndarray, is_mod: np.ndarray,
+                  *, enclosing: bool) -> str | None:
+    """Name of what a checkpoint / recompute_fn Python frame runs (NOTE [ Forward
+    runs ]); ``enclosing``: a ``forward`` function is named after the module frame
+    around ``frame`` (first runs only). None when nothing is recognisable.
+
+    Only module frames and user frames count ("significant"); torch's and ckprof's
+    plumbing and built-ins are looked through. From ``frame`` down, a single
+    significant child that is a user frame (a wrapper, a decorator) is descended into;
+    the first module frame reached is the answer; several children at the top are a
+    checkpoint_sequential segment; several children below a user function mean the
+    function itself is the checkpointed callable."""
+    a, b = np.searchsorted(tr.ts, [tr.ts[frame], tr.end[frame]], side="left")
+    a = max(a, frame + 1)
+    block = np.arange(a, b, dtype=np.int64)
+    block = block[tr.is_py[block] & (tr.pid[block] == tr.pid[frame])
+                  & (tr.tid[block] == tr.tid[frame]) & (tr.depth[block] > tr.depth[frame])]
+    sig = block[is_mod[block] | tr.is_user[block]].tolist()
+    sig_set = set(sig)
+    children: dict[int, list[int]] = {}
+    for r in sig:                                  # time order: children stay ordered
+        p = int(tr.parent[r])
+        while p >= 0 and p != frame and p not in sig_set:
+            p = int(tr.parent[p])
+        if p >= 0:
+            children.setdefault(p, []).append(r)
+    node, funcs = frame, []
+    while True:
+        kids = children.get(node, [])
+        if len(kids) == 1 and not is_mod[kids[0]]:
+            node = kids[0]                         # a wrapper / the callable function
+            funcs.append(_func_of(tr.name(node)))
+            continue
+        if len(kids) == 1 or (kids and not funcs and all(is_mod[k] for k in kids)):
+            # one module (after any wrappers), or a checkpoint_sequential segment
+            first, last = (tr.name(kids[0])[len(_MODULE_PREFIX):],
+                           tr.name(kids[-1])[len(_MODULE_PREFIX):])
+            return first if first == last else f"{first}..{last}"
+        break
+    if not funcs:
+        kids = children.get(frame, [])
+        funcs = [_func_of(tr.name(k)) for k in kids if not is_mod[k]][:1]
+        if not funcs:
+            return None
+    owner = int(mod_anc[frame]) if enclosing else -1
+    if owner >= 0:
+        mod = tr.name(owner)[len(_MODULE_PREFIX):]
+        return mod if "forward" in funcs else f"{mod}.{funcs[-1]}"
+    return funcs[-1] if enclosing else None
+
+
+def recompute_frame_names(trace: Trace, frames: np.ndarray, *, _tree: _Tree | None = None
+                          ) -> list[str | None]:
+    """For ``recompute_fn`` Python frames: the module each one re-runs when the
+    checkpointed callable is a module (``TinyBlock_0``), else None (a function: its
+    module has no frame inside the recompute)."""
+    tr = _tree or _Tree(trace)
+    if len(frames) == 0:
+        return []
+    mod_anc, is_mod = _module_ancestor(tr)
+    return [callable_name(tr, int(f), mod_anc, is_mod, enclosing=False) for f in frames]
+
+
+def _stack_runs(tr: _Tree) -> pd.DataFrame:
+    rows = np.flatnonzero(tr.is_py & _mask_names(
+        tr.codes, tr.cats, lambda c: bool(_CHECKPOINT_FRAME_RE.search(c))))
+    if len(rows) == 0:
+        return _empty_runs()
+    mod_anc, is_mod = _module_ancestor(tr)
+    names = []
+    for r in rows:
+        name = callable_name(tr, int(r), mod_anc, is_mod, enclosing=True)
+        names.append(name if name is not None else "checkpoint")
+    lo, hi = tr.seq_ranges(tr.ts[rows], tr.end[rows], tr.pid[rows], tr.tid[rows])
+    return pd.DataFrame({
+        "region": names, "start_ns": tr.ts[rows], "end_ns": tr.end[rows],
+        "pid": tr.pid[rows], "tid": tr.tid[rows], "seq_lo": lo, "seq_hi": hi,
+        "source": "stack"})
+
+
+def _number_repeats(runs: pd.DataFrame) -> pd.DataFrame:
+    """Stack names repeated among a step's first runs get #1, #2 ... in time order."""
+    first = runs[runs["first_run"] & (runs["source"] == "stack")]
+    if first.empty:
+        return runs
+    k = first.groupby(["step", "region"]).cumcount()
+    region = runs["region"].copy()
+    region.loc[first.index] = np.where(k > 0, first["region"] + "#" + k.astype(str),
+                                       first["region"])
+    return runs.assign(region=region)
+
+
+def find_forward_runs(trace: Trace, steps: pd.DataFrame, *, _tree: _Tree | None = None
+                      ) -> pd.DataFrame:
+    """Runs of checkpointed regions (see the module docstring and NOTE [ Forward runs ])."""
+    if len(trace.events) == 0:
+        return _empty_runs()
+    tr = _tree or _Tree(trace)
+    runs = _marker_runs(tr)
+    if runs.empty:
+        runs = _stack_runs(tr)
+    if runs.empty:
+        return _empty_runs()
+    start = runs["start_ns"].to_numpy(dtype=np.int64)
+    runs = runs.assign(step=_step_of(start, steps), first_run=~tr.in_backward(start))
+    runs = runs.sort_values("start_ns", kind="stable").reset_index(drop=True)
+    runs = _number_repeats(runs)
+    return runs[list(RUN_COLUMNS)].astype(RUN_COLUMNS)
+
+
+# ------------------------------------------------------------------------- names
+
+
+def _triggering_eval(tr: _Tree, start: np.ndarray, end: np.ndarray) -> np.ndarray:
+    """Per occurrence: row of the innermost evaluate_function containing it, -1 if none."""
+    ev = np.flatnonzero(tr.is_eval)
+    out = np.full(len(start), -1, dtype=np.int64)
+    if len(ev) == 0:
+        return out
+    e_ts, e_end = tr.ts[ev], tr.end[ev]
+    for i in range(len(start)):
+        j = int(np.searchsorted(e_ts, start[i], side="right"))
+        cand = np.flatnonzero(e_end[:j] >= end[i])
+        if len(cand):
+            out[i] = ev[cand[-1]]                  # latest-started = innermost
+    return out
+
+
+def link_recompute_names(occ: pd.DataFrame, trace: Trace, runs: pd.DataFrame, *,
+                         _tree: _Tree | None = None) -> pd.DataFrame:
+    """``occ`` with each occurrence named after the run it recomputes (NOTE [ One name
+    per region ]); unlinked rows keep their region. Adds ``linked`` (bool).
+
+    Nested regions: the node that needs an inner region's tensors lies in the seq range
+    of the inner run AND of every run around it; torch recomputes the outer regions
+    first. So the k occurrences under one evaluate_function (time order) take the
+    innermost k runs of that chain, outermost first (one occurrence: the inner run)."""
+    if occ.empty or runs.empty:
+        return occ.assign(linked=np.zeros(len(occ), dtype=bool))
+    tr = _tree or _Tree(trace)
+    start = occ["start_ns"].to_numpy(dtype=np.int64)
+    end = occ["end_ns"].to_numpy(dtype=np.int64)
+    node = _triggering_eval(tr, start, end)
+    r_lo = runs["seq_lo"].to_numpy(dtype=np.int64)
+    r_hi = runs["seq_hi"].to_numpy(dtype=np.int64)
+    r_st = runs["start_ns"].to_numpy(dtype=np.int64)
+    r_first = runs["first_run"].to_numpy(dtype=bool)
+    r_key = runs["pid"].to_numpy(dtype=np.int64) * 1_000_003 + runs["tid"].to_numpy(
+        dtype=np.int64)
+    r_name = runs["region"].to_numpy(dtype=object)
+    names = occ["region"].to_numpy(dtype=object).copy()
+    linked = np.zeros(len(occ), dtype=bool)
+    for row in np.unique(node[node >= 0]):
+        seq = int(tr.seq[row])
+        if seq < 0:
+            continue
+        mine = np.flatnonzero(node == row)
+        mine = mine[np.argsort(start[mine], kind="stable")]
+        key = int(tr.pid[row]) * 1_000_003 + int(tr.tid[row])
+        ok = (r_lo >= 0) & (r_lo <= seq) & (seq <= r_hi) & (r_st < start[mine[0]])
+        ok &= r_first | (r_key == key)
+        chain = np.flatnonzero(ok)                # runs sorted by start: outermost first
+        if len(chain) == 0:
+            continue
+        take = chain[-len(mine):]
+        for i, r in zip(mine[len(mine) - len(take):], take, strict=True):
+            names[i] = r_name[r]
+            linked[i] = True
+    return occ.assign(region=names, linked=linked)
