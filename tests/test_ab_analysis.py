@@ -159,7 +159,7 @@ def test_variant_filter_keeps_that_variants_steps(ab_file):
         load(ab_file, variant="maybe")
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=20, deadline=None)
 @given(st.lists(st.sampled_from(["on", "off"]), min_size=2, max_size=12))
 def test_every_step_gets_the_variant_of_its_range(order):
     """GIVEN any sequence of on/off steps (property) WHEN the variants are read from the
@@ -246,3 +246,37 @@ def test_report_and_plot_show_ab(ab_file, tmp_path):
     gids = {a.get_gid() for ax in fig.axes for a in ax.get_children() if a.get_gid()}
     assert {"ab:peak:on", "ab:peak:off", "ab:steps:on", "ab:steps:off"} <= gids
     assert math.isclose(fig.axes[1].get_ylim()[1], (BASE + OFF_ALLOC) * 1.1, rel_tol=1e-6)
+
+
+def test_on_steps_without_recompute_are_called_out():
+    """GIVEN an A/B trace whose 'on' steps recomputed nothing (checkpointing the switch
+    never reached) WHEN analysed THEN a note says so."""
+    b = TraceBuilder().meta(ckprof={"ab": {"mode": "checkpointing", "steps": {"1": "on", "2": "off"}}})
+    for step, v in ((1, "on"), (2, "off")):
+        t0 = step * 100.0
+        b.step(step, t0, 100)
+        b.marker(variant_marker(v), t0 + 1, 1)
+        b.marker("forward", t0 + 5, 50)
+    ab = analyze(b.to_trace()).ab
+    assert any("recomputed nothing" in n for n in ab.notes)
+
+
+def test_unprofiled_wait_steps_give_the_cost_without_the_profiler():
+    """GIVEN the capture's timed wait steps (on 12, 14 ms; off 10, 10 ms) WHEN analysed
+    THEN the unprofiled cost is (13 - 10) / 10 and the headline leads with it, the
+    profiled figure second."""
+    b = ab_trace()
+    meta = b._meta["ckprof"]
+    meta["ab"]["unprofiled"] = [[-4, "on", 12.0], [-3, "off", 10.0], [-2, "off", 10.0], [-1, "on", 14.0]]
+    ab = analyze(b.to_trace()).ab
+    assert ab.diff.unprofiled_cost_pct == pytest.approx(30.0)
+    assert ab.diff.unprofiled_steps == (2, 2) and ab.diff.unprofiled_within_noise is False
+    from ckprof.report.ab import ab_headline
+
+    head = ab_headline(ab)
+    assert head[0].startswith("Checkpointing cost: +30.0% step time (measured without the profiler")
+    assert head[1].strip().startswith(f"under the profiler: {COST_PCT:+.1f}%")
+    assert ab.to_dict()["diff"]["unprofiled_cost_pct"] == pytest.approx(30.0)
+    without = analyze(ab_trace().to_trace()).ab
+    assert math.isnan(without.diff.unprofiled_cost_pct)
+    assert any("wait=8" in n for n in without.notes)

@@ -6,6 +6,7 @@ model), and the out-of-memory path (simulated: the CPU path is the same code).""
 from __future__ import annotations
 
 import functools
+import math
 from collections import Counter
 from typing import Any
 
@@ -306,3 +307,30 @@ def test_ab_needs_two_active_steps_and_tag_step_needs_manual_mode(tmp_path):
     with ckprof.capture(tmp_path, wait=0, warmup=0, active=2, ab=True) as cap, \
             pytest.raises(CaptureError, match="tags steps itself"):
         cap.tag_step("x")
+
+
+def test_wait_steps_alternate_and_are_timed_without_the_profiler(tmp_path):
+    """GIVEN ab=True with wait=5 WHEN captured THEN the wait steps run on, off, off, on,
+    on (block calls per step are the ground truth), steps 1-4 are timed (the first of the
+    block is not) and stored in the metadata, and the analysis gives the unprofiled cost."""
+    model = make("ckprof")
+    opt = torch.optim.SGD(model.parameters(), lr=1e-3)
+    x = torch.randn(BATCH, DIM)
+    calls = {}
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        model(x).backward()
+        opt.step()
+
+    with ckprof.capture(tmp_path, wait=5, warmup=1, active=2, ab=True) as cap:
+        for _ in range(8):
+            before, index = CALLS["block"], cap.step_index
+            cap.run_step(step)
+            calls[index] = CALLS["block"] - before
+    assert [calls[s] for s in range(5)] == [4, 2, 2, 4, 4]
+    timed = read_trace(cap.trace_paths[0])["ckprof"]["ab"]["unprofiled"]
+    assert [(s, v) for s, v, _ in timed] == [(1, "off"), (2, "off"), (3, "on"), (4, "on")]
+    assert all(ms > 0 for _, _, ms in timed)
+    d = load(cap.trace_paths[0]).ab.diff
+    assert d.unprofiled_steps == (2, 2) and not math.isnan(d.unprofiled_cost_pct)

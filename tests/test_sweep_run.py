@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 
 import pytest
@@ -195,7 +196,8 @@ def test_cli_sweep_user_model_writes_plot_and_recommends(tmp_path):
     assert res.exit_code == 0, res.output
     assert "Recommendation: Use " in res.output and "memory budget: 1.0 MiB" in res.output
     assert "batch 8 was measured too" in res.output  # the second size, for the estimate
-    assert "Confirmed by running it:" in res.output
+    # the recommended batch was run: it fitted, or a smaller one did (the estimate is linear)
+    assert re.search(r"(Confirmed by running it|Not confirmed): \w+ at batch \d+", res.output), res.output
     assert "threads: torch pinned to" in res.output
     assert max(len(line) for line in res.output.splitlines()) <= 100
     assert png.read_bytes()[:4] == b"\x89PNG"

@@ -37,6 +37,10 @@ holding a ``ckprof::variant::oom`` range (or listed in ``ab.excluded``) is exclu
 # recompute / cost x 100 when the cost is positive. within_noise: the two variants'
 # step-time interquartile ranges overlap (as in the sweep, NOTE [ Timing noise ] in
 # strategy/sweep.py): the sign of the difference is then not established.
+# The profiler costs a little per op and "on" steps run more ops, so the cost under the
+# profiler reads a few points dear; ``unprofiled_cost_pct`` is the same ratio on the
+# capture's wait steps (alternated too, timed by the wall clock, metadata
+# ``ab.unprofiled``), given when each variant has 2+ such steps.
 """
 
 from __future__ import annotations
@@ -149,6 +153,13 @@ class ABDiff:
     saving_bytes: float
     saving_pct: float
     phase_diff_ms: Mapping[str, float] = field(default_factory=dict)
+    #: the same cost on the capture's unprofiled (wait) steps, timed by the wall clock;
+    #: NaN / 0 steps when the capture had too few wait steps (NOTE [ A/B figures ])
+    unprofiled_cost_pct: float = math.nan
+    unprofiled_baseline_ms: float = math.nan
+    unprofiled_candidate_ms: float = math.nan
+    unprofiled_steps: tuple[int, int] = (0, 0)
+    unprofiled_within_noise: bool | None = None
 
 
 @dataclass(frozen=True)
@@ -188,7 +199,10 @@ class ABResult:
             diff = {k: clean(getattr(d, k)) for k in (
                 "baseline", "candidate", "baseline_step_ms", "candidate_step_ms", "cost_ms", "cost_pct",
                 "within_noise", "recompute_ms", "recompute_pct", "recompute_share_pct",
-                "baseline_peak_bytes", "candidate_peak_bytes", "saving_bytes", "saving_pct")}
+                "baseline_peak_bytes", "candidate_peak_bytes", "saving_bytes", "saving_pct",
+                "unprofiled_cost_pct", "unprofiled_baseline_ms", "unprofiled_candidate_ms",
+                "unprofiled_within_noise")}
+            diff["unprofiled_steps"] = list(d.unprofiled_steps)
             diff["phase_diff_ms"] = {k: clean(v) for k, v in d.phase_diff_ms.items()}
         return {
             "mode": self.mode,
@@ -220,6 +234,7 @@ def ab_from_tables(
     candidate: str | None = AB_ON,
     oom: Sequence[Mapping[str, Any]] = (),
     baseline_fits: bool = True,
+    unprofiled: Sequence[Any] = (),
 ) -> ABResult | None:
     """The A/B result from plain tables (pure; :func:`ab_result` feeds it an Analysis).
 
@@ -272,12 +287,43 @@ def ab_from_tables(
     diff = None
     if baseline in have and candidate in have:
         diff = _diff(table, baseline, candidate)
+        extra = _unprofiled(unprofiled, baseline, candidate)
+        if extra:
+            import dataclasses
+
+            diff = dataclasses.replace(diff, **extra)
+        elif mode == "checkpointing":
+            notes.append("no unprofiled A/B steps: the cost is measured under the profiler, which weighs a "
+                         "little more on the 'on' steps; capture with wait=8 or more to time steps without it")
+        if mode == "checkpointing" and diff.recompute_ms == 0:
+            notes.append("the 'on' steps recomputed nothing: no checkpoint call was switched (torch.compile'd "
+                         "regions, or checkpointing outside ckprof.checkpoint / torch.utils.checkpoint?)")
     elif mode == "checkpointing":
         missing = [v for v in (baseline, candidate) if v not in have]
         notes.append(f"no usable {' / '.join(str(m) for m in missing)} step: no A/B difference")
     return ABResult(mode=mode, steps=steps, variants=table, memory=memory, device=device,
                     baseline=baseline, candidate=candidate, diff=diff, oom=tuple(oom),
                     baseline_fits=bool(baseline_fits), notes=tuple(notes))
+
+
+def _unprofiled(rows: Sequence[Any], baseline: str, candidate: str) -> dict[str, Any]:
+    """The unprofiled cost from [step, variant, ms] rows (empty dict: not enough)."""
+    times: dict[str, list[float]] = {baseline: [], candidate: []}
+    for row in rows:
+        if isinstance(row, (list, tuple)) and len(row) == 3 and row[1] in times:
+            try:
+                times[str(row[1])].append(float(row[2]))
+            except (TypeError, ValueError):
+                continue
+    b, c = np.asarray(times[baseline]), np.asarray(times[candidate])
+    if len(b) < 2 or len(c) < 2:
+        return {}
+    bq1, bmed, bq3 = _quantiles(b)
+    cq1, cmed, cq3 = _quantiles(c)
+    return {"unprofiled_cost_pct": (cmed - bmed) / bmed * 100.0 if bmed > 0 else math.nan,
+            "unprofiled_baseline_ms": bmed, "unprofiled_candidate_ms": cmed,
+            "unprofiled_steps": (len(c), len(b)),
+            "unprofiled_within_noise": bool(bq1 <= cq3 and cq1 <= bq3)}
 
 
 def _diff(table: pd.DataFrame, baseline: str, candidate: str) -> ABDiff:
@@ -329,7 +375,7 @@ def ab_result(analysis: Analysis) -> ABResult | None:
         variants, analysis.steps_wide(), peaks, mode=mode,
         baseline=AB_OFF if checkpointing else meta.get("baseline"),
         candidate=AB_ON if checkpointing else meta.get("candidate"),
-        oom=oom, baseline_fits=fits,
+        oom=oom, baseline_fits=fits, unprofiled=list(meta.get("unprofiled") or []),
     )
     if result is not None and not analysis.memory.captured:
         import dataclasses

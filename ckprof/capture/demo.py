@@ -115,7 +115,8 @@ def run_demo(out_dir: str | os.PathLike[str], *, steps: int = 3, checkpointing: 
     """Train the demo on CPU and profile ``steps`` active steps; return the trace path.
 
     Schedule: wait=1, warmup=1, active=steps (``steps + 2`` training steps in all).
-    ``ab=True``: the active steps alternate checkpointing on and off (``capture(ab=True)``).
+    ``ab=True``: steps alternate checkpointing on and off (``capture(ab=True)``), with
+    ``steps + 1`` wait steps (timed without the profiler) and 2 warm-up steps.
     """
     if steps < 1:
         raise CaptureError(f"run_demo: steps={steps} records nothing", hint="Use steps >= 1")
@@ -129,8 +130,10 @@ def run_demo(out_dir: str | os.PathLike[str], *, steps: int = 3, checkpointing: 
         loss.backward()
         optimizer.step()
 
-    with capture(out_dir, wait=1, warmup=1, active=steps, ab=ab) as session:
-        for _ in range(steps + 2):
+    # A/B: the wait steps alternate too and are timed without the profiler
+    wait, warmup = (steps + 1, 2) if ab else (1, 1)
+    with capture(out_dir, wait=wait, warmup=warmup, active=steps, ab=ab) as session:
+        for _ in range(wait + warmup + steps):
             session.run_step(train_step)
     if not session.trace_paths:
         reason = "; ".join(session.errors) or "the profiler produced no trace"

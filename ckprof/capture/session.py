@@ -47,6 +47,12 @@ of the JSON. ``trace_paths`` lists the files written, in order.
 # error propagates after the completed steps are saved with the out-of-memory noted.
 # The CPU path is the same code (a CPU allocator failure, or a simulated
 # ``torch.OutOfMemoryError``, takes it).
+# The profiler costs a little per op and the "on" steps run more ops (the recompute),
+# so A/B under the profiler reads a few points dear. The ``wait`` steps before a window
+# therefore alternate too (same on, off, off, on order; the first of each block is not
+# counted) and are timed by the wall clock between ``step()`` calls, without any
+# profiler: metadata ``ab.unprofiled`` = [[step, variant, ms], ...]; the analysis
+# reports that cost next to the profiled one. Use wait=8 or more to get it.
 """
 
 from __future__ import annotations
@@ -57,6 +63,7 @@ import inspect
 import os
 import socket
 import threading
+import time
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -180,6 +187,10 @@ class Capture:
         self._ab_excluded: set[int] = set()
         self._ab_off_fits = True
         self._instrumenting: Any = None
+        # unprofiled A/B steps (wait steps), timed by the wall clock: [step, variant, ms]
+        self._ab_timed: list[list[Any]] = []
+        self._ab_t0 = 0.0
+        self._ab_step_failed = False
 
     # -- schedule
     def _action(self, step: int) -> ProfilerAction:
@@ -251,6 +262,8 @@ class Capture:
             )
         self._begin_step()
         self._nvtx_step_begin()
+        if self.ab:
+            self._ab_t0 = time.perf_counter()
         return self
 
     def step(self) -> None:
@@ -259,10 +272,14 @@ class Capture:
             # fast path: outside a window a step is a counter increment
             if not self._started or self._stopped:
                 return
+            if self.ab:
+                self._ab_time_step()
             self.step_index += 1
             if self.step_index >= self._next_open:
                 self._begin_step()
                 self._nvtx_step_begin()
+            elif self.ab:
+                self._set_variant(self._ab_variant(self.step_index, ProfilerAction.NONE))
             return
         current = self._action(self.step_index)
         if self._recording:
@@ -293,6 +310,9 @@ class Capture:
         self.step_index += 1
         self._begin_step()
         self._nvtx_step_begin()
+        if self.ab:
+            self._ab_t0 = time.perf_counter()
+            self._ab_step_failed = False
 
     # NOTE [ Steps in Nsight ]
     # Nsight Systems does not see torch's ProfilerStep#N record_function, so with
@@ -325,14 +345,29 @@ class Capture:
     # -- A/B (see NOTE [ A/B capture ])
     def _ab_variant(self, step: int, action: ProfilerAction) -> str | None:
         s = self.schedule
-        m = (step - s["skip_first"]) % self._cycle - s["wait"]
+        rel = step - s["skip_first"]
+        m = rel % self._cycle - s["wait"]
         if action == ProfilerAction.WARMUP:
             variant = AB_OFF if (s["warmup"] - m) % 2 == 1 else AB_ON
         elif action in _RECORDING:
             variant = AB_ON if (m - s["warmup"]) % 4 in (0, 3) else AB_OFF
+        elif rel >= 0 and m < 0 and not self._schedule_done(step):
+            # a wait step: alternated too, and timed without the profiler
+            variant = AB_ON if (m + s["wait"]) % 4 in (0, 3) else AB_OFF
         else:
             return None
         return AB_ON if variant == AB_OFF and not self._ab_off_fits else variant
+
+    def _ab_time_step(self) -> None:
+        """A wait step ended: record its wall time (unprofiled A/B, NOTE [ A/B capture ])."""
+        now = time.perf_counter()
+        s = self.schedule
+        first_of_block = (self.step_index - s["skip_first"]) % self._cycle == 0
+        if (self._variant is not None and not self._ab_step_failed and not first_of_block
+                and len(self._ab_timed) < 100_000):
+            self._ab_timed.append([self.step_index, self._variant, round((now - self._ab_t0) * 1e3, 6)])
+        self._ab_step_failed = False
+        self._ab_t0 = time.perf_counter()
 
     def _set_variant(self, variant: str | None) -> None:
         if variant is None and self._variant is None:
@@ -369,6 +404,7 @@ class Capture:
         step = self.step_index
         text = (str(err).strip().splitlines() or [type(err).__name__])[0][:300]
         self._ab_off_fits = False
+        self._ab_step_failed = True
         self.ab_oom.append({"step": step, "recorded": bool(self._recording),
                             "error": f"{type(err).__name__}: {text}"})
         if self._recording:
@@ -565,7 +601,10 @@ class Capture:
                 "order": "on, off, off, on (repeated over the active steps)",
                 "off_fits": self._ab_off_fits,
                 "oom": [dict(o) for o in self.ab_oom],
+                # wait steps before this window, alternated and timed without the profiler
+                "unprofiled": [list(t) for t in self._ab_timed],
             })
+            self._ab_timed = []
         return out
 
     def _first_active(self) -> int:
@@ -672,11 +711,12 @@ def capture(out_dir: str | os.PathLike[str] = "ckprof_traces", **options: Any) -
     ``ab=True`` measures what checkpointing costs and buys in this very run: active
     steps alternate between checkpointing on and off (checkpointed callables called
     directly), each tagged in the trace; ``ckprof analyze`` then reports the measured
-    step-time cost and peak-memory saving. Use ``active=8`` or more, and
+    step-time cost and peak-memory saving. Use ``active=12`` or more, ``wait=8`` or
+    more (wait steps alternate too and are timed without the profiler), and
     ``cap.run_step(train_step, batch)`` so an out-of-memory in an "off" step is
     caught and training continues (see NOTE [ A/B capture ])::
 
-        with ckprof.capture("traces/ab", active=8, ab=True) as cap:
+        with ckprof.capture("traces/ab", wait=13, warmup=2, active=12, ab=True) as cap:
             for batch in loader:
                 cap.run_step(train_step, batch)
     """

@@ -12,7 +12,7 @@ Examples:
   ckprof demo                       # writes traces/demo/<name>.pt.trace.json.gz
   ckprof demo --out /tmp/ck --steps 3
   ckprof demo --no-checkpointing    # the same model without checkpointing, to compare
-  ckprof demo --ab --steps 8        # checkpointing on and off in one run: cost and saving
+  ckprof demo --ab --steps 12       # checkpointing on and off in one run: cost and saving
 """
 
 

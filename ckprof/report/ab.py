@@ -40,16 +40,23 @@ def ab_headline(ab: ABResult) -> list[str]:
         if d is not None:
             n_on = int(ab.variants.set_index("variant").loc[d.candidate, "steps"])
             n_off = int(ab.variants.set_index("variant").loc[d.baseline, "steps"])
-            lines.append(
-                f"Checkpointing cost: {format_signed_pct(d.cost_pct)} step time (measured: "
-                f"{format_ms(d.candidate_step_ms, digits=1)} ms on vs {format_ms(d.baseline_step_ms, digits=1)} "
-                f"ms off, median of {n_on} / {n_off} steps)"
-            )
+            profiled = (f"{format_ms(d.candidate_step_ms, digits=1)} ms on vs "
+                        f"{format_ms(d.baseline_step_ms, digits=1)} ms off, median of {n_on} / {n_off} steps")
+            if not _nan(d.unprofiled_cost_pct):
+                u_on, u_off = d.unprofiled_steps
+                lines.append(
+                    f"Checkpointing cost: {format_signed_pct(d.unprofiled_cost_pct)} step time (measured without "
+                    f"the profiler: {format_ms(d.unprofiled_candidate_ms, digits=1)} ms on vs "
+                    f"{format_ms(d.unprofiled_baseline_ms, digits=1)} ms off, median of {u_on} / {u_off} steps)")
+                lines.append(f"  under the profiler: {format_signed_pct(d.cost_pct)} ({profiled})")
+            else:
+                lines.append(f"Checkpointing cost: {format_signed_pct(d.cost_pct)} step time (measured: {profiled})")
             if d.within_noise:
                 lines.append("  within step-to-step noise (the IQRs overlap): the sign is not established; "
                              "capture more active steps")
             share = ("" if _nan(d.recompute_share_pct) or d.within_noise
-                     else f" ({d.recompute_share_pct:.0f}% of the cost)")
+                     else f" ({d.recompute_share_pct:.0f}% of the cost"
+                          + (", both under the profiler)" if not _nan(d.unprofiled_cost_pct) else ")"))
             lines.append(f"  of which re-running forward: {format_signed_pct(d.recompute_pct)}{share}")
             if _nan(d.saving_bytes):
                 lines.append("Checkpointing saving: not measured (no memory events)")

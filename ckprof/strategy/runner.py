@@ -404,7 +404,7 @@ def confirm_batch(spec: Mapping[str, Any], policy: Any, batch_size: int, budget_
             return {"status": "confirmed" if i == 0 else "reduced", "policy": name,
                     "requested_batch_size": int(batch_size), "batch_size": batch, "peak_bytes": peak,
                     "step_ms": step_ms, "samples_per_s": batch / (step_ms / 1e3) if step_ms > 0 else math.nan,
-                    "reason": "" if i == 0 else f"batch {batch_size} {tries[0]['reason']}", "tries": tries}
+                    "reason": "" if i == 0 else tries[0]["reason"], "tries": tries}
         tries.append({"batch_size": batch, "ok": False, "reason": reason})
         batch = min(batch - 1, int(batch * 0.9))
     return {"status": "failed", "policy": name, "requested_batch_size": int(batch_size), "batch_size": None,
