@@ -191,8 +191,12 @@ def py(snippet: str, *args: str) -> list[str]:
 
 
 def ckprof_cli(*args: str) -> list[str]:
-    exe = shutil.which("ckprof")
-    return [exe, *args] if exe else [sys.executable, "-m", "ckprof.cli.main", *args]
+    """The ``ckprof`` console script next to this interpreter (not a shell shim such as
+    pyenv's, which adds its own start-up time), else ``python -m ckprof.cli.main``."""
+    exe = Path(sys.executable).with_name("ckprof")
+    if exe.is_file():
+        return [str(exe), *args]
+    return [sys.executable, "-m", "ckprof.cli.main", *args]
 
 
 def generate(path: Path, size_mb: float, *, gzip: bool = False, rank: int = 0, seed: int = 0,

@@ -126,6 +126,97 @@ LAYOUTS: dict[str, tuple[Callable[..., str], Callable[..., str], Callable[..., s
 
 
 # ---------------------------------------------------------------------------------------
+# Trace shapes (NOTE [ Trace shapes ]): the same training loop, with a different event mix.
+# ---------------------------------------------------------------------------------------
+
+# NOTE [ Trace shapes ]
+# The loader's cost per byte depends on the mix of events, so the speed benchmark
+# (benchmarks/bench_shapes.py) measures several shapes of one simulated training loop:
+# - ``gpu``: the default; the mix of the real GPU traces (~27% cpu_op, 13% [memory],
+#   10% Python frames, 11% kernels, ~290 bytes an event).
+# - ``mixed``: issue 17's 300 MB trace: 31% cpu_op, 16% [memory], 12% Python frames,
+#   12% runtime, 6% kernels, flows; each forward op also runs kernel-less view/empty
+#   ops (with small allocations) and runtime calls that launch nothing.
+# - ``memory``: allocator churn: every launch allocates and frees workspaces (about half
+#   the events are ``[memory]`` instants).
+# - ``stack``: ``with_stack`` with deep Python call stacks (about 60% ``python_function``
+#   frames, long file paths), like traces of HF models.
+# - ``compiled``: torch.compile training: every op launches several short Triton kernels
+#   through ``cuLaunchKernel`` (``cuda_driver``); no Python frames.
+# - ``legacy``: Kineto's 2021 layout (torch 1.8/1.9): categories ``Operator`` /
+#   ``Runtime`` / ``Kernel``, integer microseconds, text tids (``"25738"``,
+#   ``"stream 7"``), ``external id``, ``Call stack`` strings, ``async`` launch flows,
+#   ``[memory]`` without ``Total Allocated``, no evaluate_function records, no Python
+#   frames, no ckprof markers or metadata (phases come from the rules, recompute from
+#   the sequence heuristic).
+@dataclass(frozen=True)
+class Shape:
+    name: str
+    views_per_op: int = 0        # kernel-less cpu_op children per forward op (small allocation each)
+    side_runtime: int = 0        # runtime calls without a kernel after each launch
+    churn_per_launch: int = 0    # workspace alloc/free pairs around each launch
+    py_depth: int = 0            # extra Python frames between a module's forward and the op
+    kernels_per_launch: int = 1  # > 1: Triton kernels per op, launched with cuLaunchKernel
+    with_stack: bool = True
+    legacy: bool = False
+
+
+SHAPES: dict[str, Shape] = {
+    "gpu": Shape("gpu"),
+    "mixed": Shape("mixed", views_per_op=3, side_runtime=1, py_depth=2),
+    "memory": Shape("memory", churn_per_launch=3),
+    "stack": Shape("stack", py_depth=16),
+    "compiled": Shape("compiled", kernels_per_launch=5, with_stack=False),
+    "legacy": Shape("legacy", with_stack=False, legacy=True),
+}
+
+_LEGACY_CAT = {"cpu_op": "Operator", "user_annotation": "Operator", "cuda_runtime": "Runtime",
+               "cuda_driver": "Runtime", "kernel": "Kernel"}
+_LEGACY_STACK = ("/home/user/anaconda3/envs/kineto/lib/python3.8/site-packages/torch/nn/modules/module.py"
+                 "(1051): _call_impl;/home/user/anaconda3/envs/kineto/lib/python3.8/site-packages/torch/nn/"
+                 "modules/container.py(139): forward;/home/user/anaconda3/envs/kineto/lib/python3.8/"
+                 "site-packages/torch/nn/modules/module.py(1051): _call_impl;train.py(57): forward;"
+                 "train.py(112): <module>")
+_STACK_FRAMES = (
+    "torch/nn/modules/module.py(1784): _call_impl",
+    "transformers/models/llama/modeling_llama.py(312): forward",
+    "transformers/utils/generic.py(969): wrapper",
+    "torch/nn/modules/module.py(1773): _wrapped_call_impl",
+    "transformers/modeling_layers.py(94): __call__",
+    "torch/_dynamo/eval_frame.py(1005): _fn",
+    "accelerate/hooks.py(176): new_forward",
+    "torch/nn/functional.py(2912): layer_norm",
+    "torch/overrides.py(1720): handle_torch_function",
+    "torch/utils/_contextlib.py(120): decorate_context",
+)
+_TRITON = ("triton_poi_fused__to_copy_add_mul_{i}", "triton_red_fused_native_layer_norm_{i}",
+           "triton_per_fused_add_native_layer_norm_backward_{i}", "triton_poi_fused_gelu_{i}",
+           "triton_tem_fused_addmm_{i}")
+
+
+def _legacy_time(ns: int) -> int:
+    """Kineto 2021 wrote integer microseconds."""
+    return ns // 1000
+
+
+def _fmt_x_legacy(cat: str, qname: str, pid: int, tid: str, ts: int, dur: int, args: str) -> str:
+    t0, t1 = _legacy_time(ts), _legacy_time(ts + dur)
+    return (f'  {{\n    "ph": "X", "cat": "{cat}", \n    "name": {qname}, "pid": {pid}, "tid": {tid},\n'
+            f'    "ts": {t0}, "dur": {t1 - t0},\n    "args": {{\n      {args}\n    }}\n  }}')
+
+
+def _fmt_flow_legacy(ph: str, fid: int, pid: int, tid: str, ts: int) -> str:
+    bp = ', "bp": "e"' if ph == "f" else ""
+    return (f'  {{\n    "ph": "{ph}", "id": {fid}, "pid": {pid}, "tid": {tid}, "ts": {_legacy_time(ts)},\n'
+            f'    "cat": "async", "name": "launch"{bp}\n  }}')
+
+
+def _fmt_mem_legacy(pid: int, tid: int, ts: int, args: str) -> str:
+    return (f'  {{\n    "ph": "i", "s": "t", "name": "[memory]",\n    "pid": {pid}, "tid": {tid},\n'
+            f'    "ts": {_legacy_time(ts)},\n    "args": {{\n      {args}\n    }}\n  }}')
+
+
+# ---------------------------------------------------------------------------------------
 # The model: per-op templates. A forward op is (name, kernels, shapes, backward node).
 # ---------------------------------------------------------------------------------------
 
@@ -231,7 +322,9 @@ class _Sim:
     """Simulates one rank's training steps and formats their events."""
 
     def __init__(self, *, seed: int, rank: int, world_size: int, layers: int, checkpoint_every: int,
-                 slowdown: float, layout: str, hidden: int, tokens: int, microbatches: int = 1):
+                 slowdown: float, layout: str, hidden: int, tokens: int, microbatches: int = 1,
+                 shape: Shape = SHAPES["gpu"]):
+        self.shape = shape
         self.rng = random.Random(seed * 1_000_003 + rank)
         self.rank = rank
         self.world_size = world_size
@@ -280,7 +373,34 @@ class _Sim:
         self.events.append((ts, -dur, self.order, text))
 
     def _x(self, cat: str, name: str, tid: int, ts: int, dur: int, args: str, pid: int | None = None) -> None:
-        self._emit(ts, dur, self.fmt_x(cat, _q(name), self.pid if pid is None else pid, tid, ts, dur, args))
+        pid = self.pid if pid is None else pid
+        if self.shape.legacy:
+            self._x_legacy(cat, name, tid, ts, dur, args, pid)
+            return
+        self._emit(ts, dur, self.fmt_x(cat, _q(name), pid, tid, ts, dur, args))
+
+    def _x_legacy(self, cat: str, name: str, tid: int, ts: int, dur: int, args: str, pid: int) -> None:
+        """Kineto 2021: no ckprof markers, no evaluate_function records, no GPU annotations."""
+        if (name.startswith(("ckprof::", "autograd::engine::evaluate_function"))
+                or cat not in _LEGACY_CAT):
+            return
+        lcat = _LEGACY_CAT[cat]
+        if lcat == "Operator":
+            args = (f'"Device": {pid}, ' + args.replace(', "Ev Idx"', ', "Trace name": "PyTorch Profiler", '
+                    '"Trace iteration": 0, "Ev Idx"') + f', "Call stack": "{_LEGACY_STACK}"')
+            qtid = f'"{tid}"'
+        else:
+            args = args.replace('"External id"', '"external id"')
+            qtid = f'"stream {tid}"' if lcat == "Kernel" else f'"{tid}"'
+        t0, t1 = _legacy_time(ts), _legacy_time(ts + dur)
+        self._emit(t0 * 1000, -(t1 - t0) * 1000, _fmt_x_legacy(lcat, _q(name), pid, qtid, ts, dur, args))
+
+    def _flow(self, ph: str, cat: str, fid: int, pid: int, tid: int, ts: int) -> None:
+        if not self.shape.legacy:
+            self._emit(ts, 0, self.fmt_flow(ph, cat, fid, pid, tid, ts))
+        elif cat == "ac2g":  # 2021 traces had launch flows only
+            qtid = f'"stream {tid}"' if ph == "f" else str(tid)
+            self._emit(_legacy_time(ts) * 1000, 0, _fmt_flow_legacy(ph, fid, pid, qtid, ts))
 
     def _cpu_args(self, seq: int | None, dims: str | None, fwd_tid: int = 0) -> str:
         ext = self.ext
@@ -300,12 +420,18 @@ class _Sim:
         self.reserved = max(self.reserved, ((self.alloc + 2 * MIB - 1) // (2 * MIB)) * 2 * MIB)
         self.addr += 512 if nbytes > 0 else 0
         self.ev_idx += 1
+        if self.shape.legacy:  # 2021: no totals
+            args = f'"Device Type": 1, "Device Id": {self.dev}, "Bytes": {nbytes}'
+            self.mem.append(_fmt_mem_legacy(self.pid, tid, ts, args))
+            return
         args = (f'"Total Reserved": {self.reserved}, "Total Allocated": {self.alloc}, "Bytes": {nbytes}, '
                 f'"Device Id": {self.dev}, "Device Type": 1, "Addr": {self.addr}, "Ev Idx": {self.ev_idx}')
         self.mem.append(self.fmt_mem(self.pid, tid, ts, args))
 
     def _pyframe(self, name: str, tid: int, ts: int, dur: int, parent: int | None) -> int:
         self.py_id += 1
+        if not self.shape.with_stack:
+            return self.py_id
         self.ev_idx += 1
         par = "null" if parent is None else str(parent)
         args = f'"Python parent id": {par}, "Python id": {self.py_id}, "Ev Idx": {self.ev_idx}'
@@ -314,6 +440,32 @@ class _Sim:
 
     def _launch(self, tid: int, kernel: str, k_us: tuple[float, float], ext: int, *,
                 stream: int | None = None) -> None:
+        """One op's launch(es) at self.t, as its trace shape has them (NOTE [ Trace shapes ])."""
+        sh = self.shape
+        workspaces = [(c + 1) * 2 * MIB for c in range(sh.churn_per_launch)]
+        for ws in workspaces:
+            self._mem(tid, self.t, ws)
+        if sh.kernels_per_launch == 1 or stream is not None:
+            self._launch_one(tid, kernel, k_us, ext, stream=stream)
+        else:  # compiled: the op's work split over short Triton kernels
+            n = sh.kernels_per_launch
+            short = (max(1.0, k_us[0] / n), max(2.0, k_us[1] / n))
+            for i in range(n):
+                name = _TRITON[i % len(_TRITON)].format(i=(self.corr // 11) % 40)
+                self._launch_one(tid, name, short, ext, runtime=("cuda_driver", "cuLaunchKernel"))
+        for _ in range(sh.side_runtime):  # runtime calls that launch nothing
+            start = self.t
+            self.t += self._d(1, 2)
+            self._x("cuda_runtime", "cudaStreamIsCapturing", tid, start, self.t - start,
+                    f'"External id": {ext},      "cbid": 317, "correlation": {self.corr}')
+            self.corr += 1
+            self.t += self._d(0.3, 0.8)
+        for ws in workspaces:
+            self._mem(tid, self.t, -ws)
+
+    def _launch_one(self, tid: int, kernel: str, k_us: tuple[float, float], ext: int, *,
+                    stream: int | None = None,
+                    runtime: tuple[str, str] = ("cuda_runtime", "cudaLaunchKernel")) -> None:
         """cudaLaunchKernel on the CPU at self.t, the kernel on the GPU, the ac2g flow."""
         corr = self.corr
         self.corr += 1
@@ -327,28 +479,29 @@ class _Sim:
             self.nccl_free = k_start + k_dur
         else:
             self.gpu_free = k_start + k_dur
-        self._x("cuda_runtime", "cudaLaunchKernel", tid, rt_start, rt_dur,
+        self._x(runtime[0], runtime[1], tid, rt_start, rt_dur,
                 f'"External id": {ext},      "cbid": 211, "correlation": {corr}')
-        self._emit(rt_start, 0, self.fmt_flow("s", "ac2g", corr, self.pid, tid, rt_start))
+        self._flow("s", "ac2g", corr, self.pid, tid, rt_start)
         grid = f"[{self.rng.randrange(1, 512)}, {self.rng.randrange(1, 64)}, 1]"
         self._x("kernel", kernel, stream, k_start, k_dur,
                 f'"External id": {ext},      "queued": 0, "device": {self.dev}, "context": 1,      '
                 f'"stream": {stream}, "correlation": {corr},      "registers per thread": 128,      '
                 f'"shared memory": 49152,      "blocks per SM": 1.939394,      "warps per SM": 15.515152,      '
                 f'"grid": {grid},      "block": [256, 1, 1],      "est. achieved occupancy %": 12', pid=self.dev)
-        self._emit(k_start, 0, self.fmt_flow("f", "ac2g", corr, self.dev, stream, k_start))
+        self._flow("f", "ac2g", corr, self.dev, stream, k_start)
         self.t = rt_start + rt_dur + self._d(1, 3)
 
     def _fwd_op(self, op: FwdOp, tid: int, *, fwd_flows: list[tuple[int, int, str]] | None) -> int:
         """One forward op (possibly a recompute). Returns its Sequence number."""
         seq = self.seq
         self.seq += 1
+        self.t += 600  # Python between ops: room for its frames (they nest, never overlap)
         start = self.t
         self.t += self._d(4, 10)
         args = self._cpu_args(seq, op.dims)
         ext = self.ext - 1
         if fwd_flows is not None:
-            self._emit(start, 0, self.fmt_flow("s", "fwdbwd", seq, self.pid, tid, start))
+            self._flow("s", "fwdbwd", seq, self.pid, tid, start)
             fwd_flows.append((seq, ext, op.bwd))
         kids: list[tuple[str, int, int, str]] = []
         for child in op.children:
@@ -356,6 +509,16 @@ class _Sim:
             self.t += self._d(2, 6)
             kids.append((child, c_start, self.t - c_start, self._cpu_args(None, None)))
             self.t += self._d(0.5, 1)
+        small = 0
+        for v in range(self.shape.views_per_op):  # kernel-less ops (mixed shape)
+            c_start = self.t
+            self.t += self._d(1, 3)
+            if v % 2 == 0:
+                small += 512 * (v + 1)
+                self._mem(tid, self.t, 512 * (v + 1))
+            name = ("aten::empty", "aten::view", "aten::detach", "aten::reshape")[v % 4]
+            kids.append((name, c_start, self.t - c_start, self._cpu_args(None, None)))
+            self.t += self._d(0.3, 0.8)
         if op.launcher != op.name:
             l_start = self.t
             self.t += self._d(3, 6)
@@ -368,11 +531,14 @@ class _Sim:
         else:
             self._mem(tid, self.t, op.out_bytes)
             self._launch(tid, op.kernel, op.kernel_us, ext)
+        if small:
+            self._mem(tid, self.t, -small)
         self.t += self._d(1, 4)
         self._x("cpu_op", op.name, tid, start, self.t - start, args)
         self.py_ops.append((op.name, tid, start, self.t - start))
         for name, c_start, c_dur, c_args in kids:
             self._x("cpu_op", name, tid, c_start, c_dur, c_args)
+        self.t += 600
         return seq
 
     def _annotation_open(self) -> int:
@@ -455,7 +621,7 @@ class _Sim:
         l_start = self.t
         self.t += self._d(3, 6)
         args = self._cpu_args(self.seq, "[[8, 512, 50304], [8, 512], [], [], [], []]")
-        self._emit(l_start, 0, self.fmt_flow("s", "fwdbwd", self.seq, self.pid, main, l_start))
+        self._flow("s", "fwdbwd", self.seq, self.pid, main, l_start)
         fwd_flows.append((self.seq, loss_ext, "NllLossBackward0"))
         self.seq += 1
         self._launch(main, K_REDUCE, (60, 90), loss_ext)
@@ -473,7 +639,7 @@ class _Sim:
             layer = None if idx == 0 else self.layers - 1 - (idx - 1) // per_layer
             first_of_layer = layer is not None and (idx - 1) % per_layer == 0
             e_start = self.t
-            self._emit(e_start, 0, self.fmt_flow("f", "fwdbwd", seq, self.pid, bwd, e_start))
+            self._flow("f", "fwdbwd", seq, self.pid, bwd, e_start)
             e_args = self._cpu_args(seq, None, fwd_tid=1)
             self.t += self._d(3, 6)
             n_start = self.t
@@ -557,10 +723,14 @@ class _Sim:
     def _op_frames(self, op_name: str, tid: int, ts: int, dur: int, parent: int) -> None:
         """with_stack frames around one aten op: module call > functional > built-in."""
         module, line = _PY_MODULE.get(op_name, ("torch/functional.py", 77))
-        outer = self._pyframe(f"{module}({line}): forward", tid, ts - 900, dur + 1500, parent)
+        outer = self._pyframe(f"{module}({line}): forward", tid, ts - 250, dur + 500, parent)
+        for k in range(min(self.shape.py_depth, 18)):  # deep stacks: nested 10 ns apart
+            off = 10 * (k + 1)
+            outer = self._pyframe(_STACK_FRAMES[k % len(_STACK_FRAMES)], tid, ts - 250 + off,
+                                  dur + 500 - 2 * off, outer)
         short = op_name.split("::")[-1]
-        self._pyframe(f"<built-in method {short} of PyCapsule object at 0x7f3a2c1b5e30>", tid, ts - 300,
-                      dur + 500, outer)
+        self._pyframe(f"<built-in method {short} of PyCapsule object at 0x7f3a2c1b5e30>", tid, ts - 50,
+                      dur + 100, outer)
 
 
 def _header(sim: _Sim, ckprof_meta: dict, distributed: dict, trace_id: str) -> str:
@@ -573,9 +743,13 @@ def _header(sim: _Sim, ckprof_meta: dict, distributed: dict, trace_id: str) -> s
         f'      "sharedMemPerBlock": 49152, "numSms": 132\n'
         f'    , "regsPerMultiprocessor": 65536, "sharedMemPerBlockOptin": 232448, '
         f'"sharedMemPerMultiprocessor": 233472\n    }}' for i in range(8))
+    if sim.shape.legacy:  # 2021: no distributedInfo, no ckprof metadata
+        return ("{\n  \"schemaVersion\": 1,\n  \"deviceProperties\": [\n" + props + "\n  ],\n"
+                "  \"traceEvents\": [\n")
     return ("\n{\n  \"schemaVersion\": 1,\n  \"deviceProperties\": [\n" + props + "\n  ],\n"
             "  \"cupti_version\": 24,\n  \"cuda_runtime_version\": 12080,\n"
-            "  \"with_flops\": 0,\n  \"record_shapes\": 1,\n  \"with_stack\": 1,\n  \"profile_memory\": 1,\n"
+            "  \"with_flops\": 0,\n  \"record_shapes\": 1,\n"
+            f"  \"with_stack\": {int(sim.shape.with_stack)},\n  \"profile_memory\": 1,\n"
             "  \"with_modules\": 0,\n  \"cuda_driver_version\": 12080,\n"
             f"  \"trace_id\": \"{trace_id}\",\n"
             f"  \"distributedInfo\": {json.dumps(distributed)},\n"
@@ -624,7 +798,8 @@ def write_trace(path: str | os.PathLike[str], *, size_mb: float | None = None, s
                 seed: int = 0, rank: int = 0, world_size: int = 1, layers: int = 24,
                 checkpoint_every: int = 2, slowdown: float = 1.0, layout: str = "compact",
                 gzip: bool = False, gzip_level: int = 1, hidden: int = 2048, tokens: int = 4096,
-                write_rank_metadata: bool = True, microbatches: int = 1) -> SynthInfo:
+                write_rank_metadata: bool = True, microbatches: int = 1,
+                shape: str = "gpu") -> SynthInfo:
     """Write a synthetic Kineto GPU training trace.
 
     Stops after ``steps`` steps, or after the step at which the file reaches ``size_mb``
@@ -633,7 +808,10 @@ def write_trace(path: str | os.PathLike[str], *, size_mb: float | None = None, s
     ``write_rank_metadata=False`` leaves the rank out of ``distributedInfo`` and the
     ckprof metadata (to test rank-from-file-name). ``microbatches`` > 1 runs that many
     forward/backward passes (gradient accumulation) before each optimizer step.
+    ``shape`` picks the event mix (one of ``SHAPES``, NOTE [ Trace shapes ]).
     """
+    if shape not in SHAPES:
+        raise ValueError(f"shape must be one of {sorted(SHAPES)}")
     if (size_mb is None) == (steps is None):
         raise ValueError("give exactly one of size_mb or steps")
     if layout not in LAYOUTS:
@@ -642,7 +820,7 @@ def write_trace(path: str | os.PathLike[str], *, size_mb: float | None = None, s
     path = os.fspath(path)
     sim = _Sim(seed=seed, rank=rank, world_size=world_size, layers=layers,
                checkpoint_every=checkpoint_every, slowdown=slowdown, layout=layout,
-               hidden=hidden, tokens=tokens, microbatches=microbatches)
+               hidden=hidden, tokens=tokens, microbatches=microbatches, shape=SHAPES[shape])
     baseline = 12 * layers * hidden * hidden * 2 * 4  # bf16 params + fp32 master, grads, 2 Adam moments
     sim.alloc = sim.baseline = baseline
     regions = [f"blk{i}" for i in range(layers) if sim.ckpt[i]]
@@ -726,6 +904,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--slowdown", type=float, default=1.0, help="scale all durations (straggler rank)")
     ap.add_argument("--microbatches", type=int, default=1, help="forward/backward passes per optimizer step")
     ap.add_argument("--layout", choices=sorted(LAYOUTS), default="compact")
+    ap.add_argument("--shape", choices=list(SHAPES), default="gpu",
+                    help="event mix (NOTE [ Trace shapes ]): gpu, mixed, memory, stack, compiled, legacy")
     ap.add_argument("--no-rank-metadata", action="store_true", help="leave the rank out of the file")
     a = ap.parse_args(argv)
     size = a.size_mb if (a.size_mb is not None or a.steps is not None) else 100.0
@@ -733,7 +913,8 @@ def main(argv: list[str] | None = None) -> int:
                        rank=a.rank, world_size=a.world_size or max(8, a.rank + 1), layers=a.layers,
                        checkpoint_every=a.checkpoint_every, slowdown=a.slowdown, layout=a.layout,
                        gzip=a.gzip or a.output.endswith(".gz"), gzip_level=a.gzip_level,
-                       write_rank_metadata=not a.no_rank_metadata, microbatches=a.microbatches)
+                       write_rank_metadata=not a.no_rank_metadata, microbatches=a.microbatches,
+                       shape=a.shape)
     print(f"wrote {info.path}: {info.bytes_written / MIB:.1f} MiB uncompressed, {info.steps} steps, "
           f"{info.events:,} events ({info.memory_events:,} [memory], {info.python_events:,} python) "
           f"in {info.seconds:.1f} s", file=sys.stderr)

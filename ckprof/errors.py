@@ -25,6 +25,8 @@ code  class                      meaning
 
 from __future__ import annotations
 
+from ckprof._text import printable
+
 __all__ = [
     "CaptureError",
     "CkprofError",
@@ -49,9 +51,11 @@ class CkprofError(Exception):
         self.path = path
         self.hint = hint
         self.reason = message
-        text = f"{path}: {message}" if path else message
+        # one line whatever the input held: a newline or a lone surrogate in a file name
+        # or an op name is shown escaped (ckprof._text.printable)
+        text = f"{printable(str(path))}: {printable(message)}" if path else printable(message)
         if hint:
-            text = f"{text.rstrip('.')}. {hint}"
+            text = f"{text.rstrip('.')}. {printable(hint)}"
         super().__init__(text)
 
 

@@ -191,3 +191,71 @@ def test_annotation_events_reject_nothing_on_empty_memory():
         (a.phases.segments["end_ns"] > a.phases.segments["start_ns"]).sum())
     with pytest.raises(CkprofError):
         ann.annotated_trace_bytes(a)  # x.json does not exist: it cannot be re-read
+
+
+def _same_document_but_added_times(streamed: Path, whole: bytes) -> None:
+    """The streamed copy equals the whole-document one, added events' ts/dur aside
+    (exact decimal text vs floats)."""
+    a, b = _doc(streamed), json.loads(whole)
+    if isinstance(a, dict):
+        assert {k: v for k, v in a.items() if k != "traceEvents"} == \
+            {k: v for k, v in b.items() if k != "traceEvents"}
+        a, b = a["traceEvents"], b["traceEvents"]
+    assert len(a) == len(b)
+    for x, y in zip(a, b, strict=True):
+        if x.get("pid") == y.get("pid") and x.get("cat") == "ckprof":
+            for k in ("ts", "dur"):
+                if k in x:
+                    assert x[k] == pytest.approx(y[k], abs=0.5)  # floats of epoch µs
+                    x, y = {**x, k: 0}, {**y, k: 0}
+        assert x == y
+
+
+@pytest.mark.parametrize("trailer_list", [False, True], ids=["kineto", "deviceProperties-after-events"])
+@pytest.mark.parametrize("gz", [False, True], ids=["plain", "gzip"])
+def test_annotate_streams_kineto_traces(tmp_path: Path, monkeypatch, gz, trailer_list):
+    """GIVEN Kineto-layout traces (plain / gzip; a list of objects in the trailer after
+    the events, as some Kineto versions write deviceProperties) bigger than the streaming
+    tail WHEN annotated THEN the copy is streamed (never decoded whole): the original bytes
+    before the insertion point are kept verbatim, the document equals the whole-document
+    copy, and the copy analyses to the same figures."""
+    from test_shapes import synth
+
+    import ckprof
+
+    src = tmp_path / "t.json"
+    synth.write_trace(src, steps=3, layers=3, shape="mixed", seed=1)
+    text = src.read_bytes()
+    if trailer_list:
+        head, _, rest = text.partition(b'  "deviceProperties": [')
+        props, _, rest = rest.partition(b"\n  ],\n")
+        text = head + rest.replace(b'  "traceName"', b'  "deviceProperties": [' + props + b"\n  ],\n"
+                                   b'  "traceName"', 1)
+        assert text.index(b'"deviceProperties"') > text.index(b'"traceEvents"')
+    if gz:
+        src = tmp_path / "t.json.gz"
+        src.write_bytes(gzip.compress(text))
+    else:
+        src.write_bytes(text)
+    monkeypatch.setattr(ann, "_TAIL_BYTES", 64 * 1024)  # the file is many tails long
+    a = ckprof.load(src)
+    whole = ann.annotated_trace_bytes(a, gzip_output=False)
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("annotate fell back to decoding the whole document")
+
+    monkeypatch.setattr(ann, "annotated_trace_bytes", refuse)
+    out = ann.write_annotated_trace(a, tmp_path / ("copy.json.gz" if gz else "copy.json"))
+    copy = gzip.decompress(out.read_bytes()) if gz else out.read_bytes()
+    k = copy.index(b',\n  {"ph":"M","name":"process_name"')  # right after the last event
+    assert copy[:k] == text[:k] and copy[len(copy) - (len(text) - k):] == text[k:]
+    _same_document_but_added_times(out, whole)
+    b = ckprof.load(out)
+    again, first = b.to_dict(), a.to_dict()
+    again.pop("trace")
+    first.pop("trace")
+    assert again == first
+    ev = b.trace.events[b.trace.events["cat"].astype(str) == ann.ANNOTATION_CAT]
+    seg = a.phases.segments[a.phases.segments["end_ns"] > a.phases.segments["start_ns"]]
+    phases = ev[ev["tid"] == ann.PHASES_TID].sort_values("ts_ns")
+    assert phases["ts_ns"].tolist() == sorted(seg["start_ns"].tolist())  # exact on an epoch clock

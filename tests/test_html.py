@@ -84,7 +84,7 @@ def test_report_is_self_contained(report_page: str):
     assert not re.search(r"""(src|href)\s*=\s*["'](https?:)?//""", report_page)
     assert "@import" not in report_page and "url(" not in report_page
     imgs = [attrs for tag, attrs in page.tags if tag == "img"]
-    assert len(imgs) == 3  # breakdown, regions, memory timeline
+    assert len(imgs) == 4  # breakdown, regions, memory timeline, memory composition
     for attrs in imgs:
         assert attrs["src"].startswith("data:image/png;base64,")
         assert attrs.get("alt")
@@ -104,7 +104,8 @@ def test_report_headline_numbers_match_the_analysis(analysis, report_page: str):
     for row in analysis.memory_table().itertuples(index=False):
         assert f"{row.phase} {format_bytes(row.peak_bytes)}" in text
         assert f"{int(row.peak_bytes):,}" in text
-    assert text.count("How to read this") == 3
+    # time, regions, memory, composition, ops (no GPU section without kernels)
+    assert text.count("How to read this") == 5
     for region in analysis.regions_table()["region"]:
         assert region in text
     for phase in PHASES:
@@ -124,6 +125,7 @@ def test_report_without_memory_or_recompute_explains_why():
     assert "Memory was not captured" in text
     assert "No recompute" in text
     assert sum(1 for tag, _ in parse(page).tags if tag == "img") == 1
+    assert "What is each peak made of?" not in text
 
 
 def test_cli_report_writes_once(tmp_path: Path):

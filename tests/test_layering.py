@@ -30,7 +30,7 @@ ALLOWED: dict[str, set[str]] = {
     "__init__": {"analysis", "strategy", "capture"},
     "__main__": {"cli"},
 }
-FOUNDATION = {"errors", "_version"}
+FOUNDATION = {"errors", "_version", "_text"}
 
 #: The documented upward edges (docs/ARCHITECTURE.md, "Allowed exceptions"): each is a
 #: function-level import, so importing the lower module never loads the upper one.

@@ -9,6 +9,7 @@ from __future__ import annotations
 import gzip
 import json
 import shutil
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ckprof.errors import CkprofError, TraceNotFoundError
-from ckprof.trace import _build
+from ckprof.trace import _build, _native
 from ckprof.trace import load as load_mod
 from ckprof.trace.kineto import fast as _fast
 from ckprof.trace.kineto import source as _source
@@ -455,10 +456,17 @@ def test_hand_made_data_files():
             assert f.name.startswith("bad_"), f.name
 
 
+@pytest.mark.parametrize("native", [False, True], ids=["processes", "native-threads"])
 def test_parallel_pieces_give_the_same_trace(captured, shared_or_none, monkeypatch, tmp_path,
-                                             fast_only):
-    """GIVEN plain trace files, tiny pieces and 2 worker processes (forced on)
-    WHEN loading THEN the Trace equals the single-process one exactly."""
+                                             fast_only, native):
+    """GIVEN plain trace files, tiny pieces and 2 worker processes (forced on; 2 scanning
+    threads when the native scanner is there) WHEN loading THEN the Trace equals the
+    single-process one exactly."""
+    if native and _native.scan is None:
+        pytest.skip("native scanner not built")
+    if not native:
+        monkeypatch.setattr(_native, "scan", None)
+        monkeypatch.setattr(_native, "tree", None)
     files = [captured["stack"]]
     if shared_or_none is not None:
         plain = tmp_path / "h100.json"
@@ -468,14 +476,26 @@ def test_parallel_pieces_give_the_same_trace(captured, shared_or_none, monkeypat
     single = {f: load_trace(f) for f in files}
     monkeypatch.setattr(load_mod, "CHUNK_BYTES", 16 * 1024)
     monkeypatch.setattr(load_mod, "PARALLEL_MIN_BYTES", 0)
+    monkeypatch.setattr(load_mod, "NATIVE_PARALLEL_MIN_BYTES", 0)
+    monkeypatch.setattr(_fast, "THREAD_PIECE_BYTES", 16 * 1024)
     monkeypatch.setenv("CKPROF_LOAD_WORKERS", "2")
     merged = []
-    real_merge = _fast._merge_piece
-    monkeypatch.setattr(_fast, "_merge_piece", lambda c, p: (merged.append(1), real_merge(c, p)))
+    if native:  # count the pieces scanned off the main thread
+        real_scan = _native.scan
+
+        def scan(*args):
+            if threading.current_thread() is not threading.main_thread():
+                merged.append(1)
+            return real_scan(*args)
+
+        monkeypatch.setattr(_native, "scan", scan)
+    else:
+        real_merge = _fast._merge_piece
+        monkeypatch.setattr(_fast, "_merge_piece", lambda c, p: (merged.append(1), real_merge(c, p)))
     for f, expected in single.items():
         merged.clear()
         assert_same_trace(load_trace(f), expected)
-        assert len(merged) >= 2, "the worker processes were not used"
+        assert len(merged) >= 2, "the worker processes / threads were not used"
     # an explicit workers=1 (what ckprof analyze DIR passes) wins over the environment
     merged.clear()
     assert_same_trace(load_trace(files[0], workers=1), single[files[0]])

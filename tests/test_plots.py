@@ -283,6 +283,7 @@ def with_memory_noise(trace, n_pairs: int):
         "total_allocated_bytes": total.astype(np.int64),
         "total_reserved_bytes": (2 * total).astype(np.int64),
         "bytes": both["bytes"].to_numpy(np.int64),
+        "addr": np.full(n, -1, dtype=np.int64),
     })
     out = dataclasses.replace(trace, memory=new_mem)
     out.check()

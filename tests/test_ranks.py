@@ -125,12 +125,16 @@ def test_cross_rank_finds_the_straggler(by_processes, direct):
 
 
 def test_bad_files_are_reported_not_fatal(by_processes):
-    """THEN the truncated and the damaged trace are listed with a one-line error each,
-    the other ranks are reported, and the file that is no trace is not taken for a rank."""
+    """THEN the truncated and the damaged trace, and the .json file that is not JSON at
+    all, are listed with a one-line error each (issue 16: nothing that looks like a trace
+    by name is dropped silently), the other ranks are reported, and the file that is no
+    trace is not taken for a rank."""
     f = by_processes.failures
-    assert sorted(Path(p).name for p in f["file"]) == ["host_rank8.pt.trace.json", "host_rank9.pt.trace.json"]
+    assert sorted(Path(p).name for p in f["file"]) == [
+        "host_rank8.pt.trace.json", "host_rank9.pt.trace.json", "notes.json"]
     assert all(m and "\n" not in m for m in f["message"])
     assert set(f["error_type"]) <= {"TraceTruncatedError", "TraceFormatError"}
+    assert f.set_index(f["file"].map(lambda p: Path(p).name)).loc["notes.json", "exit_code"] == 4
     assert by_processes.ranks == 4
     assert "notes.json" not in " ".join(by_processes.per_rank["file"])
 

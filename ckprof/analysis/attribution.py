@@ -231,7 +231,7 @@ def attribute_time(trace: Trace, phases: PhaseTable) -> TimeAttribution:
     # regions that ran forward but were not recomputed in these steps are listed too
     # (count 0), when recompute names and run names are one scheme
     unnamed = [r for r in names if r not in fwd.index]
-    if len(fwd) and (not unnamed or phases.recompute_found_by in ("markers", "none")):
+    if len(fwd) and (not unnamed or phases.recompute_found_by.split("+")[0] in ("markers", "none")):
         names += [r for r in fwd.index if r not in names]
     if len(fwd) and unnamed:
         notes.append(f"{len(unnamed)} recompute region(s) have no forward run in the trace "

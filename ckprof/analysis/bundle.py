@@ -12,6 +12,12 @@ milliseconds / bytes for people and notebooks; :meth:`Analysis.to_dict` is the
 machine-readable contract printed by ``ckprof analyze --format json`` (keys are
 added freely, never renamed -- see README "JSON output").
 
+The looking-inside stages run on first use and are kept (``functools.cached_property``):
+``ops`` (:mod:`ckprof.analysis.ops`: which ops each phase and region is made of),
+``composition`` (:mod:`ckprof.analysis.composition`: what each memory peak is made of)
+and ``gpu`` (:mod:`ckprof.analysis.gpu`: GPU busy / idle per phase), with the
+accessors ``ops_table``, ``kernels_table``, ``composition_table`` and ``gpu_table``.
+
 When ``step`` is given, only that ``ProfilerStep#N`` is reported; an unknown step
 raises :class:`~ckprof.errors.NotCapturedError` naming the steps that exist. When
 ``variant`` is given (``on`` / ``off`` of an A/B capture, or a sweep policy), only the
@@ -33,10 +39,14 @@ import pandas as pd
 
 from ckprof.analysis.ab import ABResult, ab_result, step_variants
 from ckprof.analysis.attribution import TimeAttribution, attribute_time
+from ckprof.analysis.compiled_recompute import find_compiled_recompute
+from ckprof.analysis.composition import BEFORE, UNSEEN, MemoryComposition, memory_composition
 from ckprof.analysis.detection import check_recompute_detection
+from ckprof.analysis.gpu import GpuActivity, gpu_activity
 from ckprof.analysis.memory import PhaseMemory, peak_memory_by_phase
+from ckprof.analysis.ops import OpContext, OpTable, op_context, ops_by_phase
 from ckprof.analysis.phases import PhaseTable, find_phases
-from ckprof.errors import NotCapturedError
+from ckprof.errors import NotCapturedError, UsageError
 from ckprof.trace.load import load_trace
 from ckprof.trace.markers import PHASES
 from ckprof.trace.model import Trace
@@ -65,6 +75,9 @@ def analyze(trace: Trace, recompute_detection: str = "auto", step: int | None = 
         phases = _only_step(phases, step, trace.path)
     if variant is not None:
         phases = _only_variant(trace, phases, variant)
+    if (step is not None or variant is not None) and phases.compiled.status != "none":
+        # its figures for those steps only
+        phases = dataclasses.replace(phases, compiled=find_compiled_recompute(trace, phases.steps))
     time = attribute_time(trace, phases)
     memory = peak_memory_by_phase(trace, phases)
     return Analysis(trace=trace, phases=phases, time=time, memory=memory, step=step, variant=variant)
@@ -221,9 +234,150 @@ class Analysis:
         out = out.assign(_o=out["phase"].map(order)).sort_values(["device", "_o"], kind="stable")
         return out.drop(columns="_o").reset_index(drop=True)
 
+    # ---- looking inside: stages computed on first use ----------------------------
+    @functools.cached_property
+    def op_context(self) -> OpContext:
+        """Per event row: op call, self time, checkpoint region (shared by ops and
+        composition)."""
+        return op_context(self.trace)
+
+    @functools.cached_property
+    def ops(self) -> OpTable:
+        """Op calls per step x phase x region (:mod:`ckprof.analysis.ops`)."""
+        return ops_by_phase(self.trace, self.phases, self.time, self.op_context)
+
+    @functools.cached_property
+    def composition(self) -> MemoryComposition:
+        """Block lifetimes and the make-up of every peak
+        (:mod:`ckprof.analysis.composition`)."""
+        return memory_composition(self.trace, self.phases, self.memory, self.op_context)
+
+    @functools.cached_property
+    def gpu(self) -> GpuActivity:
+        """GPU busy / idle / overlap per step x phase (:mod:`ckprof.analysis.gpu`)."""
+        return gpu_activity(self.trace, self.phases, self.time)
+
+    def ops_table(self, phase: str = "recompute", region: str | None = None, *,
+                  by_region: bool = False) -> pd.DataFrame:
+        """Ops of one phase, summed over the analysed steps: ``op``, ``count``,
+        ``wall_ms`` (self time, NOTE [ Op self time ]), ``gpu_ms`` (GPU events the op
+        launched; NaN without GPU events), ``gpu_events``, ``pct`` (share of the wall
+        time of the listed ops), largest first.
+
+        ``region``: only that checkpointed region (recompute: the region recomputed;
+        forward: the ``ckprof::checkpoint::`` range the op ran in). ``by_region``: one
+        block of rows per region, with a ``region`` column and ``pct`` per region."""
+        _check_phase(phase)
+        b = self.ops.by_step
+        sel = b[b["phase"] == phase]
+        if region is not None:
+            sel = sel[sel["region"] == region]
+        keys = ["region", "op"] if by_region else ["op"]
+        agg = (sel.groupby(keys, sort=False)
+               .agg(count=("count", "sum"), self_ns=("self_ns", "sum"),
+                    gpu_ns=("gpu_ns", "sum"), gpu_events=("gpu_events", "sum"))
+               .reset_index())
+        if by_region:
+            share = agg.groupby("region")["self_ns"].transform("sum")
+        else:
+            share = pd.Series(agg["self_ns"].sum(), index=agg.index)
+        out = pd.DataFrame({
+            **({"region": agg["region"].astype(str).to_numpy()} if by_region else {}),
+            "op": agg["op"].astype(str).to_numpy(),
+            "count": agg["count"].astype("int64").to_numpy(),
+            "wall_ms": (agg["self_ns"].astype("float64") / 1e6).to_numpy(),
+            "gpu_ms": ((agg["gpu_ns"].astype("float64") / 1e6).to_numpy() if self.has_gpu
+                       else float("nan")),
+            "gpu_events": agg["gpu_events"].astype("int64").to_numpy(),
+            "pct": (agg["self_ns"] / share.where(share > 0) * 100.0).to_numpy(dtype="float64"),
+        })
+        order = (["region", "wall_ms", "gpu_ms", "op"] if by_region
+                 else ["wall_ms", "gpu_ms", "op"])
+        asc = [True, False, False, True] if by_region else [False, False, True]
+        return out.sort_values(order, ascending=asc, kind="stable").reset_index(drop=True)
+
+    def kernels_table(self, phase: str = "recompute", region: str | None = None) -> pd.DataFrame:
+        """GPU events launched by the ops of one phase, summed over steps: ``op``,
+        ``kernel``, ``count``, ``gpu_ms``, largest first (empty without GPU events)."""
+        _check_phase(phase)
+        k = self.ops.kernels
+        sel = k[k["phase"] == phase]
+        if region is not None:
+            sel = sel[sel["region"] == region]
+        agg = (sel.groupby(["op", "kernel"], sort=False)
+               .agg(count=("count", "sum"), gpu_ns=("gpu_ns", "sum")).reset_index())
+        out = pd.DataFrame({"op": agg["op"].astype(str).to_numpy(),
+                            "kernel": agg["kernel"].astype(str).to_numpy(),
+                            "count": agg["count"].astype("int64").to_numpy(),
+                            "gpu_ms": (agg["gpu_ns"].astype("float64") / 1e6).to_numpy()})
+        return out.sort_values(["gpu_ms", "op", "kernel"], ascending=[False, True, True],
+                               kind="stable").reset_index(drop=True)
+
+    def composition_table(self, phase: str | None = None, device: str | None = None, *,
+                          by: str = "origin", split_unseen: bool = False) -> pd.DataFrame:
+        """What the peak of each phase (the one ``memory_table`` reports: the highest
+        over the steps) is made of: ``phase``, ``device``, ``peak_bytes``, ``step``,
+        ``origin`` (the phase that allocated the bytes, or ``before profiling``: blocks
+        live when profiling started and still live at the peak), ``bytes``, ``pct`` of
+        the peak; per peak the bytes add up to ``peak_bytes`` exactly. ``by``:
+        ``origin``; ``region`` (adds ``origin_region``); ``op`` (adds ``origin_region``
+        and ``op``, the allocating op). ``split_unseen``: keep the correction for frees
+        the CPU profiler did not report as its own ``freed unseen`` row (negative)
+        instead of netting it into ``before profiling``. Rows of 0 bytes are left out.
+        Empty when the composition is not available (``self.composition.reason``)."""
+        if by not in ("origin", "region", "op"):
+            raise UsageError(f"unknown composition grouping {by!r}",
+                             hint="Use by='origin', 'region' or 'op'")
+        if phase is not None:
+            _check_phase(phase)
+        keys = {"origin": ["origin"], "region": ["origin", "origin_region"],
+                "op": ["origin", "origin_region", "op"]}[by]
+        cols = ["phase", "device", "peak_bytes", "step", *keys, "bytes", "pct"]
+        comp = self.composition
+        if not comp.captured or comp.at_peaks.empty:
+            return pd.DataFrame({c: pd.Series([], dtype=object) for c in cols})
+        tot = self.memory.peaks_total[["phase", "device", "step"]]
+        sel = comp.at_peaks.merge(tot, on=["phase", "device", "step"], how="inner")
+        if phase is not None:
+            sel = sel[sel["phase"] == phase]
+        if device is not None:
+            sel = sel[sel["device"] == device]
+        if not split_unseen:
+            sel = sel.assign(origin=sel["origin"].where(sel["origin"] != UNSEEN, BEFORE))
+        agg = (sel.groupby(["phase", "device", "peak_bytes", "step", *keys], sort=False)
+               ["bytes"].sum().reset_index())
+        agg = agg[agg["bytes"] != 0]
+        agg["pct"] = agg["bytes"] / agg["peak_bytes"].where(agg["peak_bytes"] != 0) * 100.0
+        rank = {p: i for i, p in enumerate(PHASES)}
+        agg = (agg.assign(_d=agg["device"], _p=agg["phase"].map(rank))
+               .sort_values(["_d", "_p"], kind="stable").drop(columns=["_d", "_p"]))
+        return agg[cols].reset_index(drop=True)
+
+    def gpu_table(self) -> pd.DataFrame:
+        """GPU activity per phase over the analysed steps: ``phase``, ``wall_ms``,
+        ``gpu_busy_ms`` (union of the phase's GPU events), ``gpu_sum_ms`` (their summed
+        durations), ``overlap_ms``, ``kernels``, ``gpu_events``, ``idle_ms`` (GPU idle
+        within the phase's wall time), ``utilization_pct``. NOTE [ GPU busy time ]."""
+        t = self.gpu.totals
+        ms = lambda c: (t[c].astype("float64") / 1e6).to_numpy()  # noqa: E731
+        return pd.DataFrame({
+            "phase": t["phase"].astype(str).to_numpy(),
+            "wall_ms": ms("wall_ns"), "gpu_busy_ms": ms("gpu_busy_ns"),
+            "gpu_sum_ms": ms("gpu_sum_ns"), "overlap_ms": ms("overlap_ns"),
+            "kernels": t["kernels"].astype("int64").to_numpy(),
+            "gpu_events": t["gpu_events"].astype("int64").to_numpy(),
+            "idle_ms": ms("idle_ns"),
+            "utilization_pct": t["utilization_pct"].astype("float64").to_numpy(),
+        })
+
     # ---- machine-readable ------------------------------------------------------
-    def to_dict(self) -> dict[str, Any]:
-        """The JSON contract (README "JSON output"). Keys are never renamed."""
+    def to_dict(self, *, ops: bool = False, composition: bool = False,
+                gpu: bool = False) -> dict[str, Any]:
+        """The JSON contract (README "JSON output"). Keys are never renamed.
+
+        Added when asked for: ``ops`` (the op tables of recompute and forward, per
+        region), ``memory_composition`` (what each phase's peak is made of) and
+        ``gpu_activity`` (GPU busy / idle per phase; an empty list without GPU events)."""
         totals = self.totals_table()
         steps_long = self.steps_table()
         has_gpu = self.has_gpu
@@ -264,7 +418,7 @@ class Analysis:
             for row in self.memory_table().itertuples(index=False)
         ]
         overhead = self.time.recompute_overhead_pct
-        return {
+        out: dict[str, Any] = {
             "ckprof_version": _version(),
             "trace": str(self.trace.path),
             "source_format": self.trace.source_format,
@@ -289,9 +443,25 @@ class Analysis:
                                             / self.step_total_ns * 100.0, 4)
                                       if self.step_total_ns > 0 else None),
             "has_gpu": has_gpu,
+            "compiled_recompute": self.phases.compiled.to_dict(),
             "notes": list(self.notes),
             "ab": None if self.ab is None else self.ab.to_dict(),
         }
+        if gpu:
+            out["gpu_activity"] = self._gpu_records() if has_gpu else []
+        if ops:
+            out["ops"] = {ph: _records(self.ops_table(ph, by_region=True))
+                          for ph in ("recompute", "forward")}
+        if composition:
+            comp = self.composition
+            out["memory_composition"] = {
+                "captured": bool(comp.captured), "reason": comp.reason,
+                "peaks": _records(self.composition_table(by="op")),
+                "notes": list(comp.notes)}
+        return out
+
+    def _gpu_records(self) -> list[dict[str, Any]]:
+        return _records(self.gpu_table())
 
     @property
     def notes(self) -> tuple[str, ...]:
@@ -312,6 +482,26 @@ class Analysis:
             f"{self.step_total_ns / 1e6:.3f} ms, recompute via {self.recompute_detection}, "
             f"forward re-run +{overhead:.1f}%>"
         )
+
+
+def _check_phase(phase: str) -> None:
+    if phase not in PHASES:
+        raise UsageError(f"unknown phase {phase!r}", hint=f"Use one of {', '.join(PHASES)}")
+
+
+def _records(df: pd.DataFrame) -> list[dict[str, Any]]:
+    """JSON-safe rows: numpy scalars to Python, NaN to None, floats to 6 decimals."""
+    out = []
+    for rec in df.to_dict(orient="records"):
+        row: dict[str, Any] = {}
+        for k, v in rec.items():
+            if hasattr(v, "item"):
+                v = v.item()
+            if isinstance(v, float):
+                v = None if math.isnan(v) or math.isinf(v) else round(v, 6)
+            row[str(k)] = v
+        out.append(row)
+    return out
 
 
 def _memory_notes(memory: PhaseMemory) -> tuple[str, ...]:

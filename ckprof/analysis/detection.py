@@ -15,10 +15,10 @@ __all__ = ["FOUND_BY", "RECOMPUTE_DETECTIONS", "check_recompute_detection"]
 
 #: What a caller may ask for: ``auto`` tries markers, stack, sequence in that order;
 #: ``none`` carves no recompute out of backward (useful for comparisons).
-RECOMPUTE_DETECTIONS: tuple[str, ...] = ("auto", "markers", "stack", "sequence", "none")
+RECOMPUTE_DETECTIONS: tuple[str, ...] = ("auto", "markers", "stack", "sequence", "compiled", "none")
 
 #: What may have found the recompute that is reported (``none``: nothing found).
-FOUND_BY: tuple[str, ...] = ("markers", "stack", "sequence", "none")
+FOUND_BY: tuple[str, ...] = ("markers", "stack", "sequence", "compiled", "none")
 
 
 def check_recompute_detection(method: str) -> str:

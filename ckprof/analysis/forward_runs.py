@@ -67,10 +67,10 @@ import pandas as pd
 
 from ckprof.analysis.phases import (
     EVAL_PREFIX,
-    _down_tree,
     _kind_mask,
     _mask_names,
     _names,
+    _nearest_above,
     _step_of,
 )
 from ckprof.trace.markers import CHECKPOINT_PREFIX
@@ -202,15 +202,7 @@ def _marker_runs(tr: _Tree) -> pd.DataFrame:
 def _module_ancestor(tr: _Tree) -> tuple[np.ndarray, np.ndarray]:
     """(nearest nn.Module frame strictly above each row or -1, is-module mask)."""
     is_mod = tr.is_py & _mask_names(tr.codes, tr.cats, lambda c: c.startswith(_MODULE_PREFIX))
-    anc = np.full(tr.n, -1, dtype=np.int64)
-
-    def fill(rows: np.ndarray, par: np.ndarray) -> None:
-        ok = par >= 0
-        p = np.where(ok, par, 0)
-        anc[rows] = np.where(ok, np.where(is_mod[p], p, anc[p]), -1)
-
-    _down_tree(tr.parent, tr.depth, fill)
-    return anc, is_mod
+    return _nearest_above(tr.parent, is_mod), is_mod
 
 
 def callable_name(tr: _Tree, frame: int, mod_anc: np.ndarray, is_mod: np.ndarray,

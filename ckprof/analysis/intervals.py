@@ -2,7 +2,8 @@
 
 - :func:`thread_ids`: one dense integer per (pid, tid) pair;
 - :func:`lexicographic_score`: several small non-negative integer keys packed into one
-  int64 that orders like the tuple of keys.
+  int64 that orders like the tuple of keys;
+- :func:`union_length`: the length of a union of half-open intervals, per group.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
-__all__ = ["lexicographic_score", "thread_ids"]
+__all__ = ["lexicographic_score", "thread_ids", "union_length"]
 
 
 def thread_ids(pid: np.ndarray, tid: np.ndarray) -> np.ndarray:
@@ -42,3 +43,29 @@ def lexicographic_score(keys: Sequence[np.ndarray], bounds: Sequence[int]) -> np
     for key, bound in zip(keys, bounds, strict=True):
         out = out * np.int64(bound) + np.asarray(key, dtype=np.int64)
     return out
+
+
+def union_length(group: np.ndarray, start: np.ndarray, end: np.ndarray) -> pd.Series:
+    """Length of the union of half-open intervals ``[start, end)`` per ``group``
+    (integer ns in, int64 out, indexed by group, sorted). Exact: each interval adds
+    the part of it that starts after every earlier-starting interval of its group
+    ended."""
+    group = np.asarray(group)
+    start = np.asarray(start, dtype=np.int64)
+    end = np.asarray(end, dtype=np.int64)
+    if len(start) == 0:
+        return pd.Series([], dtype="int64")
+    codes, uniques = pd.factorize(group, sort=True)
+    order = np.lexsort((end, start, codes))
+    c, s, e = codes[order], start[order], end[order]
+    reach = pd.Series(e).groupby(c).cummax().to_numpy(dtype=np.int64)
+    prev = np.empty_like(reach)
+    prev[0] = np.iinfo(np.int64).min
+    prev[1:] = reach[:-1]
+    first = np.ones(len(c), dtype=bool)
+    first[1:] = c[1:] != c[:-1]
+    prev[first] = np.iinfo(np.int64).min
+    add = np.maximum(e - np.maximum(s, prev), 0)
+    total = np.zeros(len(uniques), dtype=np.int64)
+    np.add.at(total, c, add)
+    return pd.Series(total, index=pd.Index(uniques), dtype="int64")

@@ -46,11 +46,12 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from ckprof.analysis.phases import PhaseTable
+from ckprof.analysis.phases import PhaseTable, nearest_marked_ancestor
+from ckprof.trace.capture_metadata import clean_ckprof_metadata
 from ckprof.trace.markers import PHASES, ZERO_GRAD
 from ckprof.trace.model import Trace
 
-__all__ = ["NO_MEMORY_REASON", "PhaseMemory", "peak_memory_by_phase"]
+__all__ = ["NO_MEMORY_REASON", "PhaseMemory", "innermost_op_rows", "peak_memory_by_phase"]
 
 NO_MEMORY_REASON = "trace has no [memory] events (capture with profile_memory=True)"
 
@@ -82,20 +83,35 @@ def _empty(cols: dict[str, object]) -> pd.DataFrame:
     return pd.DataFrame({c: pd.Series([], dtype=d) for c, d in cols.items()})
 
 
+def _capture_meta(trace: Trace) -> Mapping[str, object]:
+    """The capture metadata with every known field of its documented type. The loader
+    already cleans it (and notes what it dropped); a Trace built by hand goes through
+    the same rules here, so no value of the wrong type reaches the arithmetic below."""
+    return clean_ckprof_metadata(trace.ckprof)[0] or {}
+
+
+def _device_meta(trace: Trace, key: str, device: str) -> Mapping[str, object] | None:
+    per_device = _capture_meta(trace).get(key)
+    found = per_device.get(device) if isinstance(per_device, Mapping) else None
+    return found if isinstance(found, Mapping) else None
+
+
 def _baseline_meta(trace: Trace, device: str) -> Mapping[str, object] | None:
-    meta = trace.ckprof or {}
-    base = meta.get("memory_baseline") if isinstance(meta, Mapping) else None
-    if isinstance(base, Mapping) and isinstance(base.get(device), Mapping):
-        return base[device]
-    return None
+    return _device_meta(trace, "memory_baseline", device)
 
 
 def _levels(trace: Trace, device: str, ta: np.ndarray, b: np.ndarray,
             notes: list[str], ts: np.ndarray) -> tuple[np.ndarray, int, bool]:
     """(levels, baseline_bytes, absolute) for one device's events in time order."""
     meta = _baseline_meta(trace, device)
-    base = int(meta.get("bytes", 0)) if meta is not None else 0
-    if (ta < 0).any():
+    base = int(meta.get("bytes", 0)) if meta is not None else 0  # type: ignore[call-overload]
+    missing = ta < 0
+    if missing.any() and not missing.all():
+        ta = _fill_counter(ta, b, missing)
+        notes.append(f"{device}: {int(missing.sum())} of {len(ta)} [memory] events lack a usable "
+                     "'Total Allocated' (missing, NaN or not an integer): their levels are "
+                     "carried from the nearest event with one, plus 'Bytes'")
+    elif missing.any():
         notes.append(f"{device}: events lack 'Total Allocated' (legacy trace): levels rebuilt "
                      "as the running sum of 'Bytes'"
                      + ("" if meta else ", relative to profiling start"))
@@ -122,6 +138,17 @@ def _levels(trace: Trace, device: str, ta: np.ndarray, b: np.ndarray,
     return levels, base, meta is not None
 
 
+def _fill_counter(ta: np.ndarray, b: np.ndarray, missing: np.ndarray) -> np.ndarray:
+    """Counter values for events without one: the nearest earlier event's counter plus
+    the ``Bytes`` since (the first event's minus those up to it, for leading ones)."""
+    idx = np.arange(len(ta))
+    have = np.where(~missing, idx, -1)
+    nearest = np.maximum.accumulate(have)
+    nearest[nearest < 0] = int(np.flatnonzero(~missing)[0])
+    cs = np.cumsum(b)
+    return np.where(missing, ta[nearest] + cs - cs[nearest], ta)
+
+
 def _correct_unseen_frees(trace: Trace, device: str, ts: np.ndarray, levels: np.ndarray,
                           notes: list[str]) -> np.ndarray:
     """Subtract blocks freed during the window that the CPU profiler never reported.
@@ -139,8 +166,8 @@ def _correct_unseen_frees(trace: Trace, device: str, ts: np.ndarray, levels: np.
     # The profiler sometimes does report such a free (it matches a stale address from
     # an earlier session in the process), so the amount subtracted is what the levels
     # over-count at the end of the window, at most ``freed_unseen_bytes``.
-    end_meta = ((trace.ckprof or {}).get("memory_end") or {}).get(device) or {}
-    unseen = int(end_meta.get("freed_unseen_bytes", 0) or 0)
+    end_meta = _device_meta(trace, "memory_end", device) or {}
+    unseen = int(end_meta.get("freed_unseen_bytes", 0) or 0)  # type: ignore[call-overload]
     if "bytes" in end_meta and len(levels):
         unseen = min(unseen, max(0, int(levels[-1]) - int(end_meta["bytes"])))
     if unseen <= 0:
@@ -160,10 +187,24 @@ def _correct_unseen_frees(trace: Trace, device: str, ts: np.ndarray, levels: np.
 def _innermost_ops(ev: pd.DataFrame, pid: np.ndarray, tid: np.ndarray,
                    t: np.ndarray) -> np.ndarray:
     """Name of the innermost cpu_op on thread (pid[i], tid[i]) enclosing instant t[i]
-    ("" when none). Vectorised: one searchsorted per thread, then a parent walk."""
+    ("" when none)."""
     out = np.full(len(t), "", dtype=object)
+    found = innermost_op_rows(ev, pid, tid, t)
+    names = ev["name"].to_numpy(dtype=object)
+    ok = found >= 0
+    out[ok] = [str(x) for x in names[found[ok]]]
+    return out
+
+
+def innermost_op_rows(ev: pd.DataFrame, pid: np.ndarray, tid: np.ndarray,
+                      t: np.ndarray) -> np.ndarray:
+    """Row of the innermost cpu_op on thread (pid[i], tid[i]) enclosing instant t[i]
+    (-1 when none): the op running at a peak, the op that allocated a block.
+    Vectorised: one searchsorted per thread, then an ancestor walk by pointer jumping."""
+    t = np.asarray(t, dtype=np.int64)
+    found = np.full(len(t), -1, dtype=np.int64)
     if len(t) == 0 or len(ev) == 0:
-        return out
+        return found
     ts = ev["ts_ns"].to_numpy(dtype=np.int64)
     end = ts + ev["dur_ns"].to_numpy(dtype=np.int64)
     parent = ev["parent"].to_numpy(dtype=np.int64)
@@ -173,7 +214,8 @@ def _innermost_ops(ev: pd.DataFrame, pid: np.ndarray, tid: np.ndarray,
     keys = pd.DataFrame({"pid": ev["pid"].to_numpy()[cpu_side],
                          "tid": ev["tid"].to_numpy()[cpu_side]})
     j = np.full(len(t), -1, dtype=np.int64)
-    want = pd.DataFrame({"pid": pid, "tid": tid})
+    want = pd.DataFrame({"pid": np.asarray(pid, dtype=np.int64),
+                         "tid": np.asarray(tid, dtype=np.int64)})
     wanted = want.groupby(["pid", "tid"]).indices
     for key, idx in keys.groupby(["pid", "tid"]).indices.items():
         at = wanted.get(key)
@@ -183,20 +225,24 @@ def _innermost_ops(ev: pd.DataFrame, pid: np.ndarray, tid: np.ndarray,
         k = np.searchsorted(ts[rows], t[at], side="right") - 1
         j[at] = np.where(k >= 0, rows[np.maximum(k, 0)], -1)
     # the last event starting at or before t is the innermost one containing t when it
-    # contains t; otherwise one of its ancestors does (or none)
-    found = np.full(len(t), -1, dtype=np.int64)
+    # contains t; otherwise one of its ancestors does (or none). Ancestors start no
+    # later, so the first one on the way up that ends after t contains t, and so do
+    # all above it: the answer is then the nearest cpu_op at or above it. A row ending
+    # at or before t rules out every ancestor with the same end at once (a million
+    # identical events nest a million deep: NOTE [ Ancestor queries ] in phases).
+    rows_n = np.arange(len(ts))
+    op_at = np.where(is_op, rows_n, nearest_marked_ancestor(parent, is_op))
+    run_top_mark = (parent < 0) | (end[np.maximum(parent, 0)] != end)
+    run_top = np.where(run_top_mark, rows_n, nearest_marked_ancestor(parent, run_top_mark))
     pending = j >= 0
     while pending.any():
         p = np.flatnonzero(pending)
         jj = j[p]
-        hit = is_op[jj] & (ts[jj] <= t[p]) & (t[p] < end[jj])
-        found[p[hit]] = jj[hit]
-        j[p] = np.where(hit, -1, parent[jj])
+        inside = (ts[jj] <= t[p]) & (t[p] < end[jj])
+        found[p[inside]] = op_at[jj[inside]]
+        j[p] = np.where(inside, -1, parent[run_top[jj]])
         pending = j >= 0
-    names = ev["name"].to_numpy(dtype=object)
-    ok = found >= 0
-    out[ok] = [str(x) for x in names[found[ok]]]
-    return out
+    return found
 
 
 def peak_memory_by_phase(trace: Trace, phases: PhaseTable) -> PhaseMemory:

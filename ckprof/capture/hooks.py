@@ -14,7 +14,10 @@ step. :data:`LIVE` holds the markers of the one capture running in this process.
 #           opens or closes, or the step ends. The first call is seen by a stand-in
 #           for nn.Module.__call__ (no global module hook: torch.compile would warn),
 #           removed while a forward range is open and during backward and re-armed
-#           when they close.
+#           when they close. Code that torch.compile traces may call our hooks and
+#           patched functions: they return at once under torch.compiler.is_compiling(),
+#           so a compile during a window makes the same graph as without ckprof
+#           (compiled code runs no Python hooks afterwards).
 # backward  wraps torch.autograd.backward / torch.autograd.grad (Tensor.backward
 #           calls the former), outermost call only.
 # optimizer global optimizer step pre/post hooks (nested optimizers counted).
@@ -48,6 +51,10 @@ from ckprof.trace.markers import (
 __all__ = ["LIVE", "LIVE_LOCK", "PhaseMarkers", "phase"]
 
 _graph_task_id = torch._C._current_graph_task_id
+# dynamo traces hooks and patched functions called inside compiled code: they must be
+# no-ops there (a traced record_function breaks inductor; compiled code runs no
+# Python per call anyway). Constant-folded to True while tracing, ~0.1 us otherwise.
+_compiling = torch.compiler.is_compiling
 
 
 
@@ -107,6 +114,8 @@ class PhaseMarkers:
 
     # -- hooks
     def _on_forward_pre(self, module: torch.nn.Module, args: Any) -> None:
+        if _compiling():
+            return
         if self._kind is None and _graph_task_id() == -1 and self._mine():
             NAMES.add_root(module)
             NAMES.occurrences.clear()
@@ -114,7 +123,7 @@ class PhaseMarkers:
             self._disarm()
 
     def _on_optimizer_pre(self, optimizer: Any, args: Any, kwargs: Any) -> None:
-        if not self._mine():
+        if _compiling() or not self._mine():
             return
         if self._kind == "optimizer":
             self._opt_depth += 1
@@ -123,6 +132,8 @@ class PhaseMarkers:
         self._opt_depth = 1
 
     def _on_optimizer_post(self, optimizer: Any, args: Any, kwargs: Any) -> None:
+        if _compiling():
+            return
         if self._kind == "optimizer" and self._mine():
             self._opt_depth -= 1
             if self._opt_depth <= 0:
@@ -133,7 +144,7 @@ class PhaseMarkers:
 
         @functools.wraps(original)
         def engine_entry(*args: Any, **kwargs: Any) -> Any:
-            if _graph_task_id() != -1 or not markers._mine():
+            if _compiling() or _graph_task_id() != -1 or not markers._mine():
                 return original(*args, **kwargs)
             markers.close_current(rearm=False)  # recompute calls modules: keep them fast
             try:
@@ -150,7 +161,7 @@ class PhaseMarkers:
 
         @functools.wraps(original)
         def zero_grad(obj: Any, *args: Any, **kwargs: Any) -> Any:
-            if not markers._mine():
+            if _compiling() or not markers._mine():
                 return original(obj, *args, **kwargs)
             if markers._kind != "optimizer":
                 markers.close_current()

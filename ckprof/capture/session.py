@@ -16,7 +16,8 @@ of the JSON. ``trace_paths`` lists the files written, in order.
 # flat), and ProfilerStep#N keeps N = the global step index (we seed the profiler's
 # step counter). Phase markers (forward / backward / optimizer / zero_grad) exist only
 # during active steps: global hooks and patches are installed when recording starts
-# and removed when it stops.
+# and removed when it stops. The torch.compile watcher (capture/compiled.py) runs from
+# start() to stop(): models compile in the first steps, before any window.
 #
 # Failures never stop training: a window whose profiler cannot start, or whose file
 # cannot be written, is skipped with ONE warning per capture (later reasons go to
@@ -75,6 +76,7 @@ from torch.profiler import ProfilerAction, ProfilerActivity
 from ckprof.capture import nvtx as _nvtx
 from ckprof.capture import ranges as _ranges
 from ckprof.capture.ab import free_memory, is_out_of_memory, set_checkpointing
+from ckprof.capture.compiled import CompileWatcher
 from ckprof.capture.hooks import LIVE, LIVE_LOCK, PhaseMarkers, phase
 from ckprof.capture.metadata import (
     StorageSnapshot,
@@ -174,6 +176,7 @@ class Capture:
         self._baseline: dict[str, dict[str, Any]] = {}
         self._start_storages: StorageSnapshot | None = None
         self._markers = PhaseMarkers(threading.get_ident())
+        self._compiles = CompileWatcher()
         self._cuda_range = False
         self._nvtx_forced = False
         self._nvtx_step_open = False
@@ -249,6 +252,7 @@ class Capture:
             LIVE.append(self._markers)
         self._started = True
         self._markers.thread_id = threading.get_ident()
+        self._compiles.start()  # torch.compile usually compiles in the first steps
         if self.ab:
             self._instrumenting = instrument_checkpointing()
             self._instrumenting.__enter__()
@@ -570,7 +574,7 @@ class Capture:
             memory_end = {}
             self.errors.append(f"window {self._window}: memory_end not measured: {err}")
         self._start_storages = None
-        return build_metadata(
+        metadata = build_metadata(
             schedule=self.schedule,
             markers=self.markers,
             memory_baseline=self._baseline,
@@ -582,6 +586,10 @@ class Capture:
             nsys=self.nsys,
             ab=self._ab_metadata(),
         )
+        compiled = self._compiles.metadata(roots=list(NAMES.roots))
+        if compiled:
+            metadata["compiled"] = compiled
+        return metadata
 
     def _ab_metadata(self) -> dict[str, Any] | None:
         """The ``ab`` object of the window being saved (None when nothing was tagged)."""
@@ -650,6 +658,7 @@ class Capture:
             else:
                 self._leave_recording()
         finally:
+            self._compiles.stop()
             if self.ab:
                 self._variant = None
                 set_checkpointing(True)

@@ -25,6 +25,7 @@ COMMANDS: dict[str, str] = {
     "annotate": "ckprof.cli.visual:annotate",
     "compare": "ckprof.cli.strategy:compare",
     "sweep": "ckprof.cli.strategy:sweep",
+    "advise": "ckprof.cli.strategy:advise",
     "nsys-command": "ckprof.cli.nsys_command:nsys_command",
 }
 

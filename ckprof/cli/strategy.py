@@ -1,6 +1,7 @@
-"""``ckprof compare`` and ``ckprof sweep``: choose a checkpointing strategy.
+"""``ckprof compare``, ``ckprof sweep`` and ``ckprof advise``: choose a checkpointing strategy.
 
-Thin commands over :func:`ckprof.strategy.compare.compare` and :func:`ckprof.strategy.runner.sweep`.
+Thin commands over :func:`ckprof.strategy.compare.compare`, :func:`ckprof.strategy.runner.sweep`
+and :func:`ckprof.strategy.advice.advise`.
 Errors are :class:`ckprof.errors.CkprofError` (mapped to exit codes by the group).
 """
 
@@ -17,15 +18,15 @@ from ckprof.report.text import FORMATS
 
 
 @click.command()
-@click.argument("baseline", type=click.Path(dir_okay=False))
-@click.argument("candidate", type=click.Path(dir_okay=False), required=False)
+@click.argument("baseline", type=click.Path(dir_okay=False, readable=False))
+@click.argument("candidate", type=click.Path(dir_okay=False, readable=False), required=False)
 @click.option("--format", "fmt", type=click.Choice(FORMATS), default="table", show_default=True,
               help="Output format.")
 @click.option("--top", type=click.IntRange(min=1), default=15, show_default=True,
               help="Ops listed in the text/markdown op table (json/csv list all).")
 @click.option("--recompute-detection", type=click.Choice(RECOMPUTE_DETECTIONS),
               default="auto", show_default=True, help="How recompute is found in both traces.")
-@click.option("-o", "--output", type=click.Path(dir_okay=False), default=None,
+@click.option("-o", "--output", type=click.Path(readable=False), default=None,
               help="Write to this file instead of stdout.")
 @click.option("--force", is_flag=True, help="Overwrite --output if it exists.")
 def compare(baseline: str, candidate: str | None, fmt: str, top: int, recompute_detection: str,
@@ -74,7 +75,7 @@ def _parse_policies(ctx: click.Context, param: click.Parameter, value: tuple[str
 
     names = tuple(p.strip() for v in value for p in v.split(",") if p.strip())
     for name in names:
-        if ":" in name and not name.lower().startswith("selective:"):
+        if ":" in name and not name.lower().startswith(("selective:", "advised")):
             continue  # module:function, resolved in the worker
         try:
             parse_policy(name)
@@ -123,7 +124,8 @@ Example:
                    "'The --model contract' below. Default: ckprof's demo transformer.")
 @click.option("-p", "--policy", "policies", multiple=True, callback=_parse_policies,
               help="Policy to run (repeat, or comma-separate): none, full, every_<k>, sqrt, selective, "
-                   "selective:<op>,..., module:function. Default: none, full, every_2, sqrt, selective.")
+                   "selective:<op>+<op>, advised:<op>+<op> (from ckprof advise), advised:<trace>, "
+                   "module:function. Default: none, full, every_2, sqrt, selective.")
 @click.option("--blocks", default=None, help="Path of the container of repeated blocks (default: the "
                                              "largest nn.ModuleList).")
 @click.option("--steps", type=click.IntRange(min=1), default=6, show_default=True,
@@ -148,7 +150,7 @@ Example:
                    "1.5GB) and its samples/s; recommend by throughput at that batch.")
 @click.option("--confirm/--no-confirm", default=None,
               help="Run the recommended batch once to check it fits (default: on CUDA only).")
-@click.option("-o", "--output", "plot_path", type=click.Path(dir_okay=False), default=None,
+@click.option("-o", "--output", "plot_path", type=click.Path(readable=False), default=None,
               help="Write the memory-vs-time frontier plot here (.png, .svg, .pdf).")
 @click.option("--out-dir", type=click.Path(file_okay=False), default=None,
               help="Keep each policy's trace under this folder (default: temporary, deleted).")
@@ -194,9 +196,67 @@ def sweep(model: str, policies: tuple[str, ...] | None, blocks: str | None, step
         memory_budget=memory_budget, optimizer=optimizer, threads=threads, rounds=rounds,
         schedule=schedule, confirm=confirm,
     )
-    click.echo(result.render(fmt), nl=False)
+    from ckprof.report.output import write_stdout
+
+    write_stdout(result.render(fmt))
     if plot_path:
         from ckprof.report.plots import save_figure
 
         save_figure(result.plot(), plot_path, force=force)
         click.echo(f"wrote {plot_path}", err=True)
+
+
+ADVISE_EXAMPLE = """
+\b
+Examples:
+  ckprof advise traces/full/run.pt.trace.json.gz
+  ckprof advise full.json.gz --memory-budget 2GiB          # the cheapest recompute set that fits
+  ckprof advise full.json.gz --none-trace none.json.gz     # bytes from a run without checkpointing
+  ckprof sweep --policy none,full,selective,advised:full.json.gz   # then measure it
+"""
+
+
+@click.command(epilog=ADVISE_EXAMPLE)
+@click.argument("trace", type=click.Path(dir_okay=False))
+@click.option("--none-trace", type=click.Path(dir_okay=False), default=None,
+              help="A trace of the same model WITHOUT checkpointing: take the bytes each op keeps "
+                   "alive from its forward (two-trace form).")
+@click.option("--memory-budget", callback=_parse_budget, default=None,
+              help="Save ops in ranking order while the estimated peak stays within this "
+                   "(bytes, or 8GiB / 512MiB / 1.5GB).")
+@click.option("--device", default=None, help="Memory device to advise for (default: the GPU if "
+                                             "the trace has GPU memory, else cpu).")
+@click.option("--min-ms-per-mib", type=click.FloatRange(min=0), default=None,
+              help="Save ops at or above this many ms of recompute per MiB (default: the ratio "
+                   "of checkpointing as a whole).")
+@click.option("--dispatch-overhead-us", type=click.FloatRange(min=0), default=None,
+              help="Cost of selective checkpointing's dispatch mode per intercepted op, in "
+                   "microseconds (default 30, measured on CPU; 0 leaves it out).")
+@click.option("--recompute-detection", type=click.Choice(RECOMPUTE_DETECTIONS),
+              default="auto", show_default=True, help="How recompute is found in the trace.")
+@click.option("--format", "fmt", type=click.Choice(FORMATS), default="table", show_default=True,
+              help="Output format.")
+@click.option("-o", "--output", type=click.Path(dir_okay=False), default=None,
+              help="Write to this file instead of stdout.")
+@click.option("--force", is_flag=True, help="Overwrite --output if it exists.")
+def advise(trace: str, none_trace: str | None, memory_budget: int | None, device: str | None,
+           min_ms_per_mib: float | None, dispatch_overhead_us: float | None,
+           recompute_detection: str, fmt: str, output: str | None, force: bool) -> None:
+    """Selective-checkpointing advice from a trace of the model under FULL checkpointing
+    (captured with memory, as ckprof.capture does): rank the recomputed op types by
+    milliseconds of recompute per MiB their outputs would keep alive, and print which
+    to save -- as Python to paste (torch's create_selective_checkpoint_contexts) and
+    as a ckprof sweep policy (advised:<op>+<op>) that measures it.
+    """
+    from ckprof.analysis import load
+    from ckprof.strategy.advice import advise as run_advise
+
+    if output:
+        check_new_path(output, force=force)
+    full = load(trace, recompute_detection=recompute_detection)
+    none = load(none_trace, recompute_detection=recompute_detection) if none_trace else None
+    extra: dict = {} if dispatch_overhead_us is None else {"dispatch_overhead_us": dispatch_overhead_us}
+    if min_ms_per_mib is not None:
+        extra["threshold_ms_per_mib"] = min_ms_per_mib
+    result = run_advise(full, none, budget_bytes=memory_budget, device=device, **extra)
+    emit(result.render(fmt), output, force=force)

@@ -32,10 +32,9 @@ def _analysis_options(func: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def _load(trace: Path, recompute_detection: str, step: int | None, salvage: bool):
-    if not trace.exists():
-        raise TraceNotFoundError("no such file or directory", path=str(trace),
-                                 hint="Check the path; ckprof demo writes traces under traces/demo/")
-    if trace.is_dir():
+    from ckprof.trace.kineto.source import check_input_path
+
+    if check_input_path(trace):  # missing, a link loop, a FIFO: say so, never block
         from ckprof.trace.load import find_trace_files
 
         files = find_trace_files(trace)
@@ -56,20 +55,24 @@ Examples:
   ckprof plot trace.json.gz --kind memory -o memory.png
   ckprof plot trace.json.gz --kind breakdown -o breakdown.svg
   ckprof plot trace.json.gz --kind regions -o regions.pdf --force
+  ckprof plot trace.json.gz --kind composition -o composition.png
 """
 
 
 @click.command(epilog=PLOT_EXAMPLE)
-@click.argument("trace", type=click.Path(path_type=Path))
-@click.option("--kind", type=click.Choice(["memory", "breakdown", "regions", "categories", "ab"]),
+@click.argument("trace", type=click.Path(path_type=Path, readable=False))
+@click.option("--kind", type=click.Choice(["memory", "breakdown", "regions", "categories",
+                                           "composition", "ab"]),
               default="memory", show_default=True,
               help="memory: allocated bytes over time with phases shaded and peaks marked; "
                    "breakdown: stacked time per phase per step; regions: recompute time per "
                    "checkpointed region; categories: torch memory-profiler categories (when saved); "
+                   "composition: live bytes stacked by the phase that allocated them; "
                    "ab: checkpointing on vs off, step time and peak memory (capture(ab=True)).")
-@click.option("-o", "--output", type=click.Path(path_type=Path), required=True,
+@click.option("-o", "--output", type=click.Path(path_type=Path, readable=False), required=True,
               help="Image file: .png, .svg or .pdf.")
-@click.option("--dpi", type=int, default=120, show_default=True, help="Resolution of .png output.")
+@click.option("--dpi", type=click.IntRange(10, 1200), default=120, show_default=True,
+              help="Resolution of .png output (10-1200).")
 @_analysis_options
 def plot(trace: Path, kind: str, output: Path, dpi: int, force: bool, step: int | None,
          recompute_detection: str, salvage: bool) -> None:
@@ -94,8 +97,8 @@ Examples:
 
 
 @click.command(epilog=REPORT_EXAMPLE)
-@click.argument("trace", type=click.Path(path_type=Path))
-@click.option("-o", "--output", type=click.Path(path_type=Path), required=True,
+@click.argument("trace", type=click.Path(path_type=Path, readable=False))
+@click.option("-o", "--output", type=click.Path(path_type=Path, readable=False), required=True,
               help="HTML file to write (self-contained: open it in any browser, offline).")
 @click.option("--title", default=None, help="Page title (default: 'ckprof report: <trace name>').")
 @_analysis_options
@@ -104,11 +107,11 @@ def report(trace: Path, output: Path, title: str | None, force: bool, step: int 
     """Write a one-page HTML report of TRACE: headline numbers, time per phase,
     recompute per region, memory over time, each with a short guide to reading it."""
     from ckprof.report.html import render_report
-    from ckprof.report.output import write_new_file
+    from ckprof.report.output import encode_text, write_new_file
 
     check_new_path(output, force=force)
     analysis = _load(trace, recompute_detection, step, salvage)
-    write_new_file(output, render_report(analysis, title=title).encode("utf-8"), force=force)
+    write_new_file(output, encode_text(render_report(analysis, title=title)), force=force)
     click.echo(f"wrote {output}", err=True)
 
 
@@ -121,8 +124,8 @@ Examples:
 
 
 @click.command(epilog=ANNOTATE_EXAMPLE)
-@click.argument("trace", type=click.Path(path_type=Path))
-@click.option("-o", "--output", type=click.Path(path_type=Path), required=True,
+@click.argument("trace", type=click.Path(path_type=Path, readable=False))
+@click.option("-o", "--output", type=click.Path(path_type=Path, readable=False), required=True,
               help="Annotated copy (.json or .json.gz); the original is never modified.")
 @_analysis_options
 def annotate(trace: Path, output: Path, force: bool, step: int | None, recompute_detection: str,

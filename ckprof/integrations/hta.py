@@ -178,9 +178,9 @@ def _rank_of(trace: Trace, fallback: int) -> int:
     """``distributedInfo.rank``, else ckprof's capture metadata ``rank``, else ``fallback``."""
     for source in (trace.metadata.get("distributedInfo") if trace.metadata else None, trace.ckprof):
         rank = source.get("rank") if isinstance(source, Mapping) else None
-        if isinstance(rank, int) and not isinstance(rank, bool):
+        if isinstance(rank, int) and not isinstance(rank, bool) and 0 <= rank < 2**63:
             return rank
-        if isinstance(rank, str) and rank.isdecimal():
+        if isinstance(rank, str) and rank.isascii() and rank.isdigit() and len(rank) <= 18:
             return int(rank)
     return fallback
 

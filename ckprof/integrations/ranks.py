@@ -24,8 +24,11 @@ Contract::
   ``slowest_rank`` (the rank with the maximum; for memory: the highest peak),
   ``max``, ``median``, ``min``, ``fastest_rank``, ``spread`` (max - min) and
   ``spread_pct`` (spread / median x 100). Ties go to the lowest rank.
-- ``failures``: ``file``, ``error_type``, ``message`` (one line): files that could not
-  be analysed; the others are still reported.
+- ``failures``: ``file``, ``error_type``, ``message`` (one line), ``exit_code`` (what
+  ``ckprof analyze FILE`` would exit with): every file that looks like a trace by its
+  name (``*.json[.gz]`` that is not another tool's JSON, ``*.pt.trace.*``) or content
+  and could not be analysed -- empty, not JSON, damaged gzip, UTF-16, a FIFO or device,
+  a symlink loop, unreadable; the others are still reported.
 - ``recompute_spread_ms`` / ``recompute_spread_pct``: the spread of recompute time.
 - ``notes``: how ranks were numbered when the files did not say, duplicates, etc.
 
@@ -46,14 +49,16 @@ import json
 import math
 import os
 import re
+import stat as stat_mode
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from ckprof._text import printable
 from ckprof.errors import CkprofError, OptionalDependencyError, TraceNotFoundError
 from ckprof.report.text import (
     MISSING,
@@ -77,7 +82,11 @@ __all__ = [
 ]
 
 ENGINES: tuple[str, ...] = ("processes", "dask", "serial")
-_RANK_IN_NAME = re.compile(r"rank[_\-]?(\d+)", re.IGNORECASE)
+_RANK_IN_NAME = re.compile(r"rank[_\-]?0*([0-9]{1,18})(?![0-9])", re.IGNORECASE)
+#: ranks are non-negative int64 (a rank of 2**70 in a file is not a rank)
+_RANK_MAX = 2**63 - 1
+#: memory one rank worker needs besides the trace itself (interpreter, pandas, numpy)
+WORKER_BASE_BYTES = 350 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -98,22 +107,40 @@ class RankResult:
     memory: tuple[tuple[str, str, int], ...] = ()
     error_type: str = ""
     message: str = ""
+    #: the CLI exit code of the error (0 when ok)
+    exit_code: int = 0
+    #: remarks about this file (a rank that could not be used, ...)
+    notes: tuple[str, ...] = ()
 
 
-def rank_from_metadata(metadata: Any, ckprof_meta: Any) -> tuple[int | None, str]:
-    """The rank the trace records: ``distributedInfo.rank``, else ckprof's ``rank``."""
+def _usable_rank(value: Any) -> int | None:
+    if type(value) is int and 0 <= value <= _RANK_MAX:
+        return value
+    return None
+
+
+def rank_from_metadata(metadata: Any, ckprof_meta: Any,
+                       notes: list[str] | None = None) -> tuple[int | None, str]:
+    """The rank the trace records: ``distributedInfo.rank``, else ckprof's ``rank``.
+    A recorded value that is not a rank (negative, beyond int64, not an integer) is
+    not used; ``notes`` (when given) says so."""
     dist = metadata.get("distributedInfo") if hasattr(metadata, "get") else None
-    if isinstance(dist, dict) and isinstance(dist.get("rank"), int) and not isinstance(dist.get("rank"), bool):
-        return int(dist["rank"]), "distributedInfo"
-    if hasattr(ckprof_meta, "get"):
-        r = ckprof_meta.get("rank")
-        if isinstance(r, int) and not isinstance(r, bool):
-            return int(r), "ckprof"
+    sources = (("distributedInfo", dist), ("ckprof", ckprof_meta))
+    for source, holder in sources:
+        if not hasattr(holder, "get") or "rank" not in holder:
+            continue
+        rank = _usable_rank(holder.get("rank"))
+        if rank is not None:
+            return rank, source
+        if notes is not None:
+            shown = repr(holder.get("rank"))
+            notes.append(f"{source}.rank {shown[:30]} is not a rank (0..2^63-1): not used")
     return None, ""
 
 
 def rank_from_name(path: str | os.PathLike[str]) -> int | None:
-    """``rank(\\d+)`` in the file name (``host_rank3.pt.trace.json``), else None."""
+    """``rank<N>`` in the file name (``host_rank3.pt.trace.json``; ASCII digits that
+    fit int64), else None."""
     m = _RANK_IN_NAME.search(Path(path).name)
     return int(m.group(1)) if m else None
 
@@ -132,7 +159,8 @@ def analyze_rank_file(path: str, recompute_detection: str = "auto") -> RankResul
         analysis = load(path, recompute_detection=recompute_detection, load_workers=1)
         totals = analysis.totals_table()
         mem = analysis.memory_table()
-        rank, source = rank_from_metadata(analysis.trace.metadata, analysis.trace.ckprof)
+        notes: list[str] = []
+        rank, source = rank_from_metadata(analysis.trace.metadata, analysis.trace.ckprof, notes)
         if rank is None:
             rank = rank_from_name(path)
             source = "file name" if rank is not None else ""
@@ -149,13 +177,22 @@ def analyze_rank_file(path: str, recompute_detection: str = "auto") -> RankResul
             recompute_overhead_pct=math.nan if overhead is None else float(overhead),
             recompute_detection=str(analysis.recompute_found_by),
             memory=tuple((str(r.phase), str(r.device), int(r.peak_bytes)) for r in mem.itertuples(index=False)),
+            notes=tuple(notes),
         )
     except Exception as err:  # every failure is reported per file, see docstring
-        text = str(err).strip().splitlines()
-        message = text[0] if text else repr(err)
-        if not isinstance(err, CkprofError):
-            message = f"{type(err).__name__}: {message}"
-        return RankResult(file=str(path), ok=False, error_type=type(err).__name__, message=message)
+        return failed_result(path, err)
+
+
+def failed_result(path: str | os.PathLike[str], err: BaseException) -> RankResult:
+    """The one-line failure record of a file (a CkprofError's own message; other
+    exceptions prefixed with their type)."""
+    text = printable(str(err).strip()).splitlines()
+    message = text[0] if text else repr(err)
+    if not isinstance(err, CkprofError):
+        message = f"{type(err).__name__}: {message}"
+    code = err.exit_code if isinstance(err, CkprofError) else 1
+    return RankResult(file=str(path), ok=False, error_type=type(err).__name__, message=message,
+                      exit_code=code)
 
 
 # ---------------------------------------------------------------------------------------
@@ -244,6 +281,7 @@ def summarize_ranks(results: Iterable[RankResult], *, directory: str = "", engin
     rows: list[dict[str, Any]] = []
     mem_rows: list[dict[str, Any]] = []
     for r in ok:
+        notes += [f"{printable(Path(r.file).name)}: {n}" for n in r.notes]
         rank, source = r.rank, r.rank_source
         if rank is None:
             rank, source = index_of[r.file], "file index"
@@ -275,8 +313,9 @@ def summarize_ranks(results: Iterable[RankResult], *, directory: str = "", engin
     per_rank_memory = pd.DataFrame(mem_rows, columns=["rank", "phase", "device", "peak_bytes"]).astype(
         {"rank": "int64", "peak_bytes": "int64"})
     per_rank_memory = per_rank_memory.sort_values(["rank", "device", "phase"], kind="stable").reset_index(drop=True)
-    failures = pd.DataFrame([{"file": r.file, "error_type": r.error_type, "message": r.message} for r in failed],
-                            columns=["file", "error_type", "message"])
+    failures = pd.DataFrame([{"file": r.file, "error_type": r.error_type, "message": r.message,
+                              "exit_code": r.exit_code} for r in failed],
+                            columns=["file", "error_type", "message", "exit_code"])
     return RankSummary(directory=str(directory), per_rank=per_rank, per_rank_memory=per_rank_memory,
                        cross_rank=_cross_rank(per_rank), failures=failures, engine=engine,
                        workers=int(workers), notes=tuple(notes))
@@ -316,18 +355,68 @@ def _cross_rank(per_rank: pd.DataFrame) -> pd.DataFrame:
 # ---------------------------------------------------------------------------------------
 
 def _list_files(directory: Path) -> list[Path]:
-    from ckprof.trace.load import find_trace_files
+    from ckprof.trace.load import find_rank_candidates
 
-    return [Path(p) for p in find_trace_files(directory, include_nsys=True)]
+    return [Path(p) for p in find_rank_candidates(directory, include_nsys=True)]
+
+
+def _cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - macOS / Windows
+        return os.cpu_count() or 1
 
 
 def default_workers(n_files: int) -> int:
     """One worker per core (``os.sched_getaffinity`` when available), at most one per file."""
+    return max(1, min(_cores(), n_files))
+
+
+def clamp_workers(requested: int | None, files: Sequence[Path],
+                  notes: list[str] | None = None) -> int:
+    """Worker processes for ``files``: ``requested`` (default: one per core), never more
+    than the cores, the files, or what memory holds -- the largest traces (started
+    first) at about 1x their uncompressed size each plus :data:`WORKER_BASE_BYTES`.
+    ``notes`` says when a request was lowered. Raises ValueError for ``requested < 1``."""
+    if requested is not None and requested < 1:
+        raise ValueError(f"workers must be at least 1, not {requested}")
+    cores = _cores()
+    n = cores if requested is None else requested
+    reason = ""
+    for limit, why in ((cores, f"{cores} core(s)"), (len(files), f"{len(files)} file(s)")):
+        if limit < n:
+            n, reason = max(1, limit), why
+    from ckprof.trace.kineto.source import available_memory_bytes
+
+    available = available_memory_bytes()
+    if available is not None and n > 1:
+        sizes = sorted((_estimated_bytes(p) for p in files), reverse=True)
+        fits = 1
+        while fits < n and sum(sizes[:fits + 1]) + (fits + 1) * WORKER_BASE_BYTES <= available:
+            fits += 1
+        if fits < n:
+            n, reason = fits, f"{available / 2**30:.1f} GiB of memory available"
+    if requested is not None and n < requested and notes is not None and reason:
+        notes.append(f"--workers {requested} lowered to {n} ({reason})")
+    return n
+
+
+def _estimated_bytes(p: Path) -> int:
+    """Uncompressed size of a trace file (gzip: 10x, the typical Kineto ratio). Only a
+    regular file is opened (a FIFO would block)."""
     try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - macOS / Windows
-        cores = os.cpu_count() or 1
-    return max(1, min(cores, n_files))
+        st = p.stat()
+    except OSError:
+        return 0
+    size = st.st_size
+    if not stat_mode.S_ISREG(st.st_mode):
+        return 0
+    try:
+        with open(p, "rb") as f:
+            gz = f.read(2) == b"\x1f\x8b"
+    except OSError:
+        return size
+    return size * 10 if gz else size
 
 
 def analyze_directory(
@@ -358,7 +447,9 @@ def analyze_directory(
     if not files:
         raise TraceNotFoundError("no trace files (*.json, *.json.gz, nsys *.sqlite) in this directory", path=str(directory),
                                  hint="Point ckprof at the folder tensorboard_trace_handler wrote")
-    n_workers = default_workers(len(files)) if workers is None else max(1, int(workers))
+    notes: list[str] = []
+    n_workers = clamp_workers(workers, files, notes) if engine != "dask" or scheduler is None \
+        else (workers or default_workers(len(files)))
     # largest first: the longest task should not start last
     ordered = sorted(files, key=lambda p: (-_size(p), str(p)))
     from ckprof.trace.progress import Progress
@@ -370,7 +461,8 @@ def analyze_directory(
             results = _run_processes(ordered, recompute_detection, n_workers, bar)
         else:
             results = _run_dask(ordered, recompute_detection, n_workers, scheduler, bar)
-    return summarize_ranks(results, directory=str(directory), engine=engine, workers=n_workers)
+    summary = summarize_ranks(results, directory=str(directory), engine=engine, workers=n_workers)
+    return replace(summary, notes=(*notes, *summary.notes)) if notes else summary
 
 
 def _size(p: Path) -> int:
@@ -425,7 +517,7 @@ def _run_processes(files: Sequence[Path], recompute_detection: str, workers: int
             results.append(_tick(bar, RankResult(
                 file=str(p), ok=False, error_type=BrokenProcessPool.__name__,
                 message="the worker process analysing this file died (killed for memory?); "
-                        "analyse it alone with ckprof analyze FILE")))
+                        "analyse it alone with ckprof analyze FILE", exit_code=1)))
     return results
 
 
@@ -477,6 +569,7 @@ def _run_dask(files: Sequence[Path], recompute_detection: str, workers: int, sch
                 res = fut.result()
             except Exception as err:  # a lost worker must not lose the other ranks
                 res = RankResult(file=str(path_of[fut.key]), ok=False, error_type=type(err).__name__,
+                                 exit_code=1,
                                  message=f"dask task failed: {type(err).__name__}: {err}".splitlines()[0])
             results.append(_tick(bar, res))
             fut.release()

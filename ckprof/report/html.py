@@ -9,8 +9,9 @@ Contract:
   measured cost and saving of checkpointing, when the trace has A/B steps) (inline CSS, figures
   embedded as base64 PNG, no script, no network) that a person who has not read
   the README can follow: a headline, then one section per question (where does the
-  time go, which region costs most to recompute, what does memory look like), each
-  with a short "how to read this" paragraph, its figure and its table.
+  time go, which region costs most to recompute, what does memory look like, what is
+  each peak made of, how busy is the GPU, which ops recompute is made of), each with a
+  short "how to read this" paragraph, its figure and its table.
 
 Both are pure functions returning a string; nothing here writes files (the CLI
 does, never over an existing file). Every piece of text from the trace is escaped.
@@ -407,6 +408,109 @@ def _memory_section(analysis: Analysis) -> str:
     return "".join(html_parts)
 
 
+def _ops_section(analysis: Analysis, top: int = 15) -> str:
+    """Which ops recompute (and the forward of checkpointed regions) is made of."""
+    from ckprof.report.inside import region_summary
+
+    how = ("<b>How to read this:</b> the recompute time split by the operation that ran, summed over the "
+           "analysed steps. <i>wall ms</i> is each op's self time (nested ops have their own row), "
+           "<i>GPU ms</i> the kernels it launched. Ops at the top are what recompute costs; under selective "
+           "checkpointing, saving their outputs instead of recomputing them removes that time (see "
+           "<code>ckprof advise</code>). The forward table lists the same ops for the regions' first run.")
+    has_gpu = analysis.has_gpu
+    parts = ['<section id="ops"><h2>What is recompute made of?</h2>', f'<p class="how">{how}</p>']
+    for phase, title in (("recompute", "Recompute by op"), ("forward", "Forward by op")):
+        table = analysis.ops_table(phase)
+        parts.append(f"<h3>{title}</h3>")
+        if table.empty:
+            parts.append(f'<p class="missing">No ops in {escape(phase)}.</p>')
+            continue
+        headers = [("op", "l"), ("count", "r"), ("wall ms", "r"), ("% of ops", "r")]
+        if has_gpu:
+            headers += [("GPU ms", "r"), ("GPU events", "r")]
+        rows = []
+        for r in table.head(top).itertuples(index=False):
+            row = [f'<span class="op">{escape(r.op)}</span>', str(int(r.count)), _ms(r.wall_ms),
+                   _pct(r.pct)]
+            if has_gpu:
+                row += [_ms(r.gpu_ms), str(int(r.gpu_events))]
+            rows.append(row)
+        parts.append(_table_html(headers, rows))
+        if len(table) > top:
+            parts.append(f"<p>... and {len(table) - top} more op(s).</p>")
+        per = analysis.ops_table(phase, by_region=True)
+        per = per[per["region"] != ""]
+        if len(per):
+            parts.append(_table_html([("region", "l"), ("top ops (share of the region's op time)", "l")],
+                                     [[escape(reg), f'<span class="op">{escape(text)}</span>']
+                                      for reg, text in region_summary(per)]))
+    parts.append("</section>")
+    return "".join(parts)
+
+
+def _composition_section(analysis: Analysis, top: int = 12) -> str:
+    """What each phase's memory peak is made of (by the phase and op that allocated it)."""
+    from ckprof.report.inside import composition_sentence
+    from ckprof.report.plots import plot_memory_composition
+
+    comp = analysis.composition
+    if not analysis.memory.captured:
+        return ""
+    if not comp.captured:
+        return ('<section id="composition"><h2>What is each peak made of?</h2>'
+                f'<p class="missing">Not available: {escape(comp.reason)}.</p></section>')
+    how = ("<b>How to read this:</b> every allocation in the trace is followed from its allocation to its "
+           "free, so the memory live at any moment can be split by the phase that allocated it: activations "
+           "saved in <i>forward</i>, tensors rebuilt by <i>recompute</i>, gradients and temporaries of "
+           "<i>backward</i>, optimizer state, and memory that was already live <i>before profiling</i> "
+           "(parameters, optimizer state, inputs). Each phase's peak below adds up exactly to the peak in the "
+           "memory table. torch's own memory timeline calls recomputed tensors 'temporary'; here they are "
+           "recompute.")
+    table = analysis.composition_table()
+    sentences = "".join(f"<li>{escape(composition_sentence(peak))}</li>"
+                        for (_d, _p), peak in table.groupby(["device", "phase"], sort=False))
+    parts = ['<section id="composition"><h2>What is each peak made of?</h2>',
+             f'<p class="how">{how}</p>', f'<ul class="notes">{sentences}</ul>',
+             _try_figure(lambda: plot_memory_composition(analysis),
+                         "live memory stacked by the phase that allocated it")]
+    by_op = analysis.composition_table(by="op")
+    if len(by_op):
+        hi = by_op.sort_values("peak_bytes", ascending=False, kind="stable").iloc[0]
+        ops = by_op[(by_op["phase"] == hi["phase"]) & (by_op["device"] == hi["device"])]
+        ops = ops.sort_values("bytes", ascending=False, kind="stable").head(top)
+        parts.append(f"<h3>Largest parts of the {escape(str(hi['phase']))} peak "
+                     f"({escape(str(hi['device']))}, {_fmt_bytes(int(hi['peak_bytes']))})</h3>")
+        rows = [[_swatch(str(r.origin)) if r.origin in PHASES else escape(str(r.origin)),
+                 escape(str(r.origin_region)) or "&mdash;",
+                 f'<span class="op">{escape(str(r.op)) or "&mdash;"}</span>',
+                 _fmt_bytes(int(r.bytes)), _pct(r.pct)] for r in ops.itertuples(index=False)]
+        parts.append(_table_html([("allocated in", "l"), ("region", "l"), ("op", "l"),
+                                  ("bytes", "r"), ("% of peak", "r")], rows))
+    if comp.notes:
+        parts.append('<ul class="notes">' + "".join(f"<li>{escape(n)}</li>" for n in comp.notes)
+                     + "</ul>")
+    parts.append("</section>")
+    return "".join(parts)
+
+
+def _gpu_section(analysis: Analysis) -> str:
+    """GPU busy / idle / overlap per phase (only when the trace has GPU events)."""
+    if not analysis.has_gpu:
+        return ""
+    how = ("<b>How to read this:</b> <i>GPU busy</i> is the time the GPU events a phase launched cover "
+           "(their union: concurrent streams count once; <i>GPU sum</i> counts them twice, the difference is "
+           "<i>overlap</i>). <i>Utilisation</i> is the share of the phase's wall time in which the GPU ran "
+           "anything: low in recompute means recompute is bound by the CPU launching kernels, near 100% that "
+           "it is bound by the GPU.")
+    headers = [("phase", "l"), ("wall ms", "r"), ("GPU busy ms", "r"), ("GPU sum ms", "r"),
+               ("overlap ms", "r"), ("kernels", "r"), ("GPU idle ms", "r"), ("utilisation", "r")]
+    rows = [[_swatch(str(r.phase)), _ms(r.wall_ms), _ms(r.gpu_busy_ms), _ms(r.gpu_sum_ms),
+             _ms(r.overlap_ms), str(int(r.kernels)), _ms(r.idle_ms), _pct(r.utilization_pct)]
+            for r in analysis.gpu_table().itertuples(index=False)]
+    return ('<section id="gpu"><h2>How busy is the GPU in each phase?</h2>'
+            f'<p class="how">{how}</p>' + _table_html(headers, rows) + "</section>")
+
+
 def _about_section(analysis: Analysis) -> str:
     glossary = "".join(f"<dt>{_swatch(p)}</dt><dd>{escape(PHASE_HELP[p])}</dd>" for p in PHASES)
     notes = list(analysis.notes)
@@ -458,6 +562,9 @@ def render_report(analysis: Analysis, *, title: str | None = None) -> str:
         _time_section(analysis),
         _regions_section(analysis),
         _memory_section(analysis),
+        _composition_section(analysis),
+        _gpu_section(analysis),
+        _ops_section(analysis),
         _about_section(analysis),
         f"<footer>Generated by ckprof {escape(__version__)}. Self-contained page: no scripts, no network.</footer>",
     ])

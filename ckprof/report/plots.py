@@ -13,6 +13,8 @@ display like any other figure.
 - :func:`plot_recompute_regions` -- recompute time per checkpointed region, sorted.
 - :func:`plot_memory_categories` -- torch's memory-profiler categories over time,
   when the capture saved a ``.raw.json[.gz]`` memory timeline next to the trace.
+- :func:`plot_memory_composition` -- live bytes stacked by the phase that allocated
+  them (ckprof's own block lifetimes, :mod:`ckprof.analysis.composition`).
 - :func:`plot_ab` -- an A/B trace (``capture(ab=True)``): per variant, the median
   step split by phase with every step's time as a dot, and peak memory per phase.
 
@@ -20,6 +22,7 @@ Artists that tests (and curious users) look for carry a ``gid``:
 ``phase:<phase>`` (shaded spans, one path per segment), ``memory:<device>``
 (timeline line), ``peaks:<phase>`` (peak markers), ``wall:<phase>`` /
 ``gpu:<phase>`` (breakdown bars), ``regions:recompute`` / ``regions:forward``,
+``origin:<origin>`` (composition bands), ``composition:total`` (its outline),
 ``ab:<phase>`` (A/B median phase bars), ``ab:steps:<variant>`` (A/B step dots),
 ``ab:peak:<variant>`` (A/B peak bars).
 """
@@ -35,7 +38,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from ckprof.errors import CkprofError, NotCapturedError, OutputExistsError
+from ckprof.errors import CkprofError, NotCapturedError
 from ckprof.report.output import write_new_file
 from ckprof.report.text import format_bytes
 from ckprof.trace.markers import PHASE_COLORS, PHASES
@@ -60,6 +63,7 @@ __all__ = [
     "make_plot",
     "plot_ab",
     "plot_memory_categories",
+    "plot_memory_composition",
     "plot_memory_timeline",
     "plot_recompute_regions",
     "plot_time_breakdown",
@@ -67,7 +71,7 @@ __all__ = [
 ]
 
 #: ``ckprof plot --kind`` values
-PLOT_KINDS: tuple[str, ...] = ("memory", "breakdown", "regions", "categories", "ab")
+PLOT_KINDS: tuple[str, ...] = ("memory", "breakdown", "regions", "categories", "composition", "ab")
 #: output suffix -> matplotlib format
 FIGURE_FORMATS: dict[str, str] = {".png": "png", ".svg": "svg", ".pdf": "pdf"}
 
@@ -131,13 +135,19 @@ def downsample_envelope(
     """
     ts = np.asarray(ts)
     values = np.asarray(values)
+    keep = _envelope_keep(ts, values, n_buckets)
+    return ts[keep], values[keep]
+
+
+def _envelope_keep(ts: np.ndarray, values: np.ndarray, n_buckets: int) -> np.ndarray:
+    """The sorted positions :func:`downsample_envelope` keeps (all when few)."""
     n = len(ts)
     if n != len(values):
         raise ValueError("ts and values must have the same length")
     if n_buckets < 1:
         raise ValueError("n_buckets must be >= 1")
     if n <= 4 * n_buckets:
-        return ts.copy(), values.copy()
+        return np.arange(n)
     t0 = float(ts[0])
     span = float(ts[-1]) - t0
     if span <= 0:
@@ -154,8 +164,7 @@ def downsample_envelope(
     idx = np.arange(n)
     first_max = np.minimum.reduceat(np.where(values == np.repeat(maxes, counts), idx, n), starts)
     first_min = np.minimum.reduceat(np.where(values == np.repeat(mins, counts), idx, n), starts)
-    keep = np.unique(np.concatenate([starts, ends, first_max, first_min]))
-    return ts[keep], values[keep]
+    return np.unique(np.concatenate([starts, ends, first_max, first_min]))
 
 
 def _selected_steps(analysis: Analysis, steps: Iterable[int] | None) -> pd.DataFrame:
@@ -631,6 +640,95 @@ def plot_ab(analysis: Analysis) -> Figure:
     return fig
 
 
+# --------------------------------------------------------------------------- composition
+_ORIGIN_COLORS: dict[str, str] = {"before profiling": "#B0B0B0", **PHASE_COLORS}
+
+
+def plot_memory_composition(analysis: Analysis, *, steps: Iterable[int] | None = None,
+                            device: str | None = None, max_points: int = 1500,
+                            width_in: float = 11.0, height_in: float = 4.8) -> Figure:
+    """Live bytes over time stacked by the phase that allocated them.
+
+    Contract: reads ``analysis.composition.timeline`` (bands: ``before profiling`` --
+    blocks live when profiling started, net of their frees seen and unseen -- then one
+    band per phase, :data:`ckprof.analysis.composition.ORIGINS` order; gid
+    ``origin:<origin>``) and draws the memory stage's level on top (gid
+    ``composition:total``): the bands add up to it exactly. Phases are shaded in the
+    background; every phase's peak is marked as in :func:`plot_memory_timeline`.
+    ``device`` defaults to the device with the highest peak. Points are thinned with the
+    peak-preserving envelope of the total. Raises :class:`NotCapturedError` when the
+    composition is not available (no memory events, or no block addresses)."""
+    from ckprof.analysis.composition import BEFORE, DRIFT, ORIGINS, UNSEEN
+
+    comp = analysis.composition
+    path = str(analysis.trace.path)
+    if not comp.captured or comp.timeline.empty:
+        raise NotCapturedError(f"memory composition not available: {comp.reason}", path=path,
+                               hint="Capture with profile_memory=True (ckprof.capture does)")
+    line = comp.timeline
+    devices = sorted(set(line["device"].astype(str)))
+    if device is None:
+        peaks = analysis.memory.peaks_total
+        device = (str(peaks.sort_values("peak_bytes", ascending=False).iloc[0]["device"])
+                  if len(peaks) else devices[0])
+    if device not in devices:
+        raise NotCapturedError(f"device {device} has no memory composition (devices: {devices})",
+                               path=path, hint="Pick one of those devices")
+    sel = _selected_steps(analysis, steps)
+    t0_ns = int(sel["start_ns"].iloc[0])
+    t1_ns = int(sel["end_ns"].iloc[-1])
+    d = line[line["device"].astype(str) == device]
+    ts = d["ts_ns"].to_numpy(np.int64)
+    lo = max(int(np.searchsorted(ts, t0_ns, side="left")) - 1, 0)
+    hi = int(np.searchsorted(ts, t1_ns, side="right"))
+    d = d.iloc[lo:hi]
+    ts = np.clip(d["ts_ns"].to_numpy(np.int64), t0_ns, None)
+    total = d["allocated_bytes"].to_numpy(np.int64)
+    keep = _envelope_keep(ts, total, max(1, max_points))
+    bands = {o: d[o].to_numpy(np.int64)[keep] for o in ORIGINS}
+    bands[BEFORE] = bands[BEFORE] + (d[UNSEEN].to_numpy(np.int64) + d[DRIFT].to_numpy(np.int64))[keep]
+    x_span_ms = (t1_ns - t0_ns) / 1e6
+    x = np.append((ts[keep] - t0_ns) / 1e6, x_span_ms)
+    fig = _new_figure(width_in, height_in)
+    ax = fig.add_subplot(1, 1, 1)
+    segments = analysis.phases.segments
+    segments = segments[segments["step"].isin(set(sel["step"].astype(int)))]
+    _shade_phases(ax, segments, t0_ns, label_regions=False, x_span_ms=x_span_ms)
+    present = [o for o in ORIGINS if np.abs(bands[o]).max(initial=0) > 0]
+    base = np.zeros(len(keep) + 1, dtype=np.float64)
+    for origin in present:
+        y = np.append(bands[origin], bands[origin][-1]).astype(np.float64)
+        ax.fill_between(x, base, base + y, step="post", color=_ORIGIN_COLORS[origin], alpha=0.85,
+                        linewidth=0, label=f"allocated in {origin}" if origin in PHASES else origin,
+                        gid=f"origin:{origin}", zorder=2)
+        base = base + y
+    tot = np.append(total[keep], total[keep][-1]).astype(np.float64)
+    ax.plot(x, tot, drawstyle="steps-post", color="black", linewidth=0.9, zorder=3,
+            label=f"allocated ({device})", gid="composition:total")
+    peaks = analysis.memory.peaks
+    peaks = peaks[peaks["step"].isin(set(sel["step"].astype(int)))
+                  & (peaks["device"].astype(str) == device)]
+    for phase in PHASES:
+        p = peaks[peaks["phase"] == phase]
+        if len(p):
+            ax.plot((p["at_ts_ns"].to_numpy(np.int64) - t0_ns) / 1e6,
+                    p["peak_bytes"].to_numpy(np.float64), linestyle="none", marker="v",
+                    markersize=6, color=PHASE_COLORS[phase], markeredgecolor="black",
+                    markeredgewidth=0.5, zorder=5, gid=f"peaks:{phase}")
+    top = float(max(tot.max(initial=0), base.max(initial=0)))
+    unit = _set_bytes_axis(ax, top * 1.12 if top > 0 else 1.0)
+    ax.set_xlim(0, x_span_ms if x_span_ms > 0 else 1)
+    ax.set_xlabel("time since start of first plotted step (ms)")
+    ax.set_ylabel(f"live memory ({unit})")
+    title = f"Live memory by the phase that allocated it - {_trace_name(analysis)} ({device})"
+    if not analysis.memory.absolute.get(device, False):
+        title += "\n(relative to profiling start: memory live before it is not included)"
+    ax.set_title(title, fontsize=10, loc="left")
+    ax.grid(axis="y", color="#DDDDDD", linewidth=0.6)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
+    return fig
+
+
 # --------------------------------------------------------------------------- dispatch/save
 def make_plot(analysis: Analysis, kind: str, **options: Any) -> Figure:
     """``kind`` in :data:`PLOT_KINDS` -> the matching figure."""
@@ -642,6 +740,8 @@ def make_plot(analysis: Analysis, kind: str, **options: Any) -> Figure:
         return plot_recompute_regions(analysis, **options)
     if kind == "categories":
         return plot_memory_categories(analysis, **options)
+    if kind == "composition":
+        return plot_memory_composition(analysis, **options)
     if kind == "ab":
         return plot_ab(analysis, **options)
     raise CkprofError(f"unknown plot kind {kind!r}", hint=f"Use one of {', '.join(PLOT_KINDS)}")
@@ -668,7 +768,7 @@ def save_figure(fig: Figure, path: str | os.PathLike[str], *, force: bool = Fals
     if fmt is None:
         raise CkprofError(f"cannot tell the image format from the suffix {out.suffix!r}", path=str(out),
                           hint=f"Use one of {', '.join(FIGURE_FORMATS)}")
-    if out.exists() and not force:
-        raise OutputExistsError("already exists", path=str(out),
-                                hint="Choose another name or pass --force to overwrite it")
+    from ckprof.report.output import check_output_target
+
+    check_output_target(out, force=force)  # before rendering (NOTE [ Output targets ])
     return write_new_file(out, figure_bytes(fig, fmt, dpi=dpi), force=force)

@@ -31,16 +31,35 @@ if TYPE_CHECKING:
 
 __all__ = ["FORMATS", "format_bytes", "render", "render_csv", "render_json", "render_markdown", "render_text"]
 
-def render(analysis: Analysis, fmt: str = "table") -> str:
-    """Dispatch on ``fmt`` (one of :data:`FORMATS`)."""
+def render(analysis: Analysis, fmt: str = "table", *, ops: bool = False,
+           composition: bool = False, gpu: bool = False) -> str:
+    """Dispatch on ``fmt`` (one of :data:`FORMATS`). ``ops`` / ``composition`` / ``gpu``
+    add the looking-inside sections (:mod:`ckprof.report.inside`): the op tables, what
+    each memory peak is made of, GPU busy / idle per phase."""
+    inside = {"ops": ops, "composition": composition, "gpu": gpu}
     if fmt == "table":
-        return render_text(analysis)
+        return _with_inside(render_text(analysis), analysis, "table", **inside)
     if fmt == "json":
-        return render_json(analysis)
+        return render_json(analysis, **inside)
     if fmt == "csv":
-        return render_csv(analysis)
+        return render_csv(analysis, **inside)
     check_format(fmt)
-    return render_markdown(analysis)
+    return _with_inside(render_markdown(analysis), analysis, "markdown", **inside)
+
+
+def _with_inside(text: str, analysis: Analysis, fmt: str, *, ops: bool, composition: bool,
+                 gpu: bool) -> str:
+    """The rendered report with the asked-for looking-inside sections appended."""
+    from ckprof.report import inside
+
+    lines: list[str] = []
+    if gpu:
+        lines += inside.gpu_lines(analysis, fmt)
+    if ops:
+        lines += inside.ops_lines(analysis, fmt)
+    if composition:
+        lines += inside.composition_lines(analysis, fmt)
+    return text + ("\n".join(lines) + "\n" if lines else "")
 
 
 def _rerun(pct: float | None) -> str:
@@ -152,66 +171,61 @@ def _no_recompute_reason(analysis: Analysis) -> str:
     return f"method {analysis.recompute_found_by} found none"
 
 
-def render_json(analysis: Analysis) -> str:
-    return json.dumps(analysis.to_dict(), indent=2, sort_keys=False, allow_nan=False) + "\n"
+def render_json(analysis: Analysis, *, ops: bool = False, composition: bool = False,
+                gpu: bool = False) -> str:
+    data = analysis.to_dict(ops=ops, composition=composition, gpu=gpu)
+    return json.dumps(data, indent=2, sort_keys=False, allow_nan=False) + "\n"
 
 
 CSV_COLUMNS = ["table", "step", "phase", "region", "device", "count", "wall_ms", "gpu_ms", "peak_bytes", "at_op"]
 
 
-def render_csv(analysis: Analysis) -> str:
-    """One tidy table: ``table`` is total | step | region | memory."""
+def render_csv(analysis: Analysis, *, ops: bool = False, composition: bool = False,
+               gpu: bool = False) -> str:
+    """One tidy table: ``table`` is total | step | region | memory (and op |
+    composition | gpu with the looking-inside options, which add the columns of
+    :data:`ckprof.report.inside.INSIDE_CSV_COLUMNS`). An A/B trace appends a
+    ``variant`` column (other traces keep the old header): step rows carry their
+    variant, and ``ab`` / ``ab_memory`` rows the per-variant figures."""
+    from ckprof.report.inside import INSIDE_CSV_COLUMNS, csv_rows
+
+    extra = ops or composition or gpu
+    ab = analysis.ab
+    pad = [""] * len(INSIDE_CSV_COLUMNS) if extra else []
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    ab = analysis.ab
+    w.writerow([*CSV_COLUMNS, *(INSIDE_CSV_COLUMNS if extra else ()), *(["variant"] if ab is not None else [])])
+    variant_of = {} if ab is None else {
+        int(r.step): str(r.variant) for r in ab.steps.itertuples(index=False) if not r.excluded}
+
+    def row(cells: list[object], variant: str = "") -> list[object]:
+        return [*cells, *pad, *([variant] if ab is not None else [])]
+
+    def num(x: float | None) -> str:
+        return "" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.6f}"
+
+    for r in analysis.totals_table().itertuples(index=False):
+        w.writerow(row(["total", "", r.phase, "", "", "", num(r.wall_ms), num(r.gpu_ms), "", ""]))
+    for r in analysis.steps_table().itertuples(index=False):
+        w.writerow(row(["step", r.step, r.phase, "", "", "", num(r.wall_ms), num(r.gpu_ms), "", ""],
+                       variant_of.get(int(r.step), "")))
+    for r in analysis.regions_table().itertuples(index=False):
+        w.writerow(row(["region", "", "recompute", r.region, "", r.count, num(r.wall_ms), num(r.gpu_ms), "", ""]))
+    for r in analysis.memory_table().itertuples(index=False):
+        w.writerow(row(["memory", r.step, r.phase, "", r.device, "", "", "", r.peak_bytes, r.at_op]))
+    if extra:
+        w.writerows([*cells, *([""] if ab is not None else [])]
+                    for cells in csv_rows(analysis, ops=ops, composition=composition, gpu=gpu))
     if ab is not None:
-        # A/B trace: a ``variant`` column is appended (new key; other traces keep the
-        # old header) and ``ab`` / ``ab_memory`` rows carry the per-variant figures
-        _write_csv_ab(buf, analysis, ab)
-        return buf.getvalue()
-    w.writerow(CSV_COLUMNS)
-
-    def num(x: float | None) -> str:
-        return "" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.6f}"
-
-    for r in analysis.totals_table().itertuples(index=False):
-        w.writerow(["total", "", r.phase, "", "", "", num(r.wall_ms), num(r.gpu_ms), "", ""])
-    for r in analysis.steps_table().itertuples(index=False):
-        w.writerow(["step", r.step, r.phase, "", "", "", num(r.wall_ms), num(r.gpu_ms), "", ""])
-    for r in analysis.regions_table().itertuples(index=False):
-        w.writerow(["region", "", "recompute", r.region, "", r.count, num(r.wall_ms), num(r.gpu_ms), "", ""])
-    for r in analysis.memory_table().itertuples(index=False):
-        w.writerow(["memory", r.step, r.phase, "", r.device, "", "", "", r.peak_bytes, r.at_op])
+        for r in ab.variants.itertuples(index=False):
+            w.writerow(row(["ab", "", "step", "", ab.device, int(r.steps), num(float(r.step_ms)), "",
+                            "" if math.isnan(r.peak_bytes) else int(r.peak_bytes), ""], r.variant))
+            for p in PHASES:
+                w.writerow(row(["ab", "", p, "", "", int(r.steps), num(float(getattr(r, f"{p}_ms"))), "", "", ""],
+                               r.variant))
+        for r in ab.memory.itertuples(index=False):
+            w.writerow(row(["ab_memory", "", r.phase, "", r.device, "", "", "", int(r.peak_bytes), ""], r.variant))
     return buf.getvalue()
-
-
-def _write_csv_ab(buf: io.StringIO, analysis: Analysis, ab: object) -> None:
-    """CSV of an A/B trace: CSV_COLUMNS + ``variant``; steps carry their variant."""
-    w = csv.writer(buf, lineterminator="\n")
-    w.writerow([*CSV_COLUMNS, "variant"])
-    variant_of = {int(r.step): str(r.variant) for r in ab.steps.itertuples(index=False)
-                  if not r.excluded}
-
-    def num(x: float | None) -> str:
-        return "" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.6f}"
-
-    for r in analysis.totals_table().itertuples(index=False):
-        w.writerow(["total", "", r.phase, "", "", "", num(r.wall_ms), num(r.gpu_ms), "", "", ""])
-    for r in analysis.steps_table().itertuples(index=False):
-        w.writerow(["step", r.step, r.phase, "", "", "", num(r.wall_ms), num(r.gpu_ms), "", "",
-                    variant_of.get(int(r.step), "")])
-    for r in analysis.regions_table().itertuples(index=False):
-        w.writerow(["region", "", "recompute", r.region, "", r.count, num(r.wall_ms), num(r.gpu_ms), "", "", ""])
-    for r in analysis.memory_table().itertuples(index=False):
-        w.writerow(["memory", r.step, r.phase, "", r.device, "", "", "", r.peak_bytes, r.at_op, ""])
-    for r in ab.variants.itertuples(index=False):
-        w.writerow(["ab", "", "step", "", ab.device, int(r.steps), num(float(r.step_ms)), "",
-                    "" if math.isnan(r.peak_bytes) else int(r.peak_bytes), "", r.variant])
-        for p in PHASES:
-            w.writerow(["ab", "", p, "", "", int(r.steps), num(float(getattr(r, f"{p}_ms"))), "", "", "",
-                        r.variant])
-    for r in ab.memory.itertuples(index=False):
-        w.writerow(["ab_memory", "", r.phase, "", r.device, "", "", "", int(r.peak_bytes), "", r.variant])
 
 
 def render_markdown(analysis: Analysis) -> str:

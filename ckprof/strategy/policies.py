@@ -5,7 +5,8 @@ Contract::
     Policy                         frozen description (no torch needed to build one)
     builtin_policies(n_blocks)     none, full, every_2, sqrt (every ceil(sqrt(N))-th), selective
     parse_policy(text)             "none" | "full" | "every_<k>" | "sqrt" | "selective"
-                                   | "selective:<op>,<op>" | "module:function"
+                                   | "selective:<op>,<op>" | "advised:<op>+<op>"
+                                   | "advised:<trace>" | "module:function"
 
 Applying a policy to a model is :mod:`ckprof.strategy.apply` (torch).
 
@@ -15,6 +16,8 @@ Applying a policy to a model is :mod:`ckprof.strategy.apply` (torch).
 # ``torch.utils.checkpoint.create_selective_checkpoint_contexts``: outputs of the
 # ops in ``save_ops`` (matmuls, convolutions, attention) are saved, every other op
 # is recomputed in backward.
+# "advised" is selective with the op list ``ckprof advise`` measured from a trace
+# (:mod:`ckprof.strategy.advice`); ``advised:<trace file>`` computes it on the spot.
 
 Pure: no torch. ``selective`` policies name aten ops as text.
 """
@@ -110,6 +113,18 @@ class Policy:
         return cls(name, "selective", save_ops=ops, spec=spec)
 
     @classmethod
+    def advised(cls, save_ops: Sequence[str], name: str = "advised") -> Policy:
+        """Every block, saving the ops :func:`ckprof.strategy.advice.advise` chose (none:
+        plain full recompute). The spec ``advised:<op>+<op>`` parses back to it."""
+        ops = tuple(op_name(op) for op in save_ops)
+        if not _ADVISED.match(f"{name}:"):
+            raise ValueError(f"an advised policy is named 'advised' or 'advised-<label>', not {name!r}")
+        spec = f"{name}:" + "+".join(ops)
+        if not ops:
+            return cls(name, "every", every=1, spec=spec)
+        return cls(name, "selective", save_ops=ops, spec=spec)
+
+    @classmethod
     def custom(
         cls,
         name: str,
@@ -164,13 +179,19 @@ def builtin_policies(n_blocks: int | None = None) -> tuple[Policy, ...]:
 
 
 _EVERY = re.compile(r"^every[_:\-]?(\d+)$")
+#: ``advised:<ops>`` or ``advised-<label>:<ops>`` (several advised policies in one sweep)
+_ADVISED = re.compile(r"^(advised(?:-[A-Za-z0-9_.]+)?):(.*)$", re.DOTALL)
 
 
 def parse_policy(text: str) -> Policy:
     """Parse a policy name as given on the command line.
 
     ``none``, ``full``, ``every_<k>`` (also ``every<k>``, ``every:<k>``), ``sqrt``,
-    ``selective``, ``selective:<op>[,<op>...]`` (aten op names), or
+    ``selective``, ``selective:<op>[,<op>...]`` (aten op names; ``+`` separates them
+    too, handy on a command line that splits policies at commas),
+    ``advised:<op>[+<op>...]`` (the list ``ckprof advise`` prints, named ``advised``;
+    ``advised-<label>:...`` names it ``advised-<label>``, to compare several),
+    ``advised:<trace file>`` (advise from that full-checkpointing trace now), or
     ``package.module:function`` naming a function that returns a :class:`Policy`
     (called with no arguments) -- the form that also travels to a worker process.
     """
@@ -185,10 +206,19 @@ def parse_policy(text: str) -> Policy:
     if low == "selective":
         return Policy.selective()
     if low.startswith("selective:"):
-        ops = [op for op in raw.split(":", 1)[1].split(",") if op.strip()]
+        ops = _op_list(raw.split(":", 1)[1])
         if not ops:
             raise ValueError(f"policy {raw!r}: name at least one op after 'selective:'")
         return Policy.selective(ops, name=raw)
+    if low == "advised" or (low.startswith("advised-") and ":" not in low):
+        raise ValueError("policy 'advised' needs its ops: advised:<op>+<op> (ckprof advise TRACE "
+                         "prints them) or advised:<trace of the model under full checkpointing>")
+    m = _ADVISED.match(raw)
+    if m:
+        name, rest = m.group(1), m.group(2).strip()
+        if _looks_like_trace(rest):
+            return _advised_from_trace(rest, name)
+        return Policy.advised(_op_list(rest), name=name)
     m = _EVERY.match(low)
     if m:
         return Policy.every_k(int(m.group(1)))
@@ -208,8 +238,28 @@ def parse_policy(text: str) -> Policy:
         return policy if policy.spec else _with_spec(policy, raw)
     raise ValueError(
         f"unknown policy {raw!r}: use none, full, every_<k>, sqrt, selective, "
-        "selective:<op>,<op> or module:function"
+        "selective:<op>,<op>, advised:<op>+<op>, advised:<trace> or module:function"
     )
+
+
+def _op_list(text: str) -> list[str]:
+    return [op.strip() for op in re.split(r"[,+]", text) if op.strip()]
+
+
+def _looks_like_trace(text: str) -> bool:
+    low = text.lower()
+    return low.endswith((".json", ".json.gz", ".sqlite")) or "/" in text or "\\" in text
+
+
+def _advised_from_trace(path: str, name: str = "advised") -> Policy:
+    from ckprof.analysis import load
+    from ckprof.errors import CkprofError
+    from ckprof.strategy.advice import advise
+
+    try:
+        return advise(load(path)).policy(name)
+    except CkprofError as err:
+        raise ValueError(f"policy '{name}:{path}': {err}") from err
 
 
 def _with_spec(policy: Policy, spec: str) -> Policy:

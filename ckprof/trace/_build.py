@@ -27,12 +27,17 @@ from __future__ import annotations
 import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pandas as pd
 
+from ckprof._text import printable
+from ckprof.trace import _native
+from ckprof.trace.capture_metadata import clean_ckprof_metadata
 from ckprof.trace.model import EVENT_COLUMNS, KINDS, Trace
+
+if TYPE_CHECKING:  # imported by the functions that build frames: reading needs no pandas
+    import pandas as pd
 
 __all__ = ["Columns", "IdMapper", "Interner", "build_trace", "kind_of_category"]
 
@@ -174,7 +179,7 @@ class Columns:
 
 _EV_KEYS = ("name", "cat", "pid", "tid", "ts_ns", "dur_ns", "correlation", "external_id", "seq")
 _MEM_KEYS = ("ts_ns", "device", "pid", "tid", "total_allocated_bytes", "total_reserved_bytes",
-             "bytes")
+             "bytes", "addr")
 
 
 def device_label(device_type: int, device_id: int) -> str:
@@ -196,6 +201,8 @@ def _concat(parts: list[np.ndarray], dtype: str) -> np.ndarray:
 
 def _categorical(codes: np.ndarray, values: list[str]) -> pd.Categorical:
     """Categorical over the values that occur, categories in first-seen order."""
+    import pandas as pd
+
     used = np.zeros(len(values), dtype=bool)
     used[codes] = True
     if used.all():
@@ -209,6 +216,8 @@ def _categorical(codes: np.ndarray, values: list[str]) -> pd.Categorical:
 
 def _group_ids(tree: np.ndarray, pid: np.ndarray, tid: np.ndarray) -> np.ndarray:
     """Dense ids for (tree, pid, tid) triples (vectorised)."""
+    import pandas as pd
+
     pid_codes, pid_u = pd.factorize(pid)
     tid_codes, tid_u = pd.factorize(tid)
     key = (tree.astype(np.int64) * (len(pid_u) + 1) + pid_codes) * (len(tid_u) + 1) + tid_codes
@@ -306,6 +315,12 @@ def _tree(kind_codes: np.ndarray, pid: np.ndarray, tid: np.ndarray, ts: np.ndarr
         return parent, depth
     group = _group_ids(tree[rows], pid[rows], tid[rows])
     r_ts, r_end = ts[rows], end[rows]
+    if _native.tree is not None:  # the reference algorithm in C (NOTE [ Native scanner ])
+        par_b, dep_b = _native.tree(group, r_ts, r_end)
+        par, dep = np.frombuffer(par_b, dtype=np.int64), np.frombuffer(dep_b, dtype=np.int32)
+        parent[rows] = np.where(par >= 0, rows[np.maximum(par, 0)], -1)
+        depth[rows] = dep
+        return parent, depth
     par, dep, ok = _tree_nested(group, r_ts, r_end)
     if not ok.all():  # groups with partial overlaps: the reference stack algorithm
         sub = np.flatnonzero(~ok)
@@ -331,6 +346,8 @@ def finish_events(frame: pd.DataFrame, *, tie: np.ndarray | None = None) -> pd.D
     correlation and optionally seq. Rows are sorted by ``(ts_ns, -dur_ns, tie)``
     (``tie`` defaults to the row order), nested per NOTE [ Event tree rules ], and
     returned as a NEW frame with the :data:`EVENT_COLUMNS` dtypes."""
+    import pandas as pd
+
     n = len(frame)
     ts = frame["ts_ns"].to_numpy(dtype=np.int64)
     dur = frame["dur_ns"].to_numpy(dtype=np.int64)
@@ -353,6 +370,42 @@ def finish_events(frame: pd.DataFrame, *, tie: np.ndarray | None = None) -> pd.D
         "parent": parent, "depth": depth,
     })
     return out[list(EVENT_COLUMNS)]
+def _time_order(ts: np.ndarray, dur: np.ndarray) -> np.ndarray:
+    """Row order by (ts, -dur, file order).
+
+    A stable sort by ts (fast: Kineto writes each section of the file in time order),
+    then only the runs of equal ts are reordered by -dur (stable, so file order breaks
+    the remaining ties)."""
+    order = np.argsort(ts, kind="stable")
+    ts_sorted = ts[order]
+    tie = ts_sorted[1:] == ts_sorted[:-1]
+    if not tie.any():
+        return order
+    in_run = np.zeros(len(ts), dtype=bool)
+    in_run[1:] |= tie
+    in_run[:-1] |= tie
+    idx = np.flatnonzero(in_run)
+    run = np.cumsum(~np.concatenate([[False], tie]))[idx]  # run id of each tied row
+    sub = np.lexsort((-dur[order[idx]], run))  # stable: file order within equal keys
+    order[idx] = order[idx][sub]
+    return order
+def _printable_values(values: list[str]) -> tuple[list[str], int]:
+    """Interned strings with control characters and lone surrogates escaped
+    (``ckprof._text.printable``): a name can then go into a text table, a one-line
+    message, CSV or HTML as it is. Returns (values, how many changed); values that
+    become equal to another one get a ``#k`` suffix so codes stay distinct."""
+    out = [printable(v) for v in values]
+    changed = sum(1 for a, b in zip(values, out, strict=True) if a is not b)
+    if changed and len(set(out)) != len(out):
+        seen: set[str] = set()
+        for i, v in enumerate(out):
+            k, candidate = 1, v
+            while candidate in seen:
+                k += 1
+                candidate = f"{v}#{k}"
+            seen.add(candidate)
+            out[i] = candidate
+    return out, changed
 
 
 def _take(parts: list[np.ndarray], order: np.ndarray) -> np.ndarray:
@@ -367,26 +420,31 @@ def build_trace(cols: Columns, *, path: str, metadata: Mapping[str, Any], source
     """Sort, classify and nest the decoded columns; return the finished Trace.
 
     Consumes ``cols`` (its chunk arrays are released as the columns are assembled)."""
+    import pandas as pd
+
     ts = _concat(cols.ev["ts_ns"], "int64")
     dur = _concat(cols.ev["dur_ns"], "int64")
     cols.ev["ts_ns"].clear()
     cols.ev["dur_ns"].clear()
-    # (ts, -dur, file order): a stable sort by -dur, then a stable sort by ts
-    order = np.argsort(-dur, kind="stable")
-    order = order[np.argsort(ts[order], kind="stable")]
+    order = _time_order(ts, dur)
     ts, dur = ts[order], dur[order]
     cat = _take(cols.ev["cat"], order)
     pid = _take(cols.ev["pid"], order)
     tid = _take(cols.ev["tid"], order)
 
+    names, odd_names = _printable_values(cols.names.values)
+    cats, odd_cats = _printable_values(cols.cats.values)
+    if odd_names or odd_cats:
+        notes.append(f"{odd_names + odd_cats} event name(s)/categories held control characters "
+                     "or invalid Unicode (lone surrogates): shown escaped, e.g. \\n, \\ud800")
     kind_of_cat_code = np.array([KINDS.index(kind_of_category(c)) for c in cols.cats.values],
                                 dtype=np.int8)
     kind = kind_of_cat_code[cat] if len(cat) else np.empty(0, dtype=np.int8)
     parent, depth = _tree(kind, pid, tid, ts, ts + dur, _TREE_OF_KIND)
 
     data = {
-        "name": _categorical(_take(cols.ev["name"], order), cols.names.values),
-        "cat": _categorical(cat, cols.cats.values),
+        "name": _categorical(_take(cols.ev["name"], order), names),
+        "cat": _categorical(cat, cats),
         "kind": pd.Categorical.from_codes(kind, categories=list(KINDS)),
         "pid": pid, "tid": tid, "ts_ns": ts, "dur_ns": dur,
         "correlation": _take(cols.ev["correlation"], order),
@@ -403,17 +461,17 @@ def build_trace(cols: Columns, *, path: str, metadata: Mapping[str, Any], source
         "ts_ns": mts[morder],
         "device": _sorted_categorical(_take(cols.mem["device"], morder), cols.devices.values),
         **{k: _take(cols.mem[k], morder)
-           for k in ("pid", "tid", "total_allocated_bytes", "total_reserved_bytes", "bytes")},
+           for k in ("pid", "tid", "total_allocated_bytes", "total_reserved_bytes", "bytes",
+                     "addr")},
     }, copy=False)
 
-    ck = metadata.get("ckprof")
-    if ck is not None and not isinstance(ck, Mapping):
-        notes.append("ignored the top-level 'ckprof' key: it is not a JSON object")
-        ck = None
+    ck, ck_notes = clean_ckprof_metadata(metadata.get("ckprof"))  # input like any other
+    notes.extend(ck_notes)
     for reason, count in sorted(cols.skipped.items()):
         notes.append(f"skipped {count} event{'s' if count != 1 else ''}: {reason}")
     return Trace(path=path, events=events, memory=memory, metadata=dict(metadata), ckprof=ck,
-                 source_format=source_format, thread_names=dict(cols.ids.names),
+                 source_format=source_format,
+                 thread_names={k: printable(v) for k, v in cols.ids.names.items()},
                  notes=tuple(notes))
 
 

@@ -34,7 +34,10 @@ depth             int32     0 for roots
 ``memory`` -- one row per ``[memory]`` instant event, sorted by ``ts_ns``:
 ``ts_ns`` int64, ``device`` category (``"cpu"``, ``"cuda:0"`` ...), ``pid``/``tid``
 int64, ``total_allocated_bytes`` int64 (-1 when absent), ``total_reserved_bytes``
-int64 (-1 when absent), ``bytes`` int64 (negative on free).
+int64 (-1 when absent), ``bytes`` int64 (negative on free), ``addr`` int64 (the
+block's address, ``Addr`` in Kineto, ``address`` in nsys; -1 when absent). An
+allocation and the free of the same block carry the same address, so block lifetimes
+can be rebuilt (:mod:`ckprof.analysis.composition`).
 
 ``metadata`` -- the top-level keys of the file other than ``traceEvents``
 (``schemaVersion``, ``deviceProperties``, ``distributedInfo``, ...).
@@ -45,9 +48,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pandas as pd
+if TYPE_CHECKING:  # pandas is imported where it is used: the loader reads without it
+    import pandas as pd
 
 __all__ = ["EVENT_COLUMNS", "KINDS", "MEMORY_COLUMNS", "Trace"]
 
@@ -89,6 +93,7 @@ MEMORY_COLUMNS: dict[str, str] = {
     "total_allocated_bytes": "int64",
     "total_reserved_bytes": "int64",
     "bytes": "int64",
+    "addr": "int64",
 }
 
 
@@ -114,12 +119,16 @@ class Trace:
 
     @property
     def has_markers(self) -> bool:
+        import pandas as pd
+
         names = self.events["name"]
         cats = names.cat.categories if hasattr(names, "cat") else pd.Index(names.unique())
         return bool(cats.astype(str).str.startswith("ckprof::").any())
 
     def check(self) -> None:
         """Assert the column contract (used by tests and by alternative readers)."""
+        import pandas as pd
+
         for cols, frame, label in ((EVENT_COLUMNS, self.events, "events"),
                                    (MEMORY_COLUMNS, self.memory, "memory")):
             missing = set(cols) - set(frame.columns)

@@ -39,6 +39,7 @@ from __future__ import annotations
 import os
 import re
 import sqlite3
+import stat
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -88,7 +89,8 @@ __all__ = [
 #   CUPTI_ACTIVITY_KIND_MEMSET(start R, end R, deviceId R, streamId R, correlationId R,
 #       globalPid O)
 #   CUDA_GPU_MEMORY_USAGE_EVENTS(start R, deviceId R, bytes R, memoryOperationType R,
-#       memKind O, globalPid O, correlationId O -> the runtime call that allocated)
+#       memKind O, globalPid O, correlationId O -> the runtime call that allocated,
+#       address O -> the ``addr`` column)
 #       -- only with --cuda-memory-usage=true
 #     memoryOperationType (ENUM_CUDA_DEV_MEM_EVENT_OPER): 0 Allocation, 1 Deallocation.
 #     memKind (ENUM_CUDA_MEM_KIND): 0 Pageable, 1 Pinned (host memory, skipped),
@@ -136,13 +138,16 @@ REQUIRED_COLUMNS: dict[str, tuple[str, ...]] = {
 def is_nsys_sqlite(path: str | os.PathLike[str]) -> bool:
     """True when ``path`` is a readable file starting with the sqlite magic bytes.
 
-    Never raises: a missing file, a directory or an unreadable file is ``False``
+    Never raises, never opens what is not a regular file: a missing file, a directory,
+    a FIFO or an unreadable file is ``False``
     (the JSON loader then reports what is wrong with it).
     """
     try:
+        if not stat.S_ISREG(os.stat(path).st_mode):  # a FIFO would block in open()
+            return False
         with open(path, "rb") as fh:
             return fh.read(len(SQLITE_MAGIC)) == SQLITE_MAGIC
-    except OSError:
+    except (OSError, ValueError):
         return False
 
 
@@ -559,7 +564,8 @@ def _read_memory(con: sqlite3.Connection, schema: _Schema,
     frame = _select(con, f"""
         SELECT start, deviceId, bytes, memoryOperationType AS op, {kind_expr} AS memKind,
                {"globalPid" if "globalPid" in cols else "-1"} AS globalPid,
-               {"correlationId" if "correlationId" in cols else "-1"} AS correlationId
+               {"correlationId" if "correlationId" in cols else "-1"} AS correlationId,
+               {"address" if "address" in cols else "-1"} AS address
         FROM {table} ORDER BY start, rowid""")
     ops = _enum_labels(con, schema, "ENUM_CUDA_DEV_MEM_EVENT_OPER")
     kinds = _enum_labels(con, schema, "ENUM_CUDA_MEM_KIND")
@@ -592,7 +598,7 @@ def _read_memory(con: sqlite3.Connection, schema: _Schema,
                       for p_, c_ in zip(pid.tolist(), corr.tolist(), strict=True)],
                      dtype=np.int64)
     mem = pd.DataFrame({"ts_ns": _ints(frame["start"]), "device_id": device_id, "pid": pid,
-                        "tid": tid, "bytes": signed})
+                        "tid": tid, "bytes": signed, "addr": _ints(frame["address"])})
     # NOTE [ nsys CUDA memory counter ]
     # The per-device running sum of allocations minus frees is the counter. It is
     # absolute when nsys collected from process start (the default): every cudaMalloc
@@ -621,6 +627,7 @@ def _read_memory(con: sqlite3.Connection, schema: _Schema,
         "total_allocated_bytes": total,
         "total_reserved_bytes": total,
         "bytes": mem["bytes"].astype("int64"),
+        "addr": mem["addr"].astype("int64"),
     })
     memory = memory.sort_values("ts_ns", kind="stable").reset_index(drop=True)
     return memory[list(MEMORY_COLUMNS)], notes

@@ -89,6 +89,7 @@ class TraceBuilder:
         }
         self._ext = 0
         self._corr = 100_000
+        self._open: dict[str, list[tuple[int, int]]] = {}  # device -> open (size, addr)
 
     # ---- CPU side ------------------------------------------------------------
     def _x(self, cat: str, name: str, ts: float, dur: float, *, pid: int | None,
@@ -197,9 +198,12 @@ class TraceBuilder:
     # ---- memory and metadata -------------------------------------------------
     def memory(self, ts: float, *, bytes: int, total_allocated: int | None = None,
                total_reserved: int | None = None, device: str = "cpu",
-               tid: int | None = None) -> TraceBuilder:
+               tid: int | None = None, addr: int | None = None) -> TraceBuilder:
         """A ``[memory]`` instant event; ``device`` is ``"cpu"`` or ``"cuda:N"``.
-        ``total_allocated=None`` omits the field (legacy traces)."""
+        ``total_allocated=None`` omits the field (legacy traces). ``addr`` is the
+        block address; by default an allocation gets a fresh one and a free the address
+        of the latest allocation of the same size on that device not yet freed (a fresh
+        one when there is none), as real traces pair them."""
         if device == "cpu":
             dtype, did = 0, -1
         else:
@@ -207,8 +211,17 @@ class TraceBuilder:
             if m is None:
                 raise ValueError(f"device must be 'cpu' or 'cuda:N', not {device!r}")
             dtype, did = 1, int(m.group(1))
+        if addr is None:
+            addr = 1000 + len(self._events)
+            open_blocks = self._open.setdefault(device, [])
+            if bytes > 0:
+                open_blocks.append((int(bytes), addr))
+            elif bytes < 0:
+                same = [i for i, (size, _a) in enumerate(open_blocks) if size == -int(bytes)]
+                if same:
+                    addr = open_blocks.pop(same[-1])[1]
         args: dict[str, Any] = {"Bytes": int(bytes), "Device Id": did, "Device Type": dtype,
-                                "Addr": 1000 + len(self._events)}
+                                "Addr": int(addr)}
         if total_allocated is not None:
             args["Total Allocated"] = int(total_allocated)
             args["Total Reserved"] = int(total_reserved if total_reserved is not None else 0)
@@ -319,7 +332,7 @@ def trace_from_chrome(obj: Mapping[str, Any] | list[Any], *, path: str = "<memor
                 round(float(e["ts"]) * 1000), _memory_device(args),
                 _num_id(e.get("pid", 0), names), _num_id(e.get("tid", 0), names),
                 int(args.get("Total Allocated", -1)), int(args.get("Total Reserved", -1)),
-                int(args.get("Bytes", 0)),
+                int(args.get("Bytes", 0)), int(args.get("Addr", -1)),
             ))
             continue
         if ph != "X":

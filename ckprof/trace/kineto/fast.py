@@ -1,4 +1,6 @@
-"""The fast reader: msgspec typed structs, chunk by chunk, straight into numpy columns.
+"""The fast reader: chunk by chunk, straight into numpy columns -- each piece read by
+the native scanner when it is built and takes the piece (NOTE [ Native scanner ] in
+``_native``), else by msgspec typed structs as described below; same columns either way.
 
 # NOTE [ Fast path ]
 # Kineto writes one event per line group: every event of ``traceEvents`` starts at
@@ -42,16 +44,24 @@ from typing import Any, Union
 
 import msgspec
 import numpy as np
-import pandas as pd
 
+from ckprof.trace import _native
 from ckprof.trace._build import Columns, device_label
 from ckprof.trace.kineto.careful import read_careful_piece
 
-__all__ = ["NeedsCarefulReader", "read_fast"]
+__all__ = ["Blank", "NeedsCarefulReader", "prefetch", "read_fast"]
 
 
 class NeedsCarefulReader(Exception):
-    """The fast reader met something it does not handle; use the careful reader."""
+    """The fast reader met something it does not handle; use the careful reader.
+    ``events_seen``: events it had decoded by then (sizes the careful reader's memory
+    guard; 0 when unknown)."""
+
+    events_seen = 0
+
+
+class Blank(Exception):
+    """The whole input is whitespace (found in one streaming pass, constant memory)."""
 
 
 class _Args(msgspec.Struct, rename={
@@ -63,6 +73,7 @@ class _Args(msgspec.Struct, rename={
     "nbytes": "Bytes",
     "device_type": "Device Type",
     "device_id": "Device Id",
+    "addr": "Addr",
 }):
     correlation: int = -1
     external_id: int = -1
@@ -73,6 +84,7 @@ class _Args(msgspec.Struct, rename={
     nbytes: int = 0
     device_type: int = -1
     device_id: int = -1
+    addr: int = -1
 
 
 _NO_ARGS = _Args()
@@ -190,6 +202,8 @@ def _map_ids(values: list[Any], cols: Columns) -> np.ndarray:
 
 def _factorize(values: list[str]) -> tuple[np.ndarray, list[str]]:
     """Local codes and uniques (first-seen order) of one piece's strings."""
+    import pandas as pd  # here, not at the top: the native path reads without pandas
+
     if not values:
         return np.empty(0, dtype=np.int64), []
     codes, uniques = pd.factorize(np.array(values, dtype=object), sort=False)
@@ -258,7 +272,8 @@ def _ingest(evs: list[Any], cols: Columns) -> None:
                       tid=_map_ids(list(map(_get_tid, inst)), cols),
                       total_allocated_bytes=_ints([a.total_allocated for a in margs]),
                       total_reserved_bytes=_ints([a.total_reserved for a in margs]),
-                      bytes=_ints([a.nbytes for a in margs]))
+                      bytes=_ints([a.nbytes for a in margs]),
+                      addr=_ints([a.addr for a in margs]))
     # -- nothing below can fail: commit
     if len(ts):
         cols.add_events(name=cols.names.encode_uniques(name_uniques)[name_codes],
@@ -267,6 +282,90 @@ def _ingest(evs: list[Any], cols: Columns) -> None:
         labels = [device_label(int(t), int(i)) for t, i in pairs]
         dev_codes = cols.devices.encode_uniques(labels)
         cols.add_memory(device=dev_codes[dev_local.reshape(-1)], **memory)
+
+
+def _texts(raws: list[bytes]) -> list[str]:
+    """Raw JSON string contents (from the native scanner) -> str, as msgspec decodes them."""
+    out = []
+    for raw in raws:
+        if b"\\" in raw:
+            try:
+                text = msgspec.json.decode(b'"' + raw + b'"')
+            except msgspec.DecodeError as err:
+                raise NeedsCarefulReader(f"bad string: {err}") from None
+        else:
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError as err:
+                raise NeedsCarefulReader(f"text is not UTF-8: {err}") from None
+        out.append(text)
+    return out
+
+
+def _ids_with_texts(values: np.ndarray, is_text: np.ndarray, texts: list[bytes],
+                    cols: Columns) -> np.ndarray:
+    """Scanned pid/tid column: text ids (``is_text``; value = index into ``texts``) mapped
+    the way :func:`_map_ids` maps them."""
+    if not texts:
+        return values
+    mapped = _map_ids(_texts(texts), cols)
+    out = values.copy()
+    where = is_text.astype(bool)
+    out[where] = mapped[values[where]]
+    return out
+
+
+def _devices(dev_type: np.ndarray, dev_id: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Unique (Device Type, Device Id) pairs (sorted) and each row's index into them."""
+    if len(dev_type) and (dev_type == dev_type[0]).all() and (dev_id == dev_id[0]).all():
+        return (np.array([[dev_type[0], dev_id[0]]], dtype=np.int64),
+                np.zeros(len(dev_type), dtype=np.int64))
+    pairs, inverse = np.unique(np.stack([dev_type, dev_id], axis=1), axis=0, return_inverse=True)
+    return pairs, inverse.reshape(-1)
+
+
+def _ingest_scanned(result: tuple[tuple[bytes, ...], tuple[list[bytes], ...]],
+                    cols: Columns) -> bool:
+    """Append a native scan result (NOTE [ Native scanner ]) to ``cols``: the same columns
+    :func:`_ingest` makes from the msgspec structs. All or nothing; False (``cols``
+    unchanged) when a text is not valid UTF-8 or a text pid/tid is not an id."""
+    raw, strings = result
+    (name, cat, pid, tid, ts, dur, corr, ext, seq, pid_t, tid_t,
+     m_ts, m_pid, m_tid, m_alloc, m_res, m_bytes, m_dtype, m_did, m_pid_t, m_tid_t) = (
+        np.frombuffer(b, dtype=np.int64) for b in raw)
+    names, cats, pid_s, tid_s, m_pid_s, m_tid_s = strings
+    ids_before = cols.ids.snapshot()
+    try:
+        name_uniques, cat_uniques = _texts(names), _texts(cats)
+        pid = _ids_with_texts(pid, pid_t, pid_s, cols)
+        tid = _ids_with_texts(tid, tid_t, tid_s, cols)
+        if len(m_ts):
+            m_pid = _ids_with_texts(m_pid, m_pid_t, m_pid_s, cols)
+            m_tid = _ids_with_texts(m_tid, m_tid_t, m_tid_s, cols)
+            pairs, dev_local = _devices(m_dtype, m_did)
+    except NeedsCarefulReader:
+        cols.ids.restore(ids_before)
+        return False
+    # -- nothing below can fail: commit
+    if len(ts):
+        cols.add_events(name=cols.names.encode_uniques(name_uniques)[name],
+                        cat=cols.cats.encode_uniques(cat_uniques)[cat], pid=pid, tid=tid,
+                        ts_ns=ts, dur_ns=dur, correlation=corr, external_id=ext, seq=seq)
+    if len(m_ts):
+        labels = [device_label(int(t), int(i)) for t, i in pairs]
+        cols.add_memory(device=cols.devices.encode_uniques(labels)[dev_local], ts_ns=m_ts,
+                        pid=m_pid, tid=m_tid, total_allocated_bytes=m_alloc,
+                        total_reserved_bytes=m_res, bytes=m_bytes)
+    return True
+
+
+def _scan_into(buf: Any, start: int, stop: int, cols: Columns) -> bool:
+    """Read ``buf[start:stop]`` (events separated by commas) with the native scanner into
+    ``cols``; False (``cols`` unchanged) when it is unavailable or refuses the piece."""
+    if _native.scan is None:
+        return False
+    result = _native.scan(buf, start, stop)
+    return not isinstance(result, str) and _ingest_scanned(result, cols)
 
 
 _EVENTS_KEY = re.compile(rb'"traceEvents"\s*:\s*\[')
@@ -324,10 +423,8 @@ class _Window:
                 self.released = stop
 
 
-def _decode_in_place(win: _Window, start: int, stop: int, cols: Columns) -> None:
-    """Decode ``buf[start:stop]`` (a run of events, maybe with a trailing ',') as a list
-    and ingest it. Raises NeedsCarefulReader when it is not a list of events."""
-    buf = win.buf
+def _trim(buf: Any, start: int, stop: int) -> tuple[int, int]:
+    """``buf[start:stop]`` without surrounding whitespace and one trailing ','."""
     s = start
     while s < stop and buf[s] in _WS_SET:
         s += 1
@@ -338,7 +435,19 @@ def _decode_in_place(win: _Window, start: int, stop: int, cols: Columns) -> None
         e -= 1
         while e > s and buf[e - 1] in _WS_SET:
             e -= 1
+    return s, e
+
+
+def _decode_in_place(win: _Window, start: int, stop: int, cols: Columns, *,
+                     native: bool = True) -> None:
+    """Decode ``buf[start:stop]`` (a run of events, maybe with a trailing ',') as a list
+    and ingest it: with the native scanner when it takes the piece (and ``native``),
+    else with msgspec. Raises NeedsCarefulReader when it is not a list of events."""
+    buf = win.buf
+    s, e = _trim(buf, start, stop)
     if e <= s:
+        return
+    if native and _scan_into(buf, s, e, cols):
         return
     if s == 0 or e >= len(buf) or buf[s - 1] not in _WS_SET or buf[e] not in _WS_SET | {0x2C}:
         # no spare byte around the piece: copy (only for odd layouts)
@@ -483,6 +592,48 @@ def _run_parallel(win: _Window, path: str, pattern: bytes, chunk_bytes: int, wor
     win.consumed(ranges[-1][1], report=False)
 
 
+def prefetch(blocks: Iterator[bytes], depth: int = 3) -> Iterator[bytes]:
+    """``blocks``, produced by a background thread up to ``depth`` ahead.
+
+    For gzip input: zlib / ISA-L release the GIL while they inflate, and so does the
+    native scanner, so decompressing the next blocks overlaps decoding this one (two
+    cores instead of one). Exceptions of the producer are raised here, in order."""
+    import queue
+    import threading
+
+    q: queue.Queue[tuple[bool, Any]] = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def produce() -> None:
+        try:
+            for block in blocks:
+                while not stop.is_set():
+                    try:
+                        q.put((True, block), timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            q.put((False, None))
+        except BaseException as err:  # handed to the consumer
+            q.put((False, err))
+
+    worker = threading.Thread(target=produce, name="ckprof-gunzip", daemon=True)
+    worker.start()
+    try:
+        while True:
+            more, item = q.get()
+            if not more:
+                if item is not None:
+                    raise item
+                return
+            yield item
+    finally:
+        stop.set()
+        worker.join()
+
+
 def read_fast(blocks: Iterator[bytes] | None, *, chunk_bytes: int,
               mm: mmap.mmap | None = None, path: str | None = None,
               workers: int = 1,
@@ -504,6 +655,56 @@ def read_fast(blocks: Iterator[bytes] | None, *, chunk_bytes: int,
     finally:
         if was_enabled:
             gc.enable()
+
+
+#: piece size for the native scanner's threads (NOTE [ Native scanner ])
+THREAD_PIECE_BYTES = 8 * 1024 * 1024
+
+
+def _run_threads(win: _Window, pattern: bytes, workers: int, cols: Columns,
+                 piece_bytes: int | None = None) -> None:
+    """The pieces of a mapped file scanned natively by ``workers`` threads (the scanner
+    runs without the GIL), merged in file order; a piece the scanner refuses is read
+    here with msgspec (and, if need be, the careful rules), like the sequential loop."""
+    from collections import deque
+    from concurrent.futures import ThreadPoolExecutor
+
+    scan = _native.scan
+    ranges = _parallel_cuts(win, pattern, piece_bytes or THREAD_PIECE_BYTES)
+    if len(ranges) < 2 or scan is None:
+        return
+    buf = win.buf
+    todo = iter(ranges)
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="ckprof-scan") as pool:
+        pending: deque[tuple[int, int, Any]] = deque()
+
+        def submit() -> None:
+            nxt = next(todo, None)
+            if nxt is not None:
+                s, e = _trim(buf, *nxt)
+                pending.append((nxt[0], nxt[1], pool.submit(scan, buf, s, e) if e > s else None))
+
+        try:
+            for _ in range(2 * workers + 1):  # bounded look-ahead: bounded memory
+                submit()
+            while pending:
+                start, stop, fut = pending.popleft()
+                result = fut.result() if fut is not None else None
+                submit()
+                if result is not None and (isinstance(result, str)
+                                           or not _ingest_scanned(result, cols)):
+                    ids_before = cols.ids.snapshot()
+                    try:
+                        _decode_in_place(win, start, stop, cols, native=False)
+                    except NeedsCarefulReader:
+                        cols.ids.restore(ids_before)
+                        _careful_piece(bytes(buf[start:stop]), cols)
+                win.consumed(stop)
+        except BaseException:
+            for _, _, fut in pending:
+                if fut is not None:
+                    fut.cancel()
+            raise
 
 
 def _read_fast(win: _Window, chunk_bytes: int, path: str | None,
@@ -540,7 +741,10 @@ def _read_fast(win: _Window, chunk_bytes: int, path: str | None,
     pattern = ws[nl:] + b"{" if nl >= 0 and lead[:1] == b"{" else None
     # 3. the events, piece by piece, cut at the last boundary within ~chunk_bytes
     if pattern is not None and path is not None and workers > 1:
-        _run_parallel(win, path, pattern, chunk_bytes, workers, cols)
+        if _native.scan is not None:
+            _run_threads(win, pattern, workers, cols)
+        else:
+            _run_parallel(win, path, pattern, chunk_bytes, workers, cols)
     while pattern is not None:
         win.fill(chunk_bytes)
         limit = min(win.end, win.pos + chunk_bytes)
@@ -598,6 +802,8 @@ def _finish(data: bytes, header: bytes, array_format: bool, cols: Columns) -> di
             isinstance(top, dict) and top.get("traceEvents") == [])
         stripped = body.lstrip(_WS)
         stripped = stripped[1:] if stripped[:1] == b"," else stripped
+        if ok and stripped and _scan_into(stripped, 0, len(stripped), cols):
+            return _metadata(top, array_format)
         evs: list[Any] = []
         if stripped:
             try:
