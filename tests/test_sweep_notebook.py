@@ -24,4 +24,4 @@ def test_choose_strategy_notebook_runs(tmp_path):
     html = html_outputs(outputs)
     assert any("self_diff_ms" in h for h in html) and any("max_batch_est" in h for h in html)
     assert (tmp_path / "frontier.png").read_bytes()[:4] == b"\x89PNG"
-    assert len(list((tmp_path / "sweep_traces").rglob("*.json.gz"))) == 8
+    assert len(list((tmp_path / "sweep_traces").rglob("*.json.gz"))) == 4  # 2 rounds x 2 batch sizes

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 
 import pytest
@@ -68,19 +69,19 @@ def one_thread():
 @pytest.fixture(scope="module")
 def swept(one_thread, tmp_path_factory):
     out = tmp_path_factory.mktemp("sweep")
-    result = sweep(make_model, make_batch, policies=["none", "full", "selective"], steps=3,
-                   batch_sizes=(8, 16), isolation="inline", out_dir=out, optimizer="sgd", warmup=0)
+    result = sweep(make_model, make_batch, policies=["none", "full", "selective"], steps=4, rounds=2,
+                   batch_sizes=(8, 16), isolation="inline", out_dir=out, optimizer="sgd", warmup=1)
     return result, out
 
 
 def test_sweep_measures_every_policy(swept):
-    """GIVEN none / full / selective on a tiny model WHEN swept (inline) THEN every policy
-    has 3 measured steps at the first batch size, recompute only where checkpointing, and
-    full checkpointing has the lowest measured peak."""
+    """GIVEN none / full / selective on a tiny model WHEN swept (interleaved, 2 rounds of 2
+    steps) THEN every policy has 4 measured steps at the first batch size, 2 per round,
+    recompute only where checkpointing, and full checkpointing has the lowest peak."""
     result, _ = swept
     t = result.table.set_index("policy")
     assert list(t.index) == ["none", "full", "selective"]
-    assert (t["steps"] == 3).all() and (t["batch_size"] == 8).all()
+    assert (t["steps"] == 4).all() and (t["batch_size"] == 8).all() and (t["rounds"] == 2).all()
     assert t.loc["none", "recompute_ms"] == 0
     assert t.loc["full", "recompute_ms"] > 0 and t.loc["selective", "recompute_ms"] > 0
     assert t.loc["full", "peak_bytes"] < t.loc["none", "peak_bytes"]
@@ -88,53 +89,63 @@ def test_sweep_measures_every_policy(swept):
     assert t.loc["full", "saving_pct"] > 0
     assert t.loc["full", "blocks"] == "4/4 blocks"
     assert (t["step_ms_min"] <= t["step_ms"]).all() and (t["step_ms"] <= t["step_ms_max"]).all()
-    assert len(result.runs) == 3 * 3 * 2
+    assert len(result.runs) == 3 * 4 * 2
+    assert result.runs.groupby(["batch_size", "policy", "round"]).size().eq(2).all()
     # the per-step phases of each measured step add up to its step time
     phases = result.runs[["forward_ms", "backward_ms", "recompute_ms", "optimizer_ms", "other_ms"]].sum(axis=1)
     assert phases.to_numpy() == pytest.approx(result.runs["step_ms"].to_numpy(), rel=1e-9)
+    assert result.threads is None or result.threads >= 1
+    assert "interleaved on one model" in result.schedule
 
 
-def test_sweep_traces_are_kept_and_carry_markers(swept):
-    """GIVEN out_dir WHEN swept THEN one trace per (policy, batch), whose analysis finds
-    recompute by markers for the checkpointed blocks and the same peak the table shows."""
+def test_sweep_rounds_are_tagged_traces(swept):
+    """GIVEN out_dir WHEN swept THEN one trace per (round, batch), each holding every
+    policy's steps tagged as variants, the first after each switch excluded; a policy's
+    steps analysed alone (variant=) find its regions by markers, and the table's peak is
+    the highest of its per-round peaks."""
     result, out = swept
-    assert len(result.traces) == 6
-    paths = {(p, b): Path(t) for p, b, t in result.traces}
-    assert all(p.is_file() and out in p.parents for p in paths.values())
-    full = load(paths[("full", 8)])
+    assert [(label, b) for label, b, _ in result.traces] == [
+        ("round0", 8), ("round1", 8), ("round0", 16), ("round1", 16)]
+    paths = [Path(t) for _, b, t in result.traces if b == 8]
+    assert all(p.is_file() and out in p.parents for p in paths)
+    ab = load(paths[0]).ab
+    assert set(ab.variants["variant"]) == {"none", "full", "selective"}
+    assert int(ab.steps["excluded"].sum()) == 3  # one switch step per policy
+    full = load(paths[0], variant="full")
     assert full.recompute_detection == "markers"
     assert set(full.regions_table()["region"]) == {f"blocks.{i}" for i in range(4)}
-    peak = full.memory_table().query("device == 'cpu'")["peak_bytes"].max()
-    assert peak == result.table.set_index("policy").loc["full", "peak_bytes"]
+    peaks = [load(p, variant="full").memory_table().query("device == 'cpu'")["peak_bytes"].max() for p in paths]
+    assert max(peaks) == result.table.set_index("policy").loc["full", "peak_bytes"]
 
 
 def test_sweep_batch_estimate_uses_measured_slope(swept):
     """GIVEN two batch sizes WHEN a budget is applied THEN the estimate comes from the two
-    measured peaks, and the modelled peak at the estimated batch fits the budget while
-    one more sample would not."""
+    measured peaks, the modelled peak at the estimated batch fits the budget while one
+    more sample would not, and samples/s at that batch come from the two step times."""
     result, _ = swept
     none_peak = result.table.set_index("policy").loc["none", "peak_bytes"]
     judged = result.with_budget(int(none_peak * 1.5))
     for r in judged.table.itertuples(index=False):
         assert r.method == "measured slope (batch 8 and 16)"
+        assert r.time_method.startswith("measured at batch 8 and 16 (linear)")
         assert r.bytes_per_sample_est > 0
         fits = r.fixed_bytes_est + r.bytes_per_sample_est * r.max_batch_est
         assert fits <= judged.budget_bytes < fits + r.bytes_per_sample_est
-    rec = judged.recommendation
-    assert rec.policy == "none" or "none" in rec.ties or judged.table.set_index("policy").loc[
-        rec.policy, "step_ms"] <= judged.table.set_index("policy").loc["none", "step_ms"]
+        assert r.samples_per_s_at_max_est == pytest.approx(r.max_batch_est / r.step_ms_at_max_est * 1e3)
 
 
-def test_sweep_recommendation_respects_budget(swept):
-    """GIVEN a budget between full's and none's peak WHEN judged THEN the recommended
-    policy fits and is the fastest of those that fit; 'none' does not fit."""
+def test_sweep_recommendation_by_throughput(swept):
+    """GIVEN a budget between full's and none's peak at batch 8 WHEN judged THEN the
+    recommendation is the policy with the most samples/s at its largest fitting batch."""
     result, _ = swept
     t = result.table.set_index("policy")
     budget = int((t.loc["full", "peak_bytes"] + t.loc["none", "peak_bytes"]) / 2)
     judged = result.with_budget(budget)
-    fitting = judged.table[judged.table["peak_bytes"] <= budget]
-    assert "none" not in set(fitting["policy"])
-    assert judged.recommendation.policy == fitting.sort_values("step_ms").iloc[0]["policy"]
+    rec = judged.recommendation
+    able = judged.table[judged.table["max_batch_est"] >= 1]
+    assert rec.by == "throughput"
+    assert rec.policy == able.sort_values("samples_per_s_at_max_est", ascending=False).iloc[0]["policy"]
+    assert rec.batch_size == int(judged.table.set_index("policy").loc[rec.policy, "max_batch_est"])
     fig = judged.plot()
     assert fig.axes[0].get_legend() is not None
 
@@ -143,8 +154,8 @@ def test_sweep_recommendation_respects_budget(swept):
 def test_sweep_process_isolation(tmp_path):
     """GIVEN importable factories WHEN swept with isolation='process' THEN the run happens
     in a spawned worker and still returns measured figures."""
-    result = sweep(f"{__name__}:make_tuple", policies=["full"], steps=1, batch_size=8, isolation="process",
-                   warmup=0, optimizer="sgd", threads=1)
+    result = sweep(f"{__name__}:make_tuple", policies=["full"], steps=1, rounds=1, batch_size=8,
+                   isolation="process", warmup=0, optimizer="sgd", threads=1)
     row = result.table.iloc[0]
     assert row["policy"] == "full" and row["batch_size"] == 8
     assert row["recompute_ms"] > 0 and row["peak_bytes"] > 0
@@ -161,6 +172,10 @@ def test_sweep_rejects_bad_arguments():
     """GIVEN bad arguments WHEN sweeping THEN ValueError before any run."""
     with pytest.raises(ValueError, match="steps"):
         sweep(make_model, make_batch, steps=0)
+    with pytest.raises(ValueError, match="rounds"):
+        sweep(make_model, make_batch, rounds=0)
+    with pytest.raises(ValueError, match="schedule"):
+        sweep(make_model, make_batch, schedule="random")
     with pytest.raises(ValueError, match="isolation"):
         sweep(make_model, make_batch, isolation="thread")
     with pytest.raises(ValueError, match="not a size"):
@@ -175,11 +190,16 @@ def test_cli_sweep_user_model_writes_plot_and_recommends(tmp_path):
     a recommendation and writes the frontier PNG; a second run refuses to overwrite it."""
     png = tmp_path / "frontier.png"
     args = ["sweep", "--model", f"{__name__}:make_tuple", "--policy", "none,full", "--steps", "1",
-            "--warmup", "0", "--isolation", "inline", "--memory-budget", "1GiB", "-o", str(png),
-            "--optimizer", "sgd"]
+            "--rounds", "1", "--warmup", "0", "--isolation", "inline", "--memory-budget", "1MiB", "-o", str(png),
+            "--optimizer", "sgd", "--confirm", "--batch-size", "4"]
     res = CliRunner().invoke(cli, args)
     assert res.exit_code == 0, res.output
-    assert "Recommendation: Use " in res.output and "memory budget: 1.0 GiB" in res.output
+    assert "Recommendation: Use " in res.output and "memory budget: 1.0 MiB" in res.output
+    assert "batch 8 was measured too" in res.output  # the second size, for the estimate
+    # the recommended batch was run: it fitted, or a smaller one did (the estimate is linear)
+    assert re.search(r"(Confirmed by running it|Not confirmed): \w+ at batch \d+", res.output), res.output
+    assert "threads: torch pinned to" in res.output
+    assert max(len(line) for line in res.output.splitlines()) <= 100
     assert png.read_bytes()[:4] == b"\x89PNG"
     again = CliRunner().invoke(cli, args)
     assert again.exit_code == 8 and "exists" in again.output
@@ -190,7 +210,7 @@ def test_cli_sweep_demo_model_json(tmp_path):
     swept and the JSON lists both policies with measured peaks."""
     import json
 
-    res = CliRunner().invoke(cli, ["sweep", "--policy", "full", "--steps", "1",
+    res = CliRunner().invoke(cli, ["sweep", "--policy", "full", "--steps", "1", "--rounds", "1",
                                    "--warmup", "0", "--isolation", "inline", "--format", "json",
                                    "--batch-size", "2"])
     assert res.exit_code == 0, res.output

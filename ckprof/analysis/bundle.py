@@ -19,7 +19,10 @@ and ``gpu`` (:mod:`ckprof.analysis.gpu`: GPU busy / idle per phase), with the
 accessors ``ops_table``, ``kernels_table``, ``composition_table`` and ``gpu_table``.
 
 When ``step`` is given, only that ``ProfilerStep#N`` is reported; an unknown step
-raises :class:`~ckprof.errors.NotCapturedError` naming the steps that exist.
+raises :class:`~ckprof.errors.NotCapturedError` naming the steps that exist. When
+``variant`` is given (``on`` / ``off`` of an A/B capture, or a sweep policy), only the
+steps tagged with it (and not excluded) are reported. ``Analysis.ab`` is the A/B
+result (:mod:`ckprof.analysis.ab`) of a trace whose steps carry variants, else None.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from typing import Any
 
 import pandas as pd
 
+from ckprof.analysis.ab import ABResult, ab_result, step_variants
 from ckprof.analysis.attribution import TimeAttribution, attribute_time
 from ckprof.analysis.compiled_recompute import find_compiled_recompute
 from ckprof.analysis.composition import BEFORE, UNSEEN, MemoryComposition, memory_composition
@@ -55,24 +59,45 @@ def load(
     step: int | None = None,
     salvage: bool = False,
     load_workers: int | None = None,
+    variant: str | None = None,
 ) -> Analysis:
     """Read ``path`` and run every analysis stage on it."""
     trace = load_trace(path, salvage=salvage, workers=load_workers)
-    return analyze(trace, recompute_detection=recompute_detection, step=step)
+    return analyze(trace, recompute_detection=recompute_detection, step=step, variant=variant)
 
 
-def analyze(trace: Trace, recompute_detection: str = "auto", step: int | None = None) -> Analysis:
+def analyze(trace: Trace, recompute_detection: str = "auto", step: int | None = None,
+            variant: str | None = None) -> Analysis:
     """Run phases -> attribution -> memory on an already loaded trace."""
     check_recompute_detection(recompute_detection)
     phases = find_phases(trace, recompute_detection=recompute_detection)
     if step is not None:
         phases = _only_step(phases, step, trace.path)
-        if phases.compiled.status != "none":  # its figures for that step only
-            phases = dataclasses.replace(
-                phases, compiled=find_compiled_recompute(trace, phases.steps))
+    if variant is not None:
+        phases = _only_variant(trace, phases, variant)
+    if (step is not None or variant is not None) and phases.compiled.status != "none":
+        # its figures for those steps only
+        phases = dataclasses.replace(phases, compiled=find_compiled_recompute(trace, phases.steps))
     time = attribute_time(trace, phases)
     memory = peak_memory_by_phase(trace, phases)
-    return Analysis(trace=trace, phases=phases, time=time, memory=memory, step=step)
+    return Analysis(trace=trace, phases=phases, time=time, memory=memory, step=step, variant=variant)
+
+
+def _only_variant(trace: Trace, phases: PhaseTable, variant: str) -> PhaseTable:
+    tags = step_variants(trace, phases.steps)
+    if tags.empty:
+        raise NotCapturedError(
+            "the trace has no A/B variants", path=trace.path,
+            hint="Capture with ckprof.capture(..., ab=True), or leave --variant out",
+        )
+    keep = set(tags.loc[(tags["variant"] == variant) & ~tags["excluded"], "step"].tolist())
+    if not keep:
+        have = ", ".join(dict.fromkeys(tags.loc[~tags["excluded"], "variant"].tolist())) or "none"
+        raise NotCapturedError(f"no step of variant {variant!r} (variants: {have})", path=trace.path,
+                               hint="Pick one of those with --variant")
+    pick = lambda df: df[df["step"].isin(keep)].reset_index(drop=True)  # noqa: E731
+    return dataclasses.replace(phases, steps=pick(phases.steps), segments=pick(phases.segments),
+                               recompute=pick(phases.recompute))
 
 
 def _only_step(phases: PhaseTable, step: int, path: str) -> PhaseTable:
@@ -102,6 +127,13 @@ class Analysis:
     time: TimeAttribution
     memory: PhaseMemory
     step: int | None = None
+    variant: str | None = None
+
+    @functools.cached_property
+    def ab(self) -> ABResult | None:
+        """What checkpointing costs and buys, measured on the A/B steps of this trace
+        (:mod:`ckprof.analysis.ab`); None when the steps carry no variants."""
+        return ab_result(self)
 
     # ---- tables for people (new DataFrames every call) -------------------------
     @property
@@ -413,6 +445,7 @@ class Analysis:
             "has_gpu": has_gpu,
             "compiled_recompute": self.phases.compiled.to_dict(),
             "notes": list(self.notes),
+            "ab": None if self.ab is None else self.ab.to_dict(),
         }
         if gpu:
             out["gpu_activity"] = self._gpu_records() if has_gpu else []

@@ -9,7 +9,7 @@ Contract::
         loss_fn(output, batch) -> scalar loss
     make_demo(batch_size=8) -> (model, batch, loss_fn)      sweep-style factory, no
                                                               checkpointing of its own
-    run_demo(out_dir, *, steps=3, checkpointing=True, seed=0) -> Path of the trace
+    run_demo(out_dir, *, steps=3, checkpointing=True, seed=0, ab=False) -> Path of the trace
 
 The blocks live in ``model.blocks`` (an ``nn.ModuleList``); with ``checkpointing``
 each runs through :func:`ckprof.checkpoint`, so the trace names the regions
@@ -111,10 +111,12 @@ def make_demo(batch_size: int = 8) -> tuple[DemoTransformer, tuple[torch.Tensor,
 
 
 def run_demo(out_dir: str | os.PathLike[str], *, steps: int = 3, checkpointing: bool = True,
-             seed: int = 0) -> Path:
+             seed: int = 0, ab: bool = False) -> Path:
     """Train the demo on CPU and profile ``steps`` active steps; return the trace path.
 
     Schedule: wait=1, warmup=1, active=steps (``steps + 2`` training steps in all).
+    ``ab=True``: steps alternate checkpointing on and off (``capture(ab=True)``), with
+    ``steps + 1`` wait steps (timed without the profiler) and 2 warm-up steps.
     """
     if steps < 1:
         raise CaptureError(f"run_demo: steps={steps} records nothing", hint="Use steps >= 1")
@@ -122,13 +124,17 @@ def run_demo(out_dir: str | os.PathLike[str], *, steps: int = 3, checkpointing: 
     model.train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
     batch = make_batch()
-    with capture(out_dir, wait=1, warmup=1, active=steps) as session:
-        for _ in range(steps + 2):
-            optimizer.zero_grad(set_to_none=True)
-            loss = loss_fn(model(batch[0]), batch)
-            loss.backward()
-            optimizer.step()
-            session.step()
+    def train_step() -> None:
+        optimizer.zero_grad(set_to_none=True)
+        loss = loss_fn(model(batch[0]), batch)
+        loss.backward()
+        optimizer.step()
+
+    # A/B: the wait steps alternate too and are timed without the profiler
+    wait, warmup = (steps + 1, 2) if ab else (1, 1)
+    with capture(out_dir, wait=wait, warmup=warmup, active=steps, ab=ab) as session:
+        for _ in range(wait + warmup + steps):
+            session.run_step(train_step)
     if not session.trace_paths:
         reason = "; ".join(session.errors) or "the profiler produced no trace"
         raise CaptureError(f"no trace written ({reason})", path=str(out_dir),

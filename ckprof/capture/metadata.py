@@ -174,10 +174,14 @@ def build_metadata(
     steps: tuple[int, int],
     with_stack: bool,
     nsys: bool,
+    ab: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The ``ckprof`` metadata object for one trace window (JSON-serialisable)."""
+    """The ``ckprof`` metadata object for one trace window (JSON-serialisable).
+
+    ``ab``: the window's A/B object (``capture(ab=True)`` or steps tagged with
+    ``Capture.tag_step``), stored under the key ``ab`` only when given."""
     rank, world_size, _ = distributed_rank()
-    return {
+    out = {
         "ckprof_version": __version__,
         "torch_version": str(torch.__version__),
         "python_version": platform.python_version(),
@@ -194,3 +198,6 @@ def build_metadata(
         "memory_end": memory_end or {},
         "checkpoint": {"early_stop": _early_stop(), "regions": dict(regions)},
     }
+    if ab is not None:
+        out["ab"] = ab
+    return out

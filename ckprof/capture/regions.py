@@ -61,6 +61,8 @@ from typing import Any
 import torch
 import torch.utils.checkpoint as _tcp
 
+from ckprof.capture.ab import SWITCH as _AB
+from ckprof.capture.ab import checkpointing_off
 from ckprof.capture.ranges import FLAGS as _FLAGS
 from ckprof.capture.ranges import Range, markers_wanted
 from ckprof.trace.markers import region_marker, sanitize_region
@@ -328,6 +330,19 @@ def _marked_run_function(fn: Any) -> Any:
 
 # ------------------------------------------------------------------- public: checkpoint
 
+#: torch checkpoint keywords that are not the function's own (dropped on A/B "off")
+_CHECKPOINT_KWARGS = frozenset(
+    {"context_fn", "preserve_rng_state", "determinism_check", "debug", "early_stop"}
+)
+
+
+def _call_directly(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    """A/B "off" step: run the checkpointed callable as if it were not checkpointed
+    (see NOTE [ A/B switch ] in capture/ab.py)."""
+    own = {k: v for k, v in kwargs.items() if k not in _CHECKPOINT_KWARGS}
+    return fn(*args, **own)
+
+
 
 def checkpoint(
     fn: Callable[..., Any],
@@ -343,8 +358,11 @@ def checkpoint(
     ``debug``, ``early_stop``, the function's own kwargs) passes through unchanged.
     ``name`` overrides the region name. Markers are added only while a profiler
     records (or NVTX is forced); otherwise this is torch's checkpoint plus a few
-    attribute reads.
+    attribute reads. In an "off" step of ``capture(ab=True)`` it calls
+    ``fn(*args, **kwargs)`` directly (see NOTE [ A/B switch ] in capture/ab.py).
     """
+    if _AB.off and checkpointing_off():
+        return _call_directly(fn, args, kwargs)
     if _FLAGS.suppressed or not (_FLAGS.nvtx_forced or _profiler_enabled()):
         # markers_wanted() inlined: this is the idle path of every checkpoint call
         return _tcp.checkpoint(fn, *args, use_reentrant=use_reentrant, **kwargs)
@@ -391,7 +409,11 @@ def _patched_generator(
     **kwargs: Any,
 ) -> Any:
     """Stands in for torch's generator while instrumenting: same arguments, same
-    generator returned, with the context_fn wrapped (see NOTE [ Recompute attribution ])."""
+    generator returned, with the context_fn wrapped (see NOTE [ Recompute attribution ]).
+    In an A/B "off" step: a generator that installs nothing, so torch runs the
+    function plainly (NOTE [ A/B switch ] in capture/ab.py)."""
+    if _AB.off and checkpointing_off():
+        return _direct_generator()
     if (
         markers_wanted()
         and _INSTRUMENT.applies()
@@ -403,6 +425,12 @@ def _patched_generator(
     return _ORIG_GENERATOR(
         fn, preserve_rng_state, context_fn, determinism_check, debug, early_stop, *args, **kwargs
     )
+
+
+def _direct_generator() -> Any:
+    """torch's checkpoint advances its generator once before and once after running
+    the function (and throws the function's exception into it): yield once, do nothing."""
+    yield
 
 
 if _ORIG_CHECKPOINT_FUNCTION is not None:
@@ -418,6 +446,13 @@ if _ORIG_CHECKPOINT_FUNCTION is not None:
             if markers_wanted() and _INSTRUMENT.applies():
                 run_function = _marked_run_function(run_function)
             return _ORIG_CHECKPOINT_FUNCTION.forward(ctx, run_function, preserve_rng_state, *args)
+
+        @classmethod
+        def apply(cls, *args: Any, **kwargs: Any) -> Any:
+            if _AB.off and checkpointing_off() and not kwargs and len(args) >= 2:
+                # A/B "off": run_function(*args) directly, no CheckpointFunction node
+                return args[0](*args[2:])
+            return super().apply(*args, **kwargs)
 
 else:  # pragma: no cover - very old / very new torch without the class
     CheckpointFunction = None  # type: ignore[assignment, misc]

@@ -30,6 +30,30 @@ of the JSON. ``trace_paths`` lists the files written, in order.
 # writer.py). An exception in the user's step propagates unchanged; the profiler
 # is stopped and the unfinished window discarded, completed windows stay saved.
 #
+# NOTE [ A/B capture ]
+# ``ab=True`` runs the window's steps alternately with checkpointing on and off
+# (NOTE [ A/B switch ] in capture/ab.py; instrument_checkpointing() is entered for the
+# capture's lifetime so torch's own checkpoint calls are reached too). Active steps
+# follow on, off, off, on (repeated), so a linear drift of the machine's speed hits
+# both variants alike; warm-up steps alternate and end with "off", so both variants
+# (and the allocator at the larger footprint) are warm before recording. Each
+# recorded step starts with a short ``ckprof::variant::<on|off>`` range inside its
+# ProfilerStep, and the window's metadata lists the variant of every active step
+# (``ab.steps``). An "off" step needs the memory checkpointing saves: when it runs
+# out of memory inside :meth:`Capture.run_step` or a ``profile_step(ab=True)``
+# function, ckprof records it (``ab.oom``; a ``ckprof::variant::oom`` range; the
+# step is excluded), frees memory, reruns the step with checkpointing on and keeps
+# every later step on -- training goes on, and the report says "without
+# checkpointing this step does not fit". A plain ``with`` loop cannot be rerun: the
+# error propagates after the completed steps are saved with the out-of-memory noted.
+# The CPU path is the same code (a CPU allocator failure, or a simulated
+# ``torch.OutOfMemoryError``, takes it).
+# The profiler costs a little per op and the "on" steps run more ops (the recompute),
+# so A/B under the profiler reads a few points dear. The ``wait`` steps before a window
+# therefore alternate too (same on, off, off, on order; the first of each block is not
+# counted) and are timed by the wall clock between ``step()`` calls, without any
+# profiler: metadata ``ab.unprofiled`` = [[step, variant, ms], ...]; the analysis
+# reports that cost next to the profiled one. Use wait=8 or more to get it.
 """
 
 from __future__ import annotations
@@ -40,6 +64,7 @@ import inspect
 import os
 import socket
 import threading
+import time
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -50,6 +75,7 @@ from torch.profiler import ProfilerAction, ProfilerActivity
 
 from ckprof.capture import nvtx as _nvtx
 from ckprof.capture import ranges as _ranges
+from ckprof.capture.ab import free_memory, is_out_of_memory, set_checkpointing
 from ckprof.capture.compiled import CompileWatcher
 from ckprof.capture.hooks import LIVE, LIVE_LOCK, PhaseMarkers, phase
 from ckprof.capture.metadata import (
@@ -59,9 +85,10 @@ from ckprof.capture.metadata import (
     measure_memory_baseline,
     measure_memory_end,
 )
-from ckprof.capture.regions import NAMES
+from ckprof.capture.regions import NAMES, instrument_checkpointing
 from ckprof.capture.writer import write_trace
 from ckprof.errors import CaptureError
+from ckprof.trace.markers import AB_OFF, AB_ON, OOM_VARIANT, variant_marker
 
 __all__ = ["Capture", "CaptureWarning", "capture", "phase", "profile_step"]
 
@@ -117,10 +144,16 @@ class Capture:
         nsys: bool = False,
         markers: bool = True,
         record_shapes: bool = True,
+        ab: bool = False,
     ) -> None:
         self.schedule = _check_schedule(
             wait=wait, warmup=warmup, active=active, repeat=repeat, skip_first=skip_first
         )
+        if ab and active < 2:
+            raise CaptureError(
+                f"ckprof.capture: ab=True needs at least 2 active steps, not active={active}",
+                hint="Use active=8 or more: each variant's median and spread come from its steps",
+            )
         self.out_dir = Path(out_dir)
         self.with_stack = bool(with_stack)
         self.gzip = bool(gzip)
@@ -149,6 +182,18 @@ class Capture:
         self._nvtx_step_open = False
         self._next_open = 0
         self._last_active = 0
+        # A/B (see NOTE [ A/B capture ])
+        self.ab = bool(ab)
+        self.ab_oom: list[dict[str, Any]] = []
+        self._variant: str | None = None
+        self._ab_steps: dict[int, str] = {}
+        self._ab_excluded: set[int] = set()
+        self._ab_off_fits = True
+        self._instrumenting: Any = None
+        # unprofiled A/B steps (wait steps), timed by the wall clock: [step, variant, ms]
+        self._ab_timed: list[list[Any]] = []
+        self._ab_t0 = 0.0
+        self._ab_step_failed = False
 
     # -- schedule
     def _action(self, step: int) -> ProfilerAction:
@@ -180,8 +225,14 @@ class Capture:
         return self
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> bool:
+        discard = exc_type is not None
+        if exc is not None and self._ab_out_of_memory(exc):
+            # a with-loop cannot be rerun: keep the completed steps, the OOM noted
+            self.errors.append("the out-of-memory happened in a plain with-loop; use "
+                               "cap.run_step(fn, ...) or profile_step(ab=True) to keep training alive")
+            discard = False
         try:
-            self.stop(discard_partial=exc_type is not None)
+            self.stop(discard_partial=discard)
         except Exception as err:
             if exc_type is None:
                 raise
@@ -202,6 +253,9 @@ class Capture:
         self._started = True
         self._markers.thread_id = threading.get_ident()
         self._compiles.start()  # torch.compile usually compiles in the first steps
+        if self.ab:
+            self._instrumenting = instrument_checkpointing()
+            self._instrumenting.__enter__()
         # Pick the NVTX backend now (importing nvtx takes milliseconds): done lazily, it
         # would land inside the first marker of the first profiled step.
         _nvtx.backend()
@@ -212,6 +266,8 @@ class Capture:
             )
         self._begin_step()
         self._nvtx_step_begin()
+        if self.ab:
+            self._ab_t0 = time.perf_counter()
         return self
 
     def step(self) -> None:
@@ -220,10 +276,14 @@ class Capture:
             # fast path: outside a window a step is a counter increment
             if not self._started or self._stopped:
                 return
+            if self.ab:
+                self._ab_time_step()
             self.step_index += 1
             if self.step_index >= self._next_open:
                 self._begin_step()
                 self._nvtx_step_begin()
+            elif self.ab:
+                self._set_variant(self._ab_variant(self.step_index, ProfilerAction.NONE))
             return
         current = self._action(self.step_index)
         if self._recording:
@@ -254,6 +314,9 @@ class Capture:
         self.step_index += 1
         self._begin_step()
         self._nvtx_step_begin()
+        if self.ab:
+            self._ab_t0 = time.perf_counter()
+            self._ab_step_failed = False
 
     # NOTE [ Steps in Nsight ]
     # Nsight Systems does not see torch's ProfilerStep#N record_function, so with
@@ -274,11 +337,114 @@ class Capture:
         if self._schedule_done(step):
             self.finished = True
             self._next_open = _NEVER
+            self._set_variant(None)
             return
         action = self._action(step)
         if self._prof is None and action in (ProfilerAction.WARMUP, *_RECORDING):
             self._open_profiler(step, action)
         self._next_open = self._next_window_start(step + 1)
+        if self.ab:
+            self._set_variant(self._ab_variant(step, action))
+
+    # -- A/B (see NOTE [ A/B capture ])
+    def _ab_variant(self, step: int, action: ProfilerAction) -> str | None:
+        s = self.schedule
+        rel = step - s["skip_first"]
+        m = rel % self._cycle - s["wait"]
+        if action == ProfilerAction.WARMUP:
+            variant = AB_OFF if (s["warmup"] - m) % 2 == 1 else AB_ON
+        elif action in _RECORDING:
+            variant = AB_ON if (m - s["warmup"]) % 4 in (0, 3) else AB_OFF
+        elif rel >= 0 and m < 0 and not self._schedule_done(step):
+            # a wait step: alternated too, and timed without the profiler
+            variant = AB_ON if (m + s["wait"]) % 4 in (0, 3) else AB_OFF
+        else:
+            return None
+        return AB_ON if variant == AB_OFF and not self._ab_off_fits else variant
+
+    def _ab_time_step(self) -> None:
+        """A wait step ended: record its wall time (unprofiled A/B, NOTE [ A/B capture ])."""
+        now = time.perf_counter()
+        s = self.schedule
+        first_of_block = (self.step_index - s["skip_first"]) % self._cycle == 0
+        if (self._variant is not None and not self._ab_step_failed and not first_of_block
+                and len(self._ab_timed) < 100_000):
+            self._ab_timed.append([self.step_index, self._variant, round((now - self._ab_t0) * 1e3, 6)])
+        self._ab_step_failed = False
+        self._ab_t0 = time.perf_counter()
+
+    def _set_variant(self, variant: str | None) -> None:
+        if variant is None and self._variant is None:
+            return
+        self._variant = variant
+        set_checkpointing(variant != AB_OFF)
+        if variant is not None and self._recording:
+            self._tag(variant)
+
+    def _tag(self, variant: str) -> None:
+        self._ab_steps[self.step_index] = variant
+        _ranges.Range(variant_marker(variant)).open().close()
+
+    def tag_step(self, variant: str, *, exclude: bool = False) -> None:
+        """Tag the step that is starting with a variant name (e.g. a sweep's policy).
+
+        Call it first thing in the step. Recorded steps get a ``ckprof::variant::<name>``
+        range and an entry in the metadata's ``ab.steps``; ``exclude`` lists the step in
+        ``ab.excluded`` (a warm-up step after switching, say). Not with ``ab=True``, which
+        tags steps itself."""
+        if self.ab:
+            raise CaptureError("ckprof.capture: tag_step() is for manual variants; ab=True tags steps itself",
+                               hint="Leave ab=False to tag steps yourself")
+        if self._recording:
+            self._tag(str(variant))
+            if exclude:
+                self._ab_excluded.add(self.step_index)
+
+    def _ab_out_of_memory(self, err: BaseException) -> bool:
+        """An error in the user's step: when it is an out-of-memory in an A/B "off"
+        step, record it and switch checkpointing back on (True); else False."""
+        if not (self.ab and self._variant == AB_OFF and is_out_of_memory(err)):
+            return False
+        step = self.step_index
+        text = (str(err).strip().splitlines() or [type(err).__name__])[0][:300]
+        self._ab_off_fits = False
+        self._ab_step_failed = True
+        self.ab_oom.append({"step": step, "recorded": bool(self._recording),
+                            "error": f"{type(err).__name__}: {text}"})
+        if self._recording:
+            self._markers.close_current()
+            self._ab_excluded.add(step)
+            _ranges.Range(variant_marker(OOM_VARIANT)).open().close()
+        self._variant = AB_ON
+        set_checkpointing(True)
+        self._warn(
+            f"without checkpointing step {step} does not fit (out of memory: {text[:120]}); "
+            "ckprof measures the A/B 'off' variant no more and keeps checkpointing on"
+        )
+        return True
+
+    def run_step(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """Run one training step ``fn(*args, **kwargs)``, then :meth:`step`.
+
+        With ``ab=True`` an out-of-memory in an "off" step is caught: ckprof records
+        "without checkpointing this step does not fit", frees memory and reruns
+        ``fn`` with checkpointing on, so training continues (see NOTE [ A/B capture ]).
+        Any other exception propagates unchanged. Returns ``fn``'s result."""
+        result = self._call_step(fn, args, kwargs)
+        self.step()
+        return result
+
+    def _call_step(self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        rerun = False
+        try:
+            return fn(*args, **kwargs)
+        except Exception as err:
+            if not self._ab_out_of_memory(err):
+                raise
+            rerun = True  # outside the except block: the failed attempt's frames are freed
+        if rerun:
+            free_memory()
+        return fn(*args, **kwargs)
 
     def _next_window_start(self, step: int) -> int:
         """First step >= ``step`` at which a window (warmup or active) begins."""
@@ -342,6 +508,8 @@ class Capture:
 
     def _begin_recording_baseline(self) -> None:
         NAMES.seen.clear()
+        self._ab_steps = {}
+        self._ab_excluded = set()
         try:
             self._start_storages = StorageSnapshot()
             self._baseline = measure_memory_baseline(self._start_storages)
@@ -416,11 +584,36 @@ class Capture:
             steps=(self._first_active(), self._last_active),
             with_stack=self.with_stack,
             nsys=self.nsys,
+            ab=self._ab_metadata(),
         )
         compiled = self._compiles.metadata(roots=list(NAMES.roots))
         if compiled:
             metadata["compiled"] = compiled
         return metadata
+
+    def _ab_metadata(self) -> dict[str, Any] | None:
+        """The ``ab`` object of the window being saved (None when nothing was tagged)."""
+        if not self.ab and not self._ab_steps:
+            return None
+        steps = {str(k): v for k, v in sorted(self._ab_steps.items())}
+        out: dict[str, Any] = {
+            "mode": "checkpointing" if self.ab else "tagged",
+            "variants": list(dict.fromkeys(self._ab_steps.values())),
+            "steps": steps,
+            "excluded": sorted(int(s) for s in self._ab_excluded),
+        }
+        if self.ab:
+            out.update({
+                "variants": [AB_ON, AB_OFF],
+                "baseline": AB_OFF,
+                "order": "on, off, off, on (repeated over the active steps)",
+                "off_fits": self._ab_off_fits,
+                "oom": [dict(o) for o in self.ab_oom],
+                # wait steps before this window, alternated and timed without the profiler
+                "unprofiled": [list(t) for t in self._ab_timed],
+            })
+            self._ab_timed = []
+        return out
 
     def _first_active(self) -> int:
         if self._action(self._window_start) == ProfilerAction.WARMUP:
@@ -466,6 +659,12 @@ class Capture:
                 self._leave_recording()
         finally:
             self._compiles.stop()
+            if self.ab:
+                self._variant = None
+                set_checkpointing(True)
+                inst, self._instrumenting = self._instrumenting, None
+                if inst is not None:
+                    inst.__exit__(None, None, None)
             with LIVE_LOCK:
                 if self._markers in LIVE:
                     LIVE.remove(self._markers)
@@ -506,7 +705,7 @@ def capture(out_dir: str | os.PathLike[str] = "ckprof_traces", **options: Any) -
 
     Takes exactly :class:`Capture`'s options (``wait``, ``warmup``, ``active``,
     ``repeat``, ``skip_first``, ``with_stack``, ``gzip``, ``nsys``, ``markers``,
-    ``record_shapes``)::
+    ``record_shapes``, ``ab``)::
 
         with ckprof.capture(out_dir="traces/run1") as cap:
             for batch in loader:
@@ -517,6 +716,18 @@ def capture(out_dir: str | os.PathLike[str] = "ckprof_traces", **options: Any) -
     ``nsys=True`` brackets the active steps with ``torch.cuda.profiler.start/stop``
     (for ``nsys profile --capture-range=cudaProfilerApi``), forces NVTX ranges there
     and leaves CUDA activity to Nsight (the torch trace keeps CPU ops and memory).
+
+    ``ab=True`` measures what checkpointing costs and buys in this very run: active
+    steps alternate between checkpointing on and off (checkpointed callables called
+    directly), each tagged in the trace; ``ckprof analyze`` then reports the measured
+    step-time cost and peak-memory saving. Use ``active=12`` or more, ``wait=8`` or
+    more (wait steps alternate too and are timed without the profiler), and
+    ``cap.run_step(train_step, batch)`` so an out-of-memory in an "off" step is
+    caught and training continues (see NOTE [ A/B capture ])::
+
+        with ckprof.capture("traces/ab", wait=13, warmup=2, active=12, ab=True) as cap:
+            for batch in loader:
+                cap.run_step(train_step, batch)
     """
     return Capture(out_dir, **options)
 
@@ -543,7 +754,7 @@ def profile_step(out_dir: str | os.PathLike[str] = "ckprof_traces", **options: A
                 return fn(*args, **kwargs)
             cap.start()  # no-op once started
             try:
-                result = fn(*args, **kwargs)
+                result = cap._call_step(fn, args, kwargs)
             except BaseException:
                 done[0] = True
                 cap.stop(discard_partial=True)

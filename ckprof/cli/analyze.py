@@ -22,12 +22,15 @@ Examples:
   ckprof analyze trace.json --ops         # which ops recompute (and forward) is made of
   ckprof analyze trace.json --composition # what each phase's memory peak is made of
   ckprof analyze trace.json --gpu-activity  # GPU busy / idle / overlap per phase
+  ckprof analyze ab_trace.json.gz       # capture(ab=True): cost and saving, measured
 """
 
 
 @click.command(epilog=EXAMPLE)
 @click.argument("trace", type=click.Path(path_type=Path, readable=False))
 @click.option("--step", type=int, default=None, help="Only this ProfilerStep#N.")
+@click.option("--variant", default=None,
+              help="A/B trace (capture(ab=True)): only the steps of this variant, on or off.")
 @click.option(
     "--format", "fmt", type=click.Choice(["table", "json", "csv", "markdown"]), default="table",
     show_default=True, help="Output format; json is a stable contract for scripts.",
@@ -61,7 +64,7 @@ Examples:
 @click.option("-o", "--output", type=click.Path(path_type=Path, readable=False), default=None,
               help="Write to this file instead of stdout (never overwrites without --force).")
 @click.option("--force", is_flag=True, help="Overwrite OUTPUT if it is an existing file.")
-def analyze(trace: Path, step: int | None, fmt: str, recompute_detection: str, salvage: bool,
+def analyze(trace: Path, step: int | None, variant: str | None, fmt: str, recompute_detection: str, salvage: bool,
             workers: int | None, engine: str, scheduler: str | None, with_hta: bool,
             ops: bool, composition: bool, gpu_activity: bool, output: Path | None,
             force: bool) -> None:
@@ -110,7 +113,8 @@ def analyze(trace: Path, step: int | None, fmt: str, recompute_detection: str, s
         from ckprof.analysis import load
         from ckprof.report.tables import render
 
-        analysis = load(trace, recompute_detection=recompute_detection, step=step, salvage=salvage)
+        analysis = load(trace, recompute_detection=recompute_detection, step=step, salvage=salvage,
+                        variant=variant)
         emit(render(analysis, fmt, ops=ops, composition=composition, gpu=gpu_activity),
              output, force=force)
         return
@@ -125,7 +129,8 @@ def analyze(trace: Path, step: int | None, fmt: str, recompute_detection: str, s
         from ckprof.analysis import analyze as analyze_trace
         from ckprof.report.tables import render
 
-        analysis = analyze_trace(loaded, recompute_detection=recompute_detection, step=step)
+        analysis = analyze_trace(loaded, recompute_detection=recompute_detection, step=step,
+                                  variant=variant)
         emit(render(analysis, fmt, ops=ops, composition=composition, gpu=gpu_activity),
              output, force=force)
     finally:

@@ -19,7 +19,7 @@ from ckprof.report.text import FORMATS
 
 @click.command()
 @click.argument("baseline", type=click.Path(dir_okay=False, readable=False))
-@click.argument("candidate", type=click.Path(dir_okay=False, readable=False))
+@click.argument("candidate", type=click.Path(dir_okay=False, readable=False), required=False)
 @click.option("--format", "fmt", type=click.Choice(FORMATS), default="table", show_default=True,
               help="Output format.")
 @click.option("--top", type=click.IntRange(min=1), default=15, show_default=True,
@@ -29,25 +29,31 @@ from ckprof.report.text import FORMATS
 @click.option("-o", "--output", type=click.Path(readable=False), default=None,
               help="Write to this file instead of stdout.")
 @click.option("--force", is_flag=True, help="Overwrite --output if it exists.")
-def compare(baseline: str, candidate: str, fmt: str, top: int, recompute_detection: str,
+def compare(baseline: str, candidate: str | None, fmt: str, top: int, recompute_detection: str,
             output: str | None, force: bool) -> None:
     """Compare two traces: step time, each phase, recompute, GPU time and peak memory
     side by side, with absolute and relative differences, per region and per op.
 
     Times are means per step, so runs with different step counts compare. Works with
-    any two traces ckprof reads, with or without ckprof markers.
+    any two traces ckprof reads, with or without ckprof markers. With ONE trace captured
+    with ckprof.capture(..., ab=True), compares its steps run with checkpointing off
+    (baseline) against those with it on (candidate): same process, same data.
 
     \b
     Example:
       ckprof compare traces/none/trace.json.gz traces/full/trace.json.gz
       ckprof compare a.json.gz b.json.gz --format markdown -o diff.md
+      ckprof compare traces/ab/run.pt.trace.json.gz        # A/B: off vs on
     """
     from ckprof.strategy.compare import compare as run_compare
-    from ckprof.strategy.compare import render_comparison
+    from ckprof.strategy.compare import compare_variants, render_comparison
 
     if output:
         check_new_path(output, force=force)
-    result = run_compare(baseline, candidate, recompute_detection=recompute_detection)
+    if candidate is None:
+        result = compare_variants(baseline, recompute_detection=recompute_detection)
+    else:
+        result = run_compare(baseline, candidate, recompute_detection=recompute_detection)
     emit(render_comparison(result, fmt, top_ops=top), output, force=force)
 
 
@@ -78,54 +84,98 @@ def _parse_policies(ctx: click.Context, param: click.Parameter, value: tuple[str
     return names
 
 
-@click.command()
+SWEEP_HELP_EPILOG = """
+\b
+The --model contract:
+  build(batch_size=N) -> (model, batch, loss_fn)
+    batch_size= is passed only when build accepts it; loss_fn may be None.
+    The model must not checkpoint by itself (the sweep applies each policy
+    to the children of its largest nn.ModuleList, or of --blocks).
+  How the batch reaches the model and the loss:
+    tensor x                    -> model(x)
+    tuple (inputs, target)      -> model(inputs)    ((x1, x2), y) -> model(x1, x2)
+    dict (HF: input_ids, ..., labels) -> model(**batch)
+    loss = loss_fn(output, batch)   (the batch exactly as build returned it)
+    loss_fn None: output.loss (HF with labels), a scalar output itself,
+    cross entropy (integer target) / MSE (same shape), else mean(output**2).
+  An error in your code is shown as one line: the function, the call that
+  failed (build(), model(x), loss_fn(output, batch), loss.backward()), the
+  exception and where in your file it was raised.
+
+\b
+How it measures (noise):
+  One model, every policy in turn for a few steps, for --rounds rounds (order
+  rotated), in one process: drift hits all policies alike. On CPU torch's
+  threads are pinned (default: cores - 1). A difference counts only when the
+  step-time IQRs are apart AND every round agrees; the speed ranking prints
+  '<' only there ('≈' otherwise).
+
+\b
+Example:
+  ckprof sweep --memory-budget 200MiB -o frontier.png
+  ckprof sweep --model mypkg.train:build --policy none,full,selective --device cuda
+  ckprof sweep --model mypkg.train:build --batch-size 8 --memory-budget 70GiB --device cuda
+"""
+
+
+@click.command(epilog=SWEEP_HELP_EPILOG)
 @click.option("--model", "model", default="ckprof.capture.demo:make_demo", show_default=True,
-              help="module:function returning (model, batch, loss_fn); called with batch_size= "
-                   "when it accepts it. Default: ckprof's demo transformer.")
+              help="module:function build(batch_size=N) returning (model, batch, loss_fn); see "
+                   "'The --model contract' below. Default: ckprof's demo transformer.")
 @click.option("-p", "--policy", "policies", multiple=True, callback=_parse_policies,
               help="Policy to run (repeat, or comma-separate): none, full, every_<k>, sqrt, selective, "
                    "selective:<op>+<op>, advised:<op>+<op> (from ckprof advise), advised:<trace>, "
                    "module:function. Default: none, full, every_2, sqrt, selective.")
 @click.option("--blocks", default=None, help="Path of the container of repeated blocks (default: the "
                                              "largest nn.ModuleList).")
-@click.option("--steps", type=click.IntRange(min=1), default=5, show_default=True,
-              help="Profiled steps per policy (median and spread are taken over them).")
+@click.option("--steps", type=click.IntRange(min=1), default=6, show_default=True,
+              help="Measured steps per policy, spread over the rounds (median and spread are "
+                   "taken over them).")
+@click.option("--rounds", type=click.IntRange(min=1), default=3, show_default=True,
+              help="Interleaved rounds: each runs every policy for steps/rounds steps, in "
+                   "rotated order.")
+@click.option("--schedule", type=click.Choice(["interleaved", "sequential"]), default="interleaved",
+              show_default=True, help="interleaved: round-robin on one model (noise-robust); "
+                                      "sequential: each policy in its own block (the former sweep).")
 @click.option("--warmup", type=click.IntRange(min=0), default=1, show_default=True,
-              help="Unprofiled warm-up steps per policy.")
+              help="Unprofiled warm-up steps per policy before measuring.")
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:1 ...")
 @click.option("--batch-size", type=click.IntRange(min=1), default=None,
               help="Batch size (when --model accepts batch_size).")
 @click.option("--second-batch-size", type=click.IntRange(min=1), default=None,
-              help="Also measure this batch size, so the max-batch estimate uses a measured slope.")
+              help="Also measure this batch size (default with --memory-budget: twice --batch-size), "
+                   "so the largest batch that fits and its samples/s use a measured slope.")
 @click.option("--memory-budget", callback=_parse_budget, default=None,
-              help="Recommend the fastest policy whose peak fits this (bytes, or 8GiB / 512MiB / 1.5GB).")
+              help="Per policy, estimate the largest batch that fits this (bytes, or 8GiB / 512MiB / "
+                   "1.5GB) and its samples/s; recommend by throughput at that batch.")
+@click.option("--confirm/--no-confirm", default=None,
+              help="Run the recommended batch once to check it fits (default: on CUDA only).")
 @click.option("-o", "--output", "plot_path", type=click.Path(readable=False), default=None,
               help="Write the memory-vs-time frontier plot here (.png, .svg, .pdf).")
 @click.option("--out-dir", type=click.Path(file_okay=False), default=None,
               help="Keep each policy's trace under this folder (default: temporary, deleted).")
 @click.option("--isolation", type=click.Choice(["auto", "process", "inline"]), default="auto",
-              show_default=True, help="Run each policy in its own spawned process (process) or here (inline).")
+              show_default=True, help="Run the work in a spawned process (process) or here (inline); "
+                                      "auto: inline when interleaved.")
 @click.option("--optimizer", type=click.Choice(["adamw", "sgd"]), default="adamw", show_default=True,
               help="Optimizer each run trains with (its state counts in peak memory).")
 @click.option("--threads", type=click.IntRange(min=1), default=None,
-              help="torch intra-op threads per run (default: torch's choice).")
+              help="torch intra-op threads for every policy (default on CPU: pinned to cores - 1, "
+                   "at least 1; on GPU: torch's choice).")
 @click.option("--format", "fmt", type=click.Choice(FORMATS), default="table", show_default=True)
 @click.option("--force", is_flag=True, help="Overwrite the plot file if it exists.")
-def sweep(model: str, policies: tuple[str, ...] | None, blocks: str | None, steps: int, warmup: int,
-          device: str, batch_size: int | None, second_batch_size: int | None, memory_budget: int | None,
-          plot_path: str | None, out_dir: str | None, isolation: str, optimizer: str,
-          threads: int | None, fmt: str, force: bool) -> None:
-    """Profile checkpointing policies on a model and recommend one.
+def sweep(model: str, policies: tuple[str, ...] | None, blocks: str | None, steps: int, rounds: int,
+          schedule: str, warmup: int, device: str, batch_size: int | None, second_batch_size: int | None,
+          memory_budget: int | None, confirm: bool | None, plot_path: str | None, out_dir: str | None,
+          isolation: str, optimizer: str, threads: int | None, fmt: str, force: bool) -> None:
+    """Profile checkpointing policies on your model and recommend one.
 
-    Each policy runs on a fresh model (in its own process by default), under ckprof's
-    capture. Prints step time (median, IQR, min-max), recompute overhead, peak memory
-    and saving against no checkpointing, throughput, the Pareto frontier, an
-    ESTIMATE of the largest batch that fits the budget, and a recommendation.
-
-    \b
-    Example:
-      ckprof sweep --memory-budget 200MiB -o frontier.png
-      ckprof sweep --model mypkg.train:build --policy none,full,selective --device cuda
+    Every policy runs on the same model in interleaved rounds, under ckprof's
+    capture. Prints per policy the median step time and its spread (IQR, and
+    across rounds), recompute share, peak memory and saving against no
+    checkpointing, samples/s; a speed ranking that noise cannot reverse; with
+    --memory-budget, the largest batch that fits (an ESTIMATE from two measured
+    batch sizes) and samples/s there, and a recommendation by throughput.
     """
     from ckprof.strategy.runner import sweep as run_sweep
 
@@ -139,11 +189,12 @@ def sweep(model: str, policies: tuple[str, ...] | None, blocks: str | None, step
             raise click.BadParameter("give --batch-size too", param_hint="--second-batch-size")
         sizes = (batch_size, second_batch_size)
     click.echo(f"ckprof sweep: profiling {len(policies) if policies else 'the default'} policies "
-               f"on {device}, {steps} step(s) each...", err=True)
+               f"on {device}, {steps} step(s) each in {rounds} interleaved round(s)...", err=True)
     result = run_sweep(
         model, None, policies=policies, steps=steps, device=device, batch_size=batch_size,
         batch_sizes=sizes, blocks=blocks, warmup=warmup, out_dir=out_dir, isolation=isolation,
-        memory_budget=memory_budget, optimizer=optimizer, threads=threads,
+        memory_budget=memory_budget, optimizer=optimizer, threads=threads, rounds=rounds,
+        schedule=schedule, confirm=confirm,
     )
     from ckprof.report.output import write_stdout
 

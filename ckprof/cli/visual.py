@@ -62,12 +62,13 @@ Examples:
 @click.command(epilog=PLOT_EXAMPLE)
 @click.argument("trace", type=click.Path(path_type=Path, readable=False))
 @click.option("--kind", type=click.Choice(["memory", "breakdown", "regions", "categories",
-                                           "composition"]),
+                                           "composition", "ab"]),
               default="memory", show_default=True,
               help="memory: allocated bytes over time with phases shaded and peaks marked; "
                    "breakdown: stacked time per phase per step; regions: recompute time per "
                    "checkpointed region; categories: torch memory-profiler categories (when saved); "
-                   "composition: live bytes stacked by the phase that allocated them.")
+                   "composition: live bytes stacked by the phase that allocated them; "
+                   "ab: checkpointing on vs off, step time and peak memory (capture(ab=True)).")
 @click.option("-o", "--output", type=click.Path(path_type=Path, readable=False), required=True,
               help="Image file: .png, .svg or .pdf.")
 @click.option("--dpi", type=click.IntRange(10, 1200), default=120, show_default=True,

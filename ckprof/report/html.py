@@ -5,7 +5,8 @@ Contract:
 - :func:`summary_html` -> a compact ``<div>`` (Jupyter's ``_repr_html_``): step
   time, time per phase, forward re-run share (a lower bound of checkpointing's cost),
   peak memory per phase. No images.
-- :func:`render_report` -> ONE self-contained HTML page (inline CSS, figures
+- :func:`render_report` -> ONE self-contained HTML page (with an A/B section, the
+  measured cost and saving of checkpointing, when the trace has A/B steps) (inline CSS, figures
   embedded as base64 PNG, no script, no network) that a person who has not read
   the README can follow: a headline, then one section per question (where does the
   time go, which region costs most to recompute, what does memory look like, what is
@@ -535,6 +536,17 @@ def _about_section(analysis: Analysis) -> str:
     )
 
 
+def _ab_section(analysis: Analysis) -> str:
+    """The A/B section (capture(ab=True) traces): measured cost and saving; "" otherwise."""
+    ab = analysis.ab
+    if ab is None:
+        return ""
+    from ckprof.report.ab import ab_html_section
+    from ckprof.report.plots import plot_ab
+
+    return ab_html_section(ab, _try_figure(lambda: plot_ab(analysis), "step time and peak memory per A/B variant"))
+
+
 def render_report(analysis: Analysis, *, title: str | None = None) -> str:
     """The full self-contained report page (see module docstring)."""
     from ckprof._version import __version__
@@ -546,6 +558,7 @@ def render_report(analysis: Analysis, *, title: str | None = None) -> str:
         f'<p class="sub">What activation checkpointing costs (time) and buys (memory) in this training step. '
         f"Trace: {escape(str(analysis.trace.path))}</p>",
         _headline(analysis),
+        _ab_section(analysis),
         _time_section(analysis),
         _regions_section(analysis),
         _memory_section(analysis),

@@ -15,12 +15,16 @@ display like any other figure.
   when the capture saved a ``.raw.json[.gz]`` memory timeline next to the trace.
 - :func:`plot_memory_composition` -- live bytes stacked by the phase that allocated
   them (ckprof's own block lifetimes, :mod:`ckprof.analysis.composition`).
+- :func:`plot_ab` -- an A/B trace (``capture(ab=True)``): per variant, the median
+  step split by phase with every step's time as a dot, and peak memory per phase.
 
 Artists that tests (and curious users) look for carry a ``gid``:
 ``phase:<phase>`` (shaded spans, one path per segment), ``memory:<device>``
 (timeline line), ``peaks:<phase>`` (peak markers), ``wall:<phase>`` /
 ``gpu:<phase>`` (breakdown bars), ``regions:recompute`` / ``regions:forward``,
-``origin:<origin>`` (composition bands), ``composition:total`` (its outline).
+``origin:<origin>`` (composition bands), ``composition:total`` (its outline),
+``ab:<phase>`` (A/B median phase bars), ``ab:steps:<variant>`` (A/B step dots),
+``ab:peak:<variant>`` (A/B peak bars).
 """
 
 from __future__ import annotations
@@ -57,6 +61,7 @@ __all__ = [
     "figure_bytes",
     "format_bytes",
     "make_plot",
+    "plot_ab",
     "plot_memory_categories",
     "plot_memory_composition",
     "plot_memory_timeline",
@@ -66,7 +71,7 @@ __all__ = [
 ]
 
 #: ``ckprof plot --kind`` values
-PLOT_KINDS: tuple[str, ...] = ("memory", "breakdown", "regions", "categories", "composition")
+PLOT_KINDS: tuple[str, ...] = ("memory", "breakdown", "regions", "categories", "composition", "ab")
 #: output suffix -> matplotlib format
 FIGURE_FORMATS: dict[str, str] = {".png": "png", ".svg": "svg", ".pdf": "pdf"}
 
@@ -576,6 +581,65 @@ def plot_memory_categories(analysis: Analysis, *, timeline_path: str | os.PathLi
     return fig
 
 
+# --------------------------------------------------------------------------- A/B
+def plot_ab(analysis: Analysis) -> Figure:
+    """A/B trace: left, one stacked bar per variant (median time of each phase) with
+    every step's time as a dot and the IQR as an error bar; right, peak memory per
+    phase per variant on the A/B device. Raises NotCapturedError without A/B steps."""
+    ab = analysis.ab
+    if ab is None or ab.variants.empty:
+        raise NotCapturedError("the trace has no A/B steps", path=str(analysis.trace.path),
+                               hint="Capture with ckprof.capture(..., ab=True)")
+    variants = [str(v) for v in ab.variants["variant"]]
+    fig = _new_figure(10.0, 4.2)
+    ax_t, ax_m = fig.subplots(1, 2)
+    x = np.arange(len(variants), dtype=float)
+    bottom = np.zeros(len(variants))
+    table = ab.variants.set_index("variant")
+    for phase in PHASES:
+        vals = table.loc[variants, f"{phase}_ms"].to_numpy(dtype=float)
+        ax_t.bar(x, vals, bottom=bottom, width=0.5, color=PHASE_COLORS[phase], label=phase, gid=f"ab:{phase}")
+        bottom = bottom + vals
+    used = ab.steps[~ab.steps["excluded"]]
+    for i, v in enumerate(variants):
+        ys = used.loc[used["variant"] == v, "step_ms"].to_numpy(dtype=float)
+        jitter = (np.arange(len(ys)) - (len(ys) - 1) / 2) * (0.3 / max(len(ys), 1))
+        ax_t.scatter(i + 0.35 + jitter, ys, s=14, color="#1A1A1A", zorder=3, gid=f"ab:steps:{v}")
+        row = table.loc[v]
+        ax_t.errorbar([i + 0.35], [row["step_ms"]], yerr=[[row["step_ms"] - row["step_ms_q1"]],
+                      [row["step_ms_q3"] - row["step_ms"]]], fmt="_", color="#C44E52", capsize=4, zorder=4)
+    ax_t.set_xticks(x, variants)
+    ax_t.set_ylabel("ms per step (bars: median per phase; dots: steps)")
+    title = "Step time by variant"
+    if ab.diff is not None and not math.isnan(ab.diff.cost_pct):
+        title += f": checkpointing {ab.diff.cost_pct:+.1f}%"
+    ax_t.set_title(title, fontsize=10, loc="left")
+    ax_t.legend(fontsize=7, loc="lower right", frameon=False)
+    mem = ab.memory[ab.memory["device"] == ab.device]
+    if mem.empty:
+        ax_m.text(0.5, 0.5, "memory not captured", ha="center", va="center", transform=ax_m.transAxes)
+        ax_m.set_axis_off()
+    else:
+        phases = [p for p in PHASES if (mem["phase"] == p).any()]
+        width = 0.8 / max(len(variants), 1)
+        top = float(mem["peak_bytes"].max())
+        colors = ("#4C72B0", "#C44E52", "#55A868", "#8172B2", "#CCB974", "#64B5CD")
+        for j, v in enumerate(variants):
+            sel = mem[mem["variant"] == v].set_index("phase")
+            vals = [float(sel.loc[p, "peak_bytes"]) if p in sel.index else 0.0 for p in phases]
+            ax_m.bar(np.arange(len(phases)) + (j - (len(variants) - 1) / 2) * width, vals, width=width,
+                     color=colors[j % len(colors)], label=v, gid=f"ab:peak:{v}")
+        unit = _set_bytes_axis(ax_m, top * 1.1)
+        ax_m.set_xticks(np.arange(len(phases)), phases)
+        ax_m.set_ylabel(f"peak allocated ({unit}, {ab.device})")
+        mtitle = "Peak memory by phase"
+        if ab.diff is not None and not math.isnan(ab.diff.saving_bytes):
+            mtitle += f": checkpointing saves {format_bytes(ab.diff.saving_bytes)}"
+        ax_m.set_title(mtitle, fontsize=10, loc="left")
+        ax_m.legend(fontsize=8, frameon=False)
+    return fig
+
+
 # --------------------------------------------------------------------------- composition
 _ORIGIN_COLORS: dict[str, str] = {"before profiling": "#B0B0B0", **PHASE_COLORS}
 
@@ -678,6 +742,8 @@ def make_plot(analysis: Analysis, kind: str, **options: Any) -> Figure:
         return plot_memory_categories(analysis, **options)
     if kind == "composition":
         return plot_memory_composition(analysis, **options)
+    if kind == "ab":
+        return plot_ab(analysis, **options)
     raise CkprofError(f"unknown plot kind {kind!r}", hint=f"Use one of {', '.join(PLOT_KINDS)}")
 
 

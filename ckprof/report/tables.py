@@ -86,8 +86,25 @@ def _headline(analysis: Analysis) -> list[str]:
     ]
 
 
+def _ab_lines(analysis: Analysis, fmt: str) -> list[str]:
+    """The A/B section (what checkpointing costs and buys, measured) when the trace has
+    variant-tagged steps; nothing otherwise."""
+    ab = analysis.ab
+    if ab is None:
+        return []
+    from ckprof.report.ab import ab_markdown_lines, ab_text_lines
+
+    lines = ab_markdown_lines(ab) if fmt == "markdown" else ab_text_lines(ab)
+    if analysis.variant is None:
+        tip = ("the tables below cover the steps of every variant; "
+               "--variant on (or off) analyses one of them alone")
+        lines.append(f"  ({tip})" if fmt == "table" else f"_({tip})_")
+    return lines
+
+
 def render_text(analysis: Analysis) -> str:
     lines = _headline(analysis)
+    lines += _ab_lines(analysis, "table")
     totals = analysis.totals_table()
     rows = [
         [r.phase, format_ms(r.wall_ms), format_pct(r.pct_of_step), format_ms(r.gpu_ms)]
@@ -167,34 +184,54 @@ def render_csv(analysis: Analysis, *, ops: bool = False, composition: bool = Fal
                gpu: bool = False) -> str:
     """One tidy table: ``table`` is total | step | region | memory (and op |
     composition | gpu with the looking-inside options, which add the columns of
-    :data:`ckprof.report.inside.INSIDE_CSV_COLUMNS`)."""
+    :data:`ckprof.report.inside.INSIDE_CSV_COLUMNS`). An A/B trace appends a
+    ``variant`` column (other traces keep the old header): step rows carry their
+    variant, and ``ab`` / ``ab_memory`` rows the per-variant figures."""
     from ckprof.report.inside import INSIDE_CSV_COLUMNS, csv_rows
 
     extra = ops or composition or gpu
+    ab = analysis.ab
     pad = [""] * len(INSIDE_CSV_COLUMNS) if extra else []
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    w.writerow([*CSV_COLUMNS, *(INSIDE_CSV_COLUMNS if extra else ())])
+    w.writerow([*CSV_COLUMNS, *(INSIDE_CSV_COLUMNS if extra else ()), *(["variant"] if ab is not None else [])])
+    variant_of = {} if ab is None else {
+        int(r.step): str(r.variant) for r in ab.steps.itertuples(index=False) if not r.excluded}
+
+    def row(cells: list[object], variant: str = "") -> list[object]:
+        return [*cells, *pad, *([variant] if ab is not None else [])]
 
     def num(x: float | None) -> str:
         return "" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.6f}"
 
     for r in analysis.totals_table().itertuples(index=False):
-        w.writerow(["total", "", r.phase, "", "", "", num(r.wall_ms), num(r.gpu_ms), "", "", *pad])
+        w.writerow(row(["total", "", r.phase, "", "", "", num(r.wall_ms), num(r.gpu_ms), "", ""]))
     for r in analysis.steps_table().itertuples(index=False):
-        w.writerow(["step", r.step, r.phase, "", "", "", num(r.wall_ms), num(r.gpu_ms), "", "", *pad])
+        w.writerow(row(["step", r.step, r.phase, "", "", "", num(r.wall_ms), num(r.gpu_ms), "", ""],
+                       variant_of.get(int(r.step), "")))
     for r in analysis.regions_table().itertuples(index=False):
-        w.writerow(["region", "", "recompute", r.region, "", r.count, num(r.wall_ms), num(r.gpu_ms), "", "", *pad])
+        w.writerow(row(["region", "", "recompute", r.region, "", r.count, num(r.wall_ms), num(r.gpu_ms), "", ""]))
     for r in analysis.memory_table().itertuples(index=False):
-        w.writerow(["memory", r.step, r.phase, "", r.device, "", "", "", r.peak_bytes, r.at_op, *pad])
+        w.writerow(row(["memory", r.step, r.phase, "", r.device, "", "", "", r.peak_bytes, r.at_op]))
     if extra:
-        w.writerows(csv_rows(analysis, ops=ops, composition=composition, gpu=gpu))
+        w.writerows([*cells, *([""] if ab is not None else [])]
+                    for cells in csv_rows(analysis, ops=ops, composition=composition, gpu=gpu))
+    if ab is not None:
+        for r in ab.variants.itertuples(index=False):
+            w.writerow(row(["ab", "", "step", "", ab.device, int(r.steps), num(float(r.step_ms)), "",
+                            "" if math.isnan(r.peak_bytes) else int(r.peak_bytes), ""], r.variant))
+            for p in PHASES:
+                w.writerow(row(["ab", "", p, "", "", int(r.steps), num(float(getattr(r, f"{p}_ms"))), "", "", ""],
+                               r.variant))
+        for r in ab.memory.itertuples(index=False):
+            w.writerow(row(["ab_memory", "", r.phase, "", r.device, "", "", "", int(r.peak_bytes), ""], r.variant))
     return buf.getvalue()
 
 
 def render_markdown(analysis: Analysis) -> str:
     head = _headline(analysis)
-    lines = [f"### {head[0]}", "", head[1] + "  ", head[2], "", "#### Time by phase", ""]
+    lines = [f"### {head[0]}", "", head[1] + "  ", head[2], *_ab_lines(analysis, "markdown"), "",
+             "#### Time by phase", ""]
     lines += markdown_table(
         ["phase", "wall ms", "% of step", "GPU ms"],
         [[r.phase, format_ms(r.wall_ms), format_pct(r.pct_of_step), format_ms(r.gpu_ms)] for r in analysis.totals_table().itertuples(index=False)],

@@ -3,6 +3,12 @@
 Contract::
 
     compare(baseline, candidate, recompute_detection="auto") -> Comparison
+    compare_variants(run, baseline="off", candidate="on", ...) -> Comparison
+        the two variants of ONE A/B trace (capture(ab=True)): checkpointing off vs on,
+        same process and data (``ckprof compare TRACE`` with one argument)
+
+When a run has A/B steps, ``Comparison.ab`` holds each run's A/B result
+(:mod:`ckprof.analysis.ab`) and the rendering shows its measured cost and saving.
 
 ``baseline`` / ``candidate`` are trace paths or :class:`~ckprof.analysis.Analysis`
 objects (any trace the analyzer reads, with or without ckprof markers). The result
@@ -82,6 +88,9 @@ class Comparison:
     candidate_steps: int
     has_gpu: bool
     notes: tuple[str, ...] = field(default=())
+    #: A/B results of the runs that have them: {"baseline": ABResult, "candidate": ...};
+    #: for :func:`compare_variants`, {"run": ABResult}
+    ab: dict[str, Any] = field(default_factory=dict)
 
     @property
     def step_diff_pct(self) -> float:
@@ -111,6 +120,7 @@ class Comparison:
             "regions": records(self.regions),
             "ops": records(self.ops),
             "notes": list(self.notes),
+            "ab": {k: v.to_dict() for k, v in self.ab.items()} or None,
         }
 
 
@@ -216,9 +226,12 @@ def compare_regions(reg_a: pd.DataFrame, reg_b: pd.DataFrame, steps_a: int, step
     ).reset_index(drop=True)
 
 
-def op_times(events: pd.DataFrame, start_ns: int, end_ns: int, n_steps: int) -> pd.DataFrame:
+def op_times(events: pd.DataFrame, start_ns: int, end_ns: int, n_steps: int,
+             intervals: Any = None) -> pd.DataFrame:
     """Per-step count, self and total ms of CPU ops and GPU events by (category, name),
-    for events starting in ``[start_ns, end_ns)``. See ``NOTE [ Op self and total time ]``."""
+    for events starting in ``[start_ns, end_ns)`` (and, with ``intervals`` -- an (n, 2)
+    array of step ``[start, end)`` -- inside one of them: an A/B variant's steps are
+    not contiguous). See ``NOTE [ Op self and total time ]``."""
     kind = events["kind"].astype(str).to_numpy()
     dur = events["dur_ns"].to_numpy(dtype="int64")
     parent = events["parent"].to_numpy(dtype="int64")
@@ -227,6 +240,13 @@ def op_times(events: pd.DataFrame, start_ns: int, end_ns: int, n_steps: int) -> 
     np.add.at(child_ns, parent[has_parent], dur[has_parent])
     ts = events["ts_ns"].to_numpy(dtype="int64")
     in_steps = (ts >= start_ns) & (ts < end_ns)
+    if intervals is not None and len(intervals):
+        iv = np.asarray(intervals, dtype="int64").reshape(-1, 2)
+        iv = iv[np.argsort(iv[:, 0], kind="stable")]
+        k = np.searchsorted(iv[:, 0], ts, side="right") - 1
+        ok = k >= 0
+        ok[ok] = ts[ok] < iv[k[ok], 1]
+        in_steps &= ok
     is_gpu = np.isin(kind, list(GPU_KINDS))
     keep = in_steps & ((kind == "cpu_op") | is_gpu)
     self_ns = np.where(is_gpu, dur, np.maximum(dur - child_ns, 0))
@@ -258,7 +278,8 @@ def _op_times_of(analysis: Any) -> pd.DataFrame:
     if steps.empty:
         return op_times(analysis.trace.events, 0, 0, 1)
     return op_times(
-        analysis.trace.events, int(steps["start_ns"].min()), int(steps["end_ns"].max()), len(steps)
+        analysis.trace.events, int(steps["start_ns"].min()), int(steps["end_ns"].max()), len(steps),
+        intervals=steps[["start_ns", "end_ns"]].to_numpy(dtype="int64"),
     )
 
 
@@ -326,10 +347,45 @@ def compare(baseline: Any, candidate: Any, recompute_detection: str = "auto") ->
         has_gpu=bool(a.has_gpu or b.has_gpu),
         notes=tuple(notes),
     )
+    ab = {label: getattr(an, "ab", None) for label, an in (("baseline", a), ("candidate", b))
+          if getattr(an, "variant", None) is None}
+    ab = {k: v for k, v in ab.items() if v is not None}
+    if ab:
+        import dataclasses
+
+        comparison = dataclasses.replace(comparison, ab=ab)
     noise = comparison.within_noise()
     if noise:
         return _with_note(comparison, "step time difference is within the step-to-step spread (min-max) of the runs")
     return comparison
+
+
+def compare_variants(run: Any, baseline: str = "off", candidate: str = "on",
+                     recompute_detection: str = "auto") -> Comparison:
+    """Compare two variants of ONE A/B trace (path or Analysis): by default the steps
+    run with checkpointing off (baseline) against those with it on (candidate).
+
+    Same process, model and data order, steps interleaved: the differences are what
+    checkpointing costs and buys. Raises NotCapturedError when the trace has no A/B."""
+    import dataclasses
+
+    from ckprof.analysis import analyze
+    from ckprof.errors import NotCapturedError
+
+    whole = _as_analysis(run, recompute_detection)
+    if whole.ab is None:
+        raise NotCapturedError(
+            "the trace has no A/B steps to compare", path=str(whole.trace.path),
+            hint="Give two traces, or capture one with ckprof.capture(..., ab=True)")
+    a = analyze(whole.trace, recompute_detection=recompute_detection, variant=baseline)
+    b = analyze(whole.trace, recompute_detection=recompute_detection, variant=candidate)
+    c = compare(a, b, recompute_detection=recompute_detection)
+    path = str(whole.trace.path)
+    return dataclasses.replace(
+        c, baseline=f"{path} [{baseline}]", candidate=f"{path} [{candidate}]", ab={"run": whole.ab},
+        notes=(f"one A/B trace: steps with variant {baseline!r} against steps with {candidate!r}, "
+               "interleaved in the same run", *c.notes),
+    )
 
 
 def _with_note(c: Comparison, note: str) -> Comparison:
@@ -395,6 +451,7 @@ def render_comparison(c: Comparison, fmt: str = "table", top_ops: int = 15) -> s
         lines += ["### ckprof compare", "", *(h + "  " for h in head)]
     else:
         lines += head
+    lines += _ab_lines(c, fmt)
     for title, headers, rows, align in _sections(c, top_ops):
         if fmt == "markdown":
             lines += ["", f"#### {title}", ""]
@@ -405,6 +462,22 @@ def render_comparison(c: Comparison, fmt: str = "table", top_ops: int = 15) -> s
     if c.notes:
         lines += ["", "#### Notes" if fmt == "markdown" else "Notes", *(f"  - {n}" for n in c.notes)]
     return "\n".join(lines) + "\n"
+
+
+def _ab_lines(c: Comparison, fmt: str) -> list[str]:
+    """Measured cost and saving of checkpointing of each run that has A/B steps."""
+    if not c.ab:
+        return []
+    from ckprof.report.ab import ab_headline
+
+    out: list[str] = []
+    for label, ab in c.ab.items():
+        title = ("A/B within the trace" if label == "run" else f"A/B within the {label} run")
+        if fmt == "markdown":
+            out += ["", f"#### {title}", "", *(f"{h.strip()}  " for h in ab_headline(ab))]
+        else:
+            out += ["", title, *(f"  {h}" for h in ab_headline(ab))]
+    return out
 
 
 def _render_csv(c: Comparison) -> str:

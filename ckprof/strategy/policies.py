@@ -36,8 +36,10 @@ __all__ = [
     "POLICY_KINDS",
     "Policy",
     "builtin_policies",
+    "dedupe_policies",
     "op_name",
     "parse_policy",
+    "policy_signature",
     "resolve_policies",
 ]
 
@@ -287,3 +289,31 @@ def op_name(op: Any) -> str:
     if text.startswith("aten."):
         text = text[5:]
     return text.split(".")[0]
+
+
+def policy_signature(policy: Policy, n_blocks: int) -> tuple[Any, ...]:
+    """What a policy does to ``n_blocks`` blocks, comparable across policies: two
+    policies with equal signatures checkpoint exactly the same (``sqrt`` and
+    ``every_2`` for 4 blocks). Custom op policies are compared by identity."""
+    chosen = policy.chosen(n_blocks)
+    if not chosen:
+        return ("none",)
+    if policy.kind == "selective":
+        return ("selective", chosen, tuple(sorted(policy.save_ops)))
+    if policy.kind == "custom" and policy.op_policy is not None:
+        return ("custom", chosen, id(policy.op_policy))
+    return ("plain", chosen)
+
+
+def dedupe_policies(policies: Sequence[Policy], n_blocks: int) -> tuple[tuple[Policy, ...], dict[str, tuple[str, ...]]]:
+    """The policies with duplicates removed (first of each kept) and, for each kept one,
+    the names of the later policies that do exactly the same to ``n_blocks`` blocks."""
+    kept: dict[tuple[Any, ...], Policy] = {}
+    aliases: dict[str, list[str]] = {}
+    for policy in policies:
+        sig = policy_signature(policy, n_blocks)
+        if sig in kept:
+            aliases.setdefault(kept[sig].name, []).append(policy.name)
+        else:
+            kept[sig] = policy
+    return tuple(kept.values()), {k: tuple(v) for k, v in aliases.items()}

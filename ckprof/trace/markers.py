@@ -13,6 +13,10 @@
 #   ckprof::phase::<name>            user range from ckprof.phase(name)
 #   ckprof::checkpoint::<region>     the first (forward) run of a checkpointed region
 #   ckprof::recompute::<region>      its recomputation inside backward
+#   ckprof::variant::<name>          a short range at the start of a step run under an
+#                                    A/B variant (``on`` / ``off``: checkpointing on or
+#                                    off; a sweep policy's name); ``...::oom`` after an
+#                                    out-of-memory in that step (the step is excluded)
 #
 # A region name never contains "::" (capture replaces it), so the text after the
 # prefix is the region. The innermost marker wins when ranges nest: a recompute
@@ -32,6 +36,13 @@ ZERO_GRAD = "ckprof::zero_grad"
 PHASE_PREFIX = "ckprof::phase::"
 CHECKPOINT_PREFIX = "ckprof::checkpoint::"
 RECOMPUTE_PREFIX = "ckprof::recompute::"
+VARIANT_PREFIX = "ckprof::variant::"
+
+#: A/B variants of ``capture(ab=True)``: checkpointing on / off (checkpointed callables
+#: called directly); ``OOM_VARIANT`` tags a step whose variant ran out of memory.
+AB_ON = "on"
+AB_OFF = "off"
+OOM_VARIANT = "oom"
 
 NVTX_DOMAIN = "ckprof"
 METADATA_KEY = "ckprof"
@@ -74,3 +85,8 @@ def phase_of_user_marker(name: str) -> str:
     if x == "zero_grad":
         return "optimizer"
     return x if x in PHASES else "other"
+
+
+def variant_marker(variant: str) -> str:
+    """Marker name tagging a step with its A/B (or sweep) variant."""
+    return VARIANT_PREFIX + sanitize_region(variant)
