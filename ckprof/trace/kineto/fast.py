@@ -756,7 +756,7 @@ def _read_piece(buf: bytes, start: int, stop: int, cols: Columns, win: _Window) 
         ids_before = cols.ids.snapshot()
         try:
             _decode_in_place(piece, 0, piece.end, cols, native=False)
-        except Odd:
+        except NeedsCarefulReader:
             cols.ids.restore(ids_before)
             _careful_piece(bytes(buf[start:stop]), cols)
     if win.on_consumed is not None:
