@@ -56,6 +56,8 @@ def analyze(trace: Trace, recompute_detection: str = "auto", step: int | None = 
     phases = find_phases(trace, recompute_detection=recompute_detection)
     if step is not None:
         phases = _only_step(phases, step, trace.path)
+    else:
+        phases = _drop_partial_step(phases, trace)
     time = attribute_time(trace, phases)
     memory = peak_memory_by_phase(trace, phases)
     return Analysis(trace=trace, phases=phases, time=time, memory=memory, step=step)
@@ -76,6 +78,28 @@ def _only_step(phases: PhaseTable, step: int, path: str) -> PhaseTable:
         steps=keep(phases.steps),
         segments=keep(phases.segments),
         recompute=keep(phases.recompute),
+    )
+
+
+def _drop_partial_step(phases: PhaseTable, trace: Trace) -> PhaseTable:
+    """Leave out the step a capture was still in when it stopped (metadata
+    ``partial_step``, see NOTE [ Never a silent nothing ] in capture/session.py): its
+    end is the stop, not the end of a training step. Kept when it is the only step."""
+    partial = (trace.ckprof or {}).get("partial_step") if isinstance(trace.ckprof, dict) else None
+    if not isinstance(partial, int) or isinstance(partial, bool):
+        return phases
+    steps = phases.steps["step"]
+    if partial not in set(steps.tolist()) or len(steps) < 2:
+        return phases
+    keep = lambda df: df[df["step"] != partial].reset_index(drop=True)  # noqa: E731
+    note = (f"step {partial} was still running when the capture stopped: left out "
+            f"(--step {partial} shows it)")
+    return dataclasses.replace(
+        phases,
+        steps=keep(phases.steps),
+        segments=keep(phases.segments),
+        recompute=keep(phases.recompute),
+        notes=(*phases.notes, note),
     )
 
 

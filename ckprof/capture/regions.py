@@ -140,12 +140,25 @@ def _unwrap(fn: Any) -> Any:
     return fn
 
 
+def _partial_self(fn: Any) -> Any:
+    """The module a partial binds as the first argument of an unbound method
+    (transformers >= 5.2: ``partial(forward, layer, **kwargs)``), else None."""
+    while isinstance(fn, functools.partial):
+        if fn.args and isinstance(fn.args[0], torch.nn.Module) and not isinstance(
+                fn.func, functools.partial) and getattr(fn.func, "__self__", None) is None:
+            return fn.args[0]
+        fn = fn.func
+    return None
+
+
 def region_name(fn: Callable[..., Any]) -> str:
     """Base region name of a checkpointed callable (see NOTE [ Recompute attribution ])."""
     target = _unwrap(fn)
     if isinstance(target, torch.nn.Module):
         return sanitize_region(NAMES.of_module(target))
     owner = getattr(target, "__self__", None)
+    if owner is None and not isinstance(target, type):
+        owner = _partial_self(fn)
     if isinstance(owner, torch.nn.Module):
         base = NAMES.of_module(owner)
         method = getattr(target, "__name__", "forward")
