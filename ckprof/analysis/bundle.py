@@ -192,6 +192,23 @@ class Analysis:
         )
         return out.sort_values(["wall_ms", "region"], ascending=[False, True], kind="stable").reset_index(drop=True)
 
+    def user_phases_table(self) -> pd.DataFrame:
+        """name, phase, count, wall_ms, pct_of_step: the ``other`` time inside the user's
+        own ``ckprof.phase("<name>")`` ranges (see :mod:`ckprof.analysis.user_phases`);
+        no rows when the trace has none."""
+        from ckprof.analysis.user_phases import user_phase_time
+
+        u = user_phase_time(self.trace, self.phases)
+        step_ns = self.step_total_ns
+        wall = u["wall_ns"].astype("float64")
+        return pd.DataFrame({
+            "name": u["name"].astype(str).to_numpy(),
+            "phase": u["phase"].astype(str).to_numpy(),
+            "count": u["count"].astype("int64").to_numpy(),
+            "wall_ms": (wall / 1e6).to_numpy(),
+            "pct_of_step": ((wall / step_ns * 100.0) if step_ns else wall * 0.0).to_numpy(),
+        })
+
     def memory_table(self) -> pd.DataFrame:
         """phase, device, peak_bytes, step, at_op (peak of each phase over the steps)."""
         p = self.memory.peaks_total
@@ -271,6 +288,11 @@ class Analysis:
             "recompute_overhead_pct": (None if overhead is None or math.isnan(overhead) else round(float(overhead), 4)),
             "has_gpu": has_gpu,
             "notes": list(self.notes),
+            "user_phases": [
+                {"name": row.name, "phase": row.phase, "count": int(row.count),
+                 "wall_ms": round(float(row.wall_ms), 6)}
+                for row in self.user_phases_table().itertuples(index=False)
+            ],
         }
 
     @property

@@ -344,10 +344,17 @@ def _stem_of(path: Path) -> str:
 def _write_report(trace: str) -> None:
     """The HTML report of ``trace``, next to it (``<stem>.report.html``, never over a file)."""
     from ckprof.analysis import load
+    from ckprof.errors import OutputExistsError
     from ckprof.report.html import render_report
     from ckprof.report.output import write_new_file
 
     path = Path(trace)
-    target = path.with_name(f"{_stem_of(path)}.report.html")
-    out = write_new_file(target, render_report(load(path)).encode("utf-8"))
-    _say(f"HTML report: {out}")
+    page = render_report(load(path)).encode("utf-8")
+    for k in range(100):
+        target = path.with_name(f"{_stem_of(path)}{f'-{k}' if k else ''}.report.html")
+        try:
+            out = write_new_file(target, page)
+        except OutputExistsError:
+            continue
+        _say(f"HTML report: {out}")
+        return
