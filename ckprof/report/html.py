@@ -253,7 +253,7 @@ def _headline(analysis: Analysis) -> str:
         parts = ", ".join(f"{escape(ph)} {_fmt_bytes(b)}" for ph, b, _s, _o in rows)
         peak_rows.append(f"Peak memory on <b>{escape(device)}</b> by phase: {parts}.")
     if not analysis.memory.captured:
-        peak_rows.append(f"Memory was not captured: {escape(str(analysis.memory.reason))}.")
+        peak_rows.append("Memory was not captured (the Memory section below says why).")
     return (f'<div class="cards">{html_cards}</div><p class="verdict">{verdict}</p>'
             + "".join(f"<p>{p}</p>" for p in peak_rows))
 
