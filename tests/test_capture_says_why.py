@@ -135,30 +135,25 @@ def test_profile_step_called_too_few_times_says_why_at_exit(tmp_path: Path) -> N
 
 
 def test_profile_step_with_completed_steps_is_saved_at_exit(tmp_path: Path) -> None:
-    """GIVEN a @profile_step function that completed 2 of its 3 active steps before the
-    script ended WHEN the interpreter exits THEN the trace of those 2 steps is written."""
-    script = tmp_path / "partial.py"
-    out = tmp_path / "out"
-    script.write_text(textwrap.dedent(f"""
-        import torch, ckprof
-        torch.set_num_threads(1)
-        m = torch.nn.Linear(4, 1)
-        opt = torch.optim.SGD(m.parameters(), lr=0.1)
+    """GIVEN a @profile_step function that completed 2 of its 3 active steps and is not
+    called again WHEN the interpreter-exit hook runs (the function atexit calls) THEN
+    the trace of those 2 steps is written and the hook is unregistered."""
+    import atexit
 
-        @ckprof.profile_step({str(out)!r}, wait=0, warmup=1, active=3)
-        def step():
-            opt.zero_grad(); m(torch.randn(2, 4)).sum().backward(); opt.step()
+    m, opt, x = _model()
 
-        for _ in range(3):
-            step()
-    """))
-    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120,
-                          env=dict(os.environ, PYTHONPATH=str(ROOT)))
-    assert proc.returncode == 0, proc.stderr
-    (trace,) = out.glob("*.pt.trace.json.gz")
-    assert "no trace written" not in proc.stderr
-    analysis = ckprof.load(trace)
-    assert analysis.phases.steps["step"].tolist() == [1, 2]
+    @ckprof.profile_step(tmp_path, wait=0, warmup=1, active=3)
+    def step() -> None:
+        _train(m, opt, x)
+
+    for _ in range(3):
+        step()
+    cap = step.ckprof_capture
+    assert cap._atexit and cap.trace_paths == []
+    cap._stop_at_exit()  # what atexit runs at interpreter exit
+    atexit.unregister(cap._stop_at_exit)
+    (trace,) = cap.trace_paths
+    assert ckprof.load(trace).phases.steps["step"].tolist() == [1, 2]
 
 
 # ----------------------------------------------------------------------------- noise

@@ -180,6 +180,10 @@ def test_accumulation_and_two_optimizers_make_one_step(tmp_path: Path) -> None:
     assert _ranges_per_step(doc, "ckprof::backward") == {2: 2, 3: 2}
     assert _ranges_per_step(doc, "Optimizer.step#SGD") == {2: 1, 3: 1}
     assert _ranges_per_step(doc, "Optimizer.step#Adam") == {2: 1, 3: 1}
+    # everything the step detection patched is restored
+    assert not getattr(torch.optim.SGD.step, "_ckprof_run_step", False)
+    assert not getattr(torch.optim.Adam.step, "_ckprof_run_step", False)
+    assert not hasattr(torch.optim.Optimizer._patch_step_function, "__wrapped__")
 
 
 def test_closure_optimizer_steps(tmp_path: Path) -> None:

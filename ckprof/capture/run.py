@@ -411,8 +411,8 @@ class RunSession:
                     f"profiled step completed ({span} are profiled)")
         if cap.step_index < first + 1 and not cap._skipped_other_profiler:
             unit = "training step(s) (optimizer steps)" if detector is not None else "step(s)"
-            hint = (f"--steps 0:{max(1, cap.step_index)}" if detector is not None
-                    else "wait=0, warmup=0 or more steps")
+            n = max(1, cap.step_index)
+            hint = f"--steps 0:{n}" if detector is not None else f'steps="0:{n}"'
             return (f"only {cap.step_index} {unit} completed, but {span} are profiled. "
                     f"Profile earlier steps ({hint}) or run longer")
         return cap.no_trace_reason or "the profiler produced no trace"
