@@ -43,13 +43,14 @@ from collections.abc import Iterator
 __all__ = ["NOISE_PATTERNS", "acquire", "is_noise", "quiet_profiler_noise", "release"]
 
 #: Whole lines that are torch's profiler chatter, never a user's problem.
+#: (With torch.distributed initialised torch prefixes its log lines with ``[rankN]:``.)
 NOISE_PATTERNS: tuple[re.Pattern[bytes], ...] = (
-    re.compile(rb"^USDT:[^\n]*\] profiler_(?:start|stop)\r?\n?$"),
-    re.compile(rb"^\[W[^\]\n]*CPUAllocator\.cpp:\d+\] Memory block of unknown size was "
-               rb"allocated before the profiling started[^\n]*\r?\n?$"),
+    re.compile(rb"^(?:\[rank\d+\]:)?USDT:[^\n]*\] profiler_(?:start|stop)\r?\n?$"),
+    re.compile(rb"^(?:\[rank\d+\]:)?\[W[^\]\n]*CPUAllocator\.cpp:\d+\] Memory block of unknown "
+               rb"size was allocated before the profiling started[^\n]*\r?\n?$"),
 )
 #: What a noise line may start with (a partial line with another start is forwarded now).
-_NOISE_STARTS: tuple[bytes, ...] = (b"USDT:", b"[W")
+_NOISE_STARTS: tuple[bytes, ...] = (b"USDT:", b"[W", b"[rank")
 _MAX_HELD = 8192
 
 

@@ -273,6 +273,7 @@ class RunOutcome:
     forward_passes: int = 0
     errors: tuple[str, ...] = ()       # windows not written and other capture problems
     schedule: dict[str, int] = field(default_factory=dict)
+    warned: bool = False               # the reason was already warned about when it happened
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
@@ -390,6 +391,7 @@ class RunSession:
             forward_passes=detector.forward_passes if detector else 0,
             errors=tuple(cap.errors),
             schedule=dict(self.schedule),
+            warned=bool(not cap.trace_paths and cap._already_warned_cause()),
         )
         return self._finished
 

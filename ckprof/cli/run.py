@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import sys
+import types
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -192,8 +193,6 @@ def run(ctx: click.Context, out_dir: Path, steps: str | None, wait: int | None, 
 def _run_script(target: ScriptTarget, session: object) -> tuple[int, BaseException | None]:
     """Run the script under the session; returns (exit code, the exception that ended it
     or None). Exceptions are printed as Python prints an uncaught one."""
-    import runpy
-
     saved_argv = list(sys.argv)
     saved_path0 = sys.path[0] if sys.path else None
     if target.unbuffered:
@@ -213,12 +212,18 @@ def _run_script(target: ScriptTarget, session: object) -> tuple[int, BaseExcepti
     else:
         sys.path.insert(0, path0)
     code, error = 0, None
-    session.start()  # type: ignore[attr-defined]
     try:
-        if target.kind == "path":
-            runpy.run_path(target.target, run_name="__main__")
-        else:
-            runpy.run_module(target.target, run_name="__main__", alter_sys=True)
+        main_code, namespace = _load_main(target)
+    except BaseException:
+        sys.argv = saved_argv
+        if saved_path0 is not None and sys.path:
+            sys.path[0] = saved_path0
+        raise
+    session.start()  # type: ignore[attr-defined]
+    saved_main = sys.modules.get("__main__")
+    try:
+        sys.modules["__main__"] = namespace
+        exec(main_code, namespace.__dict__)
     except SystemExit as exit_:
         code = _exit_code(exit_)
     except KeyboardInterrupt as err:
@@ -230,12 +235,54 @@ def _run_script(target: ScriptTarget, session: object) -> tuple[int, BaseExcepti
         _print_uncaught(err)
         code = 1
     finally:
+        # ckprof's own __main__ again (a process pool started by the analysis must not
+        # re-import the script), but the script's module stays alive, see below
+        if saved_main is not None:
+            sys.modules["__main__"] = saved_main
         sys.argv = saved_argv
         if saved_path0 is not None and sys.path:
             sys.path[0] = saved_path0
         with _suppress():
             sys.stdout.flush()
     return code, error
+
+
+# NOTE [ The script's module lives until exit ]
+# ``python train.py`` keeps ``__main__``'s globals until interpreter finalisation. runpy's
+# run_path / run_module run in a temporary module whose globals are freed as soon as
+# they return -- while the GIL is held. With DDP over gloo that frees the Reducer, whose
+# process group joins a worker thread that needs the GIL to drop its last Python
+# reference: a deadlock (seen under torchrun). So the script runs in a module object
+# ckprof keeps referenced (``_SCRIPT_MODULES``) until the interpreter exits, as Python
+# itself would.
+_SCRIPT_MODULES: list[types.ModuleType] = []
+
+
+def _load_main(target: ScriptTarget) -> tuple[types.CodeType, types.ModuleType]:
+    """The code of the script (or module's ``__main__``) and the ``__main__`` module it
+    runs in, set up as ``python train.py`` / ``python -m pkg.train`` would."""
+    import builtins
+    import runpy
+
+    module = types.ModuleType("__main__")
+    module.__dict__["__builtins__"] = builtins
+    if target.kind == "path":
+        with open(target.target, "rb") as fh:  # compile() honours the coding cookie of bytes
+            source = fh.read()
+        code = compile(source, target.target, "exec", dont_inherit=True)
+        module.__dict__.update(__file__=target.target, __cached__=None, __package__=None,
+                               __loader__=None, __spec__=None)
+    else:
+        try:
+            _name, spec, code = runpy._get_module_details(target.target)  # type: ignore[attr-defined]
+        except ImportError as err:
+            raise UsageError(f"no module named {target.target!r} ({err})",
+                             hint="Check the module name and that its folder is importable") from None
+        sys.argv[0] = spec.origin or target.target
+        module.__dict__.update(__file__=spec.origin, __cached__=spec.cached, __package__=spec.parent,
+                               __loader__=spec.loader, __spec__=spec)
+    _SCRIPT_MODULES.append(module)
+    return code, module
 
 
 class _suppress:
@@ -297,9 +344,6 @@ def _report(outcome: object, session: object, out_dir: Path, key: str, rank: int
             outcomes = [outcome, *outcomes]
     else:
         outcomes, missing = [outcome], []
-    for problem in outcome.errors:
-        if "not written" in problem or "could not start" in problem:
-            _say(f"warning: {problem}")
     paths = []
     for o in sorted(outcomes, key=lambda o: o.rank):
         where = f"rank {o.rank}: " if world > 1 else ""
@@ -309,6 +353,8 @@ def _report(outcome: object, session: object, out_dir: Path, key: str, rank: int
                 _say(f"{where}trace written to {p}")
             for p in o.memory_timeline_paths:
                 _say(f"{where}memory timeline written to {p}")
+        elif o.warned:  # its warning said why when it happened
+            _say(f"{where}no trace written (see the warning above)")
         else:
             _say(f"{where}no trace written: {o.reason}")
     for r in missing:

@@ -114,8 +114,8 @@ class FrameworkProfiler:
             for o in others:
                 where = f"rank {o.rank}: " if outcome.world_size > 1 else ""
                 if not o.trace_paths:
-                    self.log(f"ckprof ({self.owner}): {where}no trace written to {self.out_dir}: "
-                             f"{o.reason}")
+                    why = "see the warning above" if o.warned else o.reason
+                    self.log(f"ckprof ({self.owner}): {where}no trace written to {self.out_dir}: {why}")
 
     # -- windows
     def _after_window(self) -> None:
