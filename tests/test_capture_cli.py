@@ -38,9 +38,10 @@ def test_nsys_command_options() -> None:
 
 
 def test_nsys_command_without_command_is_an_error() -> None:
-    """GIVEN nothing after -- WHEN run THEN a one-line ckprof error, exit code 1."""
+    """GIVEN nothing after -- WHEN run THEN a one-line ckprof error, exit code 2 (a bad
+    command line, as the README's exit-code table says)."""
     result = CliRunner().invoke(cli, ["nsys-command"])
-    assert result.exit_code == 1
+    assert result.exit_code == 2
     assert "no command to profile" in result.output
     assert "Traceback" not in result.output
 

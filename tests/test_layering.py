@@ -38,6 +38,7 @@ UPWARD_EDGES: set[tuple[str, str]] = {
     ("ckprof.analysis.bundle", "ckprof.report.html"),        # Analysis._repr_html_ (Jupyter)
     ("ckprof.strategy.runner", "ckprof.capture"),            # the sweep runs policies (torch)
     ("ckprof.strategy.apply", "ckprof.capture"),             # a policy wraps blocks in ckprof.checkpoint
+    ("ckprof.integrations.framework", "ckprof.capture"),     # HF / Lightning callbacks drive a capture
 }
 #: report.output is the one file-writing path; capture's trace writer uses it.
 CAPTURE_MAY_IMPORT = {"ckprof.report.output"}

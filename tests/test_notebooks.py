@@ -45,3 +45,6 @@ def test_explore_notebook_runs_top_to_bottom(tmp_path: Path):
     assert len(pngs) >= n_fig_cells >= 4
     text = stream_text(outputs)
     assert "re-running forward alone" in text and "a lower bound" in text and "peak memory" in text
+    assert list(tmp_path.iterdir()) == []  # nothing written next to the notebook
+    # torch's profiler chatter (filtered by the capture) never reaches the outputs
+    assert "USDT" not in text and "Memory block of unknown size" not in text

@@ -73,6 +73,8 @@ def analyze(trace: Trace, recompute_detection: str = "auto", step: int | None = 
     phases = find_phases(trace, recompute_detection=recompute_detection)
     if step is not None:
         phases = _only_step(phases, step, trace.path)
+    else:
+        phases = _drop_partial_step(phases, trace)
     if variant is not None:
         phases = _only_variant(trace, phases, variant)
     if (step is not None or variant is not None) and phases.compiled.status != "none":
@@ -115,6 +117,28 @@ def _only_step(phases: PhaseTable, step: int, path: str) -> PhaseTable:
         steps=keep(phases.steps),
         segments=keep(phases.segments),
         recompute=keep(phases.recompute),
+    )
+
+
+def _drop_partial_step(phases: PhaseTable, trace: Trace) -> PhaseTable:
+    """Leave out the step a capture was still in when it stopped (metadata
+    ``partial_step``, see NOTE [ Never a silent nothing ] in capture/session.py): its
+    end is the stop, not the end of a training step. Kept when it is the only step."""
+    partial = (trace.ckprof or {}).get("partial_step") if isinstance(trace.ckprof, dict) else None
+    if not isinstance(partial, int) or isinstance(partial, bool):
+        return phases
+    steps = phases.steps["step"]
+    if partial not in set(steps.tolist()) or len(steps) < 2:
+        return phases
+    keep = lambda df: df[df["step"] != partial].reset_index(drop=True)  # noqa: E731
+    note = (f"step {partial} was still running when the capture stopped: left out "
+            f"(--step {partial} shows it)")
+    return dataclasses.replace(
+        phases,
+        steps=keep(phases.steps),
+        segments=keep(phases.segments),
+        recompute=keep(phases.recompute),
+        notes=(*phases.notes, note),
     )
 
 
@@ -215,6 +239,23 @@ class Analysis:
             }
         )
         return out.sort_values(["wall_ms", "region"], ascending=[False, True], kind="stable").reset_index(drop=True)
+
+    def user_phases_table(self) -> pd.DataFrame:
+        """name, phase, count, wall_ms, pct_of_step: the ``other`` time inside the user's
+        own ``ckprof.phase("<name>")`` ranges (see :mod:`ckprof.analysis.user_phases`);
+        no rows when the trace has none."""
+        from ckprof.analysis.user_phases import user_phase_time
+
+        u = user_phase_time(self.trace, self.phases)
+        step_ns = self.step_total_ns
+        wall = u["wall_ns"].astype("float64")
+        return pd.DataFrame({
+            "name": u["name"].astype(str).to_numpy(),
+            "phase": u["phase"].astype(str).to_numpy(),
+            "count": u["count"].astype("int64").to_numpy(),
+            "wall_ms": (wall / 1e6).to_numpy(),
+            "pct_of_step": ((wall / step_ns * 100.0) if step_ns else wall * 0.0).to_numpy(),
+        })
 
     def memory_table(self) -> pd.DataFrame:
         """phase, device, peak_bytes, step, at_op (peak of each phase over the steps)."""
@@ -446,6 +487,11 @@ class Analysis:
             "compiled_recompute": self.phases.compiled.to_dict(),
             "notes": list(self.notes),
             "ab": None if self.ab is None else self.ab.to_dict(),
+            "user_phases": [
+                {"name": row.name, "phase": row.phase, "count": int(row.count),
+                 "wall_ms": round(float(row.wall_ms), 6)}
+                for row in self.user_phases_table().itertuples(index=False)
+            ],
         }
         if gpu:
             out["gpu_activity"] = self._gpu_records() if has_gpu else []

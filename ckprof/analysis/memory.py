@@ -54,6 +54,10 @@ from ckprof.trace.model import Trace
 __all__ = ["NO_MEMORY_REASON", "PhaseMemory", "innermost_op_rows", "peak_memory_by_phase"]
 
 NO_MEMORY_REASON = "trace has no [memory] events (capture with profile_memory=True)"
+#: The unseen-frees correction is noted only when it is at least 1/200 (0.5%) of the
+#: highest level: smaller ones (a few bytes of a scalar's grad) change no figure a
+#: report shows.
+UNSEEN_NOTE_RATIO = 200
 
 _PEAK_COLUMNS = {"step": "int64", "phase": object, "device": object, "peak_bytes": "int64",
                  "at_ts_ns": "int64", "at_op": object}
@@ -179,8 +183,9 @@ def _correct_unseen_frees(trace: Trace, device: str, ts: np.ndarray, levels: np.
                      "window but allocated before it (the CPU profiler does not report those frees)")
         return levels
     first_end = int((zg["ts_ns"] + zg["dur_ns"]).min())
-    notes.append(f"{device}: {unseen:,} bytes allocated before profiling and freed by zero_grad "
-                 "(unreported by the CPU profiler) subtracted from the end of the first zero_grad")
+    if unseen * UNSEEN_NOTE_RATIO >= int(levels.max()):  # a few bytes: subtracted, not noted
+        notes.append(f"{device}: {unseen:,} bytes allocated before profiling and freed by zero_grad "
+                     "(unreported by the CPU profiler) subtracted from the end of the first zero_grad")
     return np.where(ts >= first_end, levels - unseen, levels)
 
 

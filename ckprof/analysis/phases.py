@@ -39,6 +39,7 @@ from ckprof.analysis.intervals import lexicographic_score, thread_ids
 from ckprof.errors import EmptyTraceError, NotCapturedError
 from ckprof.trace.markers import (
     BACKWARD,
+    CHECKPOINT_PREFIX,
     FORWARD,
     MARKER_PHASE,
     OPTIMIZER,
@@ -649,6 +650,8 @@ def find_phases(trace: Trace, recompute_detection: str = "auto") -> PhaseTable:
     is_user = _mask_names(codes, cats, lambda c: c.startswith(PHASE_PREFIX), is_ann)
     has_rc_markers = bool(_mask_names(
         codes, cats, lambda c: c.startswith(RECOMPUTE_PREFIX), is_ann).any())
+    has_region_markers = has_rc_markers or bool(_mask_names(
+        codes, cats, lambda c: c.startswith(CHECKPOINT_PREFIX), is_ann).any())
     phase_source = "markers" if is_std.any() else "rules"
 
     # ---- recompute ----------------------------------------------------------------
@@ -664,6 +667,16 @@ def find_phases(trace: Trace, recompute_detection: str = "auto") -> PhaseTable:
             path=trace.path,
             hint="Capture with ckprof.capture / ckprof.checkpoint, or use "
                  "--recompute-detection auto")
+    if method == "markers" and not has_region_markers:
+        # like `stack` without frames: asking for markers the trace does not have is an
+        # error, not 0% recompute
+        raise NotCapturedError(
+            "trace has no checkpoint region markers (ckprof::checkpoint:: / "
+            "ckprof::recompute::), so recompute cannot be found by markers",
+            path=trace.path,
+            hint="Capture with the training inside ckprof.instrument_checkpointing() (or "
+                 "with ckprof.checkpoint, or `ckprof run`), or use --recompute-detection "
+                 "auto / sequence")
     if method == "stack" and not is_py.any():
         raise NotCapturedError(
             "trace has no Python frames, so recompute cannot be found by stack",
@@ -741,6 +754,11 @@ def find_phases(trace: Trace, recompute_detection: str = "auto") -> PhaseTable:
                      "trace are named after the backward node that triggered them "
                      "(recompute@<Node>); a backward run with create_graph=True would also "
                      "count as recompute")
+        if recompute_detection == "auto" and trace.ckprof is not None and not has_region_markers:
+            notes.append("this trace was captured by ckprof without checkpoint region "
+                         "markers: run the training inside ckprof.instrument_checkpointing() "
+                         "(or under `ckprof run`) and recompute is found by markers, with "
+                         "regions named after their modules")
 
     # ---- labelled intervals ---------------------------------------------------------
     parts: list[pd.DataFrame] = []

@@ -20,7 +20,11 @@ step. :data:`LIVE` holds the markers of the one capture running in this process.
 #           (compiled code runs no Python hooks afterwards).
 # backward  wraps torch.autograd.backward / torch.autograd.grad (Tensor.backward
 #           calls the former), outermost call only.
-# optimizer global optimizer step pre/post hooks (nested optimizers counted).
+# optimizer global optimizer step pre/post hooks (nested optimizers counted). A closure
+#           optimizer step (LBFGS, Lightning's automatic optimization) runs forward and
+#           backward inside optimizer.step: a module forward inside the step closes the
+#           optimizer range and opens forward, and the optimizer range reopens when that
+#           backward returns, so the closure's forward/backward are not optimizer time.
 # zero_grad wraps torch.optim.Optimizer.zero_grad and nn.Module.zero_grad.
 # Markers opened by hooks are closed before the next ProfilerStep starts, so ranges
 # never straddle a step. ckprof.phase(...) closes the open automatic range on enter
@@ -64,6 +68,7 @@ class PhaseMarkers:
     def __init__(self, thread_id: int) -> None:
         self.thread_id = thread_id
         self.installed = False
+        self.owner = ""  # who runs the capture ("ckprof run", a callback), for messages
         self._current: Range | None = None
         self._kind: str | None = None
         self._opt_depth = 0
@@ -103,11 +108,15 @@ class PhaseMarkers:
 
     def close_current(self, *, rearm: bool = True) -> None:
         rng, self._current, self._kind = self._current, None, None
-        self._opt_depth = 0
         if rng is not None:
             rng.close()
         if rearm:
             self._arm()
+
+    def step_boundary(self) -> None:
+        """A training step ends: close the open range and forget optimizer nesting."""
+        self._opt_depth = 0
+        self.close_current()
 
     def _mine(self) -> bool:
         return threading.get_ident() == self.thread_id
@@ -116,28 +125,34 @@ class PhaseMarkers:
     def _on_forward_pre(self, module: torch.nn.Module, args: Any) -> None:
         if _compiling():
             return
-        if self._kind is None and _graph_task_id() == -1 and self._mine():
+        # a forward inside an optimizer step is a closure's (see NOTE above)
+        closure = self._kind == "optimizer" and self._opt_depth > 0
+        if (self._kind is None or closure) and _graph_task_id() == -1 and self._mine():
             NAMES.add_root(module)
             NAMES.occurrences.clear()
             self._open("forward", FORWARD)
             self._disarm()
 
+    def begin_forward(self, module: torch.nn.Module) -> None:
+        """Open the forward range for ``module`` now (a driver that ended a step inside
+        a global forward pre-hook calls this: a hook registered meanwhile would only run
+        from the next module call on)."""
+        if self.installed:
+            self._on_forward_pre(module, ())
+
     def _on_optimizer_pre(self, optimizer: Any, args: Any, kwargs: Any) -> None:
         if _compiling() or not self._mine():
             return
-        if self._kind == "optimizer":
-            self._opt_depth += 1
-            return
-        self._open("optimizer", OPTIMIZER)
-        self._opt_depth = 1
+        self._opt_depth += 1
+        if self._kind != "optimizer":
+            self._open("optimizer", OPTIMIZER)
 
     def _on_optimizer_post(self, optimizer: Any, args: Any, kwargs: Any) -> None:
-        if _compiling():
+        if _compiling() or not self._mine():
             return
-        if self._kind == "optimizer" and self._mine():
-            self._opt_depth -= 1
-            if self._opt_depth <= 0:
-                self.close_current()
+        self._opt_depth = max(0, self._opt_depth - 1)
+        if self._opt_depth == 0 and self._kind == "optimizer":
+            self.close_current()
 
     def _wrap_engine(self, original: Callable[..., Any]) -> Callable[..., Any]:
         markers = self
@@ -152,6 +167,9 @@ class PhaseMarkers:
                     return original(*args, **kwargs)
             finally:
                 markers._arm()
+                if markers._opt_depth > 0 and markers.installed:
+                    # a closure's backward inside optimizer.step: the update follows
+                    markers._open("optimizer", OPTIMIZER)
 
         engine_entry._ckprof_original = original  # type: ignore[attr-defined]
         return engine_entry
@@ -201,6 +219,7 @@ class PhaseMarkers:
         NAMES.count_occurrences = True
 
     def uninstall(self) -> None:
+        self._opt_depth = 0
         self.close_current(rearm=False)
         self._disarm()
         for handle in self._handles:

@@ -28,6 +28,7 @@ returns the bytes live on each device when an active window starts.
 from __future__ import annotations
 
 import gc
+import os
 import platform
 import warnings
 import weakref
@@ -136,7 +137,10 @@ def measure_memory_end(start: StorageSnapshot | None) -> dict[str, dict[str, Any
 
 
 def distributed_rank() -> tuple[int, int, bool]:
-    """``(rank, world_size, initialised)``; ``(0, 1, False)`` without torch.distributed."""
+    """``(rank, world_size, known)``: from torch.distributed when initialised, else from
+    a launcher's environment (torchrun sets ``RANK`` and ``WORLD_SIZE`` before the
+    script runs, and a trace written after ``destroy_process_group`` still belongs to
+    its rank); ``(0, 1, False)`` for a single process."""
     try:
         import torch.distributed as dist
 
@@ -144,6 +148,13 @@ def distributed_rank() -> tuple[int, int, bool]:
             return int(dist.get_rank()), int(dist.get_world_size()), True
     except Exception:
         pass
+    try:
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        rank = int(os.environ["RANK"]) if world > 1 else 0
+    except (KeyError, ValueError):
+        return 0, 1, False
+    if world > 1 and 0 <= rank < world:
+        return rank, world, True
     return 0, 1, False
 
 

@@ -54,10 +54,25 @@ of the JSON. ``trace_paths`` lists the files written, in order.
 # counted) and are timed by the wall clock between ``step()`` calls, without any
 # profiler: metadata ``ab.unprofiled`` = [[step, variant, ms], ...]; the analysis
 # reports that cost next to the profiled one. Use wait=8 or more to get it.
+# NOTE [ Never a silent nothing ]
+# A capture that ends without writing a trace says why, ONCE, as a CaptureWarning
+# (stderr): step() never called, fewer steps than the schedule needs, an exception
+# before the first window completed, another profiler recording. A reason already
+# warned about when it happened (another profiler, a write failure) is not repeated.
+# ``no_trace_reason`` keeps the text. A capture still open when the interpreter exits
+# (a @profile_step function called fewer times than its schedule) is stopped by an
+# atexit hook, which saves the active steps it completed. While a profiler exists,
+# torch's own stderr chatter is filtered out (ckprof/capture/noise.py).
+#
+# When stop() saves an unfinished window, the step in progress (step() not called for
+# it yet) is in the trace too; the metadata names it (``partial_step``) and the
+# analysis leaves it out unless it is the only step.
+#
 """
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import functools
 import inspect
@@ -73,6 +88,7 @@ from typing import Any, TypeVar
 import torch
 from torch.profiler import ProfilerAction, ProfilerActivity
 
+from ckprof.capture import noise as _noise
 from ckprof.capture import nvtx as _nvtx
 from ckprof.capture import ranges as _ranges
 from ckprof.capture.ab import free_memory, is_out_of_memory, set_checkpointing
@@ -127,7 +143,14 @@ class Capture:
 
     Attributes: ``trace_paths`` (list of Path written, in order), ``errors`` (reasons
     of windows not written), ``step_index`` (steps completed), ``finished`` (the
-    schedule has no window left).
+    schedule has no window left), ``no_trace_reason`` (after stop: why no trace was
+    written, "" when one was), ``memory_timeline_paths`` (torch memory timelines
+    written with ``memory_timeline=True``).
+
+    ``memory_timeline=True`` also saves torch's memory timeline of each window next to
+    its trace (``<trace stem>.raw.json.gz``, read by ``ckprof plot --kind
+    categories``); torch's memory profiler needs Python stacks, so it implies
+    ``with_stack=True``.
     """
 
     def __init__(
@@ -145,6 +168,7 @@ class Capture:
         markers: bool = True,
         record_shapes: bool = True,
         ab: bool = False,
+        memory_timeline: bool = False,
     ) -> None:
         self.schedule = _check_schedule(
             wait=wait, warmup=warmup, active=active, repeat=repeat, skip_first=skip_first
@@ -155,15 +179,30 @@ class Capture:
                 hint="Use active=8 or more: each variant's median and spread come from its steps",
             )
         self.out_dir = Path(out_dir)
-        self.with_stack = bool(with_stack)
+        self.memory_timeline = bool(memory_timeline)
+        # torch's memory profiler (export_memory_timeline) needs stacks and shapes
+        self.with_stack = bool(with_stack) or self.memory_timeline
+        if self.memory_timeline:
+            record_shapes = True
         self.gzip = bool(gzip)
         self.nsys = bool(nsys)
         self.markers = bool(markers)
         self.record_shapes = bool(record_shapes)
         self.trace_paths: list[Path] = []
+        self.memory_timeline_paths: list[Path] = []
         self.errors: list[str] = []
         self.step_index = 0
         self.finished = False
+        self.no_trace_reason = ""
+        #: set by a driver (ckprof run, framework callbacks) that reports for itself
+        self.announce = True
+        self.owner = ""
+        self._raised: BaseException | None = None
+        self._raised_step = -1
+        self._noise = False
+        self._atexit = False
+        self._skipped_other_profiler = False
+        self._partial_step = -1
         self._cycle = wait + warmup + active
         self._started = False
         self._stopped = False
@@ -232,7 +271,7 @@ class Capture:
                                "cap.run_step(fn, ...) or profile_step(ab=True) to keep training alive")
             discard = False
         try:
-            self.stop(discard_partial=discard)
+            self.stop(discard_partial=discard, error=exc)
         except Exception as err:
             if exc_type is None:
                 raise
@@ -245,12 +284,19 @@ class Capture:
             return self
         with LIVE_LOCK:
             if LIVE:
+                owner = getattr(LIVE[0], "owner", "")
                 raise CaptureError(
-                    "ckprof.capture: another ckprof capture is already running in this process",
-                    hint="Finish it (leave its with-block) before starting a new one",
+                    "ckprof.capture: another ckprof capture is already running in this process"
+                    + (f" ({owner})" if owner else ""),
+                    hint=("Remove ckprof.capture / profile_step from the script: "
+                          f"{owner} already profiles it" if owner else
+                          "Finish it (leave its with-block) before starting a new one"),
                 )
+            self._markers.owner = self.owner
             LIVE.append(self._markers)
         self._started = True
+        atexit.register(self._stop_at_exit)
+        self._atexit = True
         self._markers.thread_id = threading.get_ident()
         self._compiles.start()  # torch.compile usually compiles in the first steps
         if self.ab:
@@ -287,7 +333,7 @@ class Capture:
             return
         current = self._action(self.step_index)
         if self._recording:
-            self._markers.close_current()
+            self._markers.step_boundary()
         self._nvtx_step_end()
         prof = self._prof
         if prof is not None:
@@ -476,6 +522,7 @@ class Capture:
             return self._action(n)
 
         if torch._C._autograd._profiler_enabled():
+            self._skipped_other_profiler = True
             self._warn(
                 f"another torch profiler is already recording; window {window} is skipped "
                 "so as not to break it (one profiler per process). Stop the other profiler "
@@ -484,6 +531,7 @@ class Capture:
             return
         if action in _RECORDING:
             self._begin_recording_baseline()
+        self._noise = _noise.acquire()
         try:
             prof = torch.profiler.profile(
                 activities=activities,
@@ -500,6 +548,7 @@ class Capture:
                 prof._prev_schedule_action = action
             prof.start()
         except Exception as err:
+            self._release_noise()
             self._warn(f"could not start torch.profiler for window {window}: {err}")
             return
         self._prof = prof
@@ -628,6 +677,20 @@ class Capture:
             prof.stop()
         except Exception as err:
             self.errors.append(f"window {self._window}: profiler stop failed: {err}")
+        finally:
+            self._release_noise()
+
+    def _release_noise(self) -> None:
+        if self._noise:
+            self._noise = False
+            _noise.release()
+
+    def window_completed_steps(self) -> int:
+        """Active steps of the window being recorded that have completed (0 when no
+        window is recording)."""
+        if self._prof is None or not self._recording:
+            return 0
+        return max(0, self.step_index - self._first_active())
 
     def _abandon_window(self, reason: str) -> None:
         self._leave_recording()
@@ -636,19 +699,30 @@ class Capture:
         self._warn(reason)
 
     # -- stop
-    def stop(self, *, discard_partial: bool = False) -> None:
+    def stop(self, *, discard_partial: bool = False, error: BaseException | None = None) -> None:
         """Stop profiling. An unfinished window is saved (its completed steps), unless
-        ``discard_partial`` (used when the step raised). Idempotent."""
+        ``discard_partial`` (used when the step raised; ``error`` is that exception, for
+        the message when no trace was written). Idempotent. When no trace was written
+        at all, says why once (NOTE [ Never a silent nothing ])."""
         if not self._started or self._stopped:
             return
         self._stopped = True
         self.finished = True
+        if error is not None:
+            self._raised, self._raised_step = error, self.step_index
+        if self._atexit:
+            self._atexit = False
+            atexit.unregister(self._stop_at_exit)
         try:
             prof = self._prof
             if prof is not None:
                 was_recording = self._recording
+                if was_recording and self.window_completed_steps() == 0:
+                    # only the unfinished step was recorded: not a measurement
+                    discard_partial = True
                 if was_recording and not discard_partial:
-                    self._markers.close_current()
+                    self._partial_step = self.step_index
+                    self._markers.step_boundary()
                     self._end_recording(prof)
                 else:
                     self._leave_recording()
@@ -665,9 +739,64 @@ class Capture:
                 inst, self._instrumenting = self._instrumenting, None
                 if inst is not None:
                     inst.__exit__(None, None, None)
+            self._release_noise()
             with LIVE_LOCK:
                 if self._markers in LIVE:
                     LIVE.remove(self._markers)
+        if not self.trace_paths:
+            self.no_trace_reason = self.explain_no_trace()
+            if self.announce and self.no_trace_reason and not self._already_warned_cause():
+                warnings.warn(f"ckprof: no trace written to {self.out_dir}: {self.no_trace_reason}",
+                              CaptureWarning, stacklevel=3)
+
+    def _stop_at_exit(self) -> None:
+        """atexit: a capture still open when the interpreter exits (a profile_step
+        function called fewer times than its schedule needs) saves what it completed."""
+        self._atexit = False
+        with contextlib.suppress(Exception):
+            self.stop()
+
+    def _already_warned_cause(self) -> bool:
+        """The reason nothing was written was warned about when it happened."""
+        return self._warned and (self._skipped_other_profiler or any(
+            "not written" in e or "could not start" in e for e in self.errors))
+
+    def first_active_step(self) -> int:
+        """The first step the schedule records (skip_first + wait + warmup)."""
+        s = self.schedule
+        return s["skip_first"] + s["wait"] + s["warmup"]
+
+    def explain_no_trace(self) -> str:
+        """Why this capture wrote no trace, in one sentence with what to do ("" when it
+        wrote one or has not stopped)."""
+        if self.trace_paths or not self._stopped:
+            return ""
+        s = self.schedule
+        first = self.first_active_step()
+        span = (f"steps {first}-{first + s['active'] - 1}" if s["active"] > 1
+                else f"step {first}")
+        plan = (f"the schedule (skip_first={s['skip_first']}, wait={s['wait']}, "
+                f"warmup={s['warmup']}, active={s['active']}) records {span}")
+        if self._skipped_other_profiler:
+            return ("another torch profiler was recording, so ckprof skipped its window(s). "
+                    "Stop the other profiler or remove ckprof.capture")
+        if self._raised is not None:
+            err = self._raised
+            text = f"{type(err).__name__}: {err}".splitlines()[0][:200]
+            return (f"the step raised {text} at step {self._raised_step}, before any window "
+                    f"completed ({plan}); the unfinished window was discarded. Fix the error, "
+                    "or let the window finish before it")
+        if self.step_index == 0:
+            return (f"step() was never called, so no step was completed ({plan}). Call "
+                    "cap.step() once per training step (after optimizer.step()), or use "
+                    "@ckprof.profile_step or `ckprof run`")
+        if self.step_index < first + 1 and not any("not written" in e for e in self.errors):
+            return (f"only {self.step_index} step(s) completed but {plan}, so at least "
+                    f"{first + 1} are needed ({first + s['active']} for a full window). Run "
+                    "more steps, or lower wait/warmup")
+        if self.errors:
+            return self.errors[0]
+        return "the profiler produced no trace"
 
     # -- writing
     def _on_trace_ready(self, prof: Any) -> None:
@@ -675,6 +804,8 @@ class Capture:
             return
         try:
             metadata = self._window_metadata()
+            if self._partial_step >= 0:
+                metadata["partial_step"] = int(self._partial_step)
             path = write_trace(prof, self.out_dir, self._stem(), gzip=self.gzip,
                                 metadata=metadata)
         except Exception as err:
@@ -685,6 +816,18 @@ class Capture:
             )
         else:
             self.trace_paths.append(path)
+            if self.memory_timeline:
+                self._write_memory_timeline(prof, path)
+
+    def _write_memory_timeline(self, prof: Any, trace_path: Path) -> None:
+        """torch's categorised memory timeline of this window, next to its trace."""
+        from ckprof.capture.writer import write_memory_timeline
+
+        try:
+            self.memory_timeline_paths.append(write_memory_timeline(prof, trace_path))
+        except Exception as err:
+            self._warn(f"{self.out_dir}: memory timeline of window {self._window} not written "
+                       f"({type(err).__name__}: {err}); the trace itself was written")
 
     def _stem(self) -> str:
         rank, _, initialised = distributed_rank()
@@ -705,7 +848,7 @@ def capture(out_dir: str | os.PathLike[str] = "ckprof_traces", **options: Any) -
 
     Takes exactly :class:`Capture`'s options (``wait``, ``warmup``, ``active``,
     ``repeat``, ``skip_first``, ``with_stack``, ``gzip``, ``nsys``, ``markers``,
-    ``record_shapes``, ``ab``)::
+    ``record_shapes``, ``ab``, ``memory_timeline``)::
 
         with ckprof.capture(out_dir="traces/run1") as cap:
             for batch in loader:
@@ -755,9 +898,9 @@ def profile_step(out_dir: str | os.PathLike[str] = "ckprof_traces", **options: A
             cap.start()  # no-op once started
             try:
                 result = cap._call_step(fn, args, kwargs)
-            except BaseException:
+            except BaseException as err:
                 done[0] = True
-                cap.stop(discard_partial=True)
+                cap.stop(discard_partial=True, error=err)
                 raise
             cap.step()
             if cap.finished:

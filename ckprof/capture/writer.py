@@ -17,13 +17,14 @@ import gzip as _gzip
 import json
 import shutil
 import uuid
+import warnings
 from pathlib import Path
 from typing import Any
 
 from ckprof.report.output import link_to_free_name
 from ckprof.trace.markers import METADATA_KEY
 
-__all__ = ["write_trace"]
+__all__ = ["write_memory_timeline", "write_trace"]
 
 
 def write_trace(prof: Any, out_dir: Path, stem: str, *, gzip: bool,
@@ -73,3 +74,28 @@ def _check_complete_json(path: Path) -> None:
         tail = fh.read().rstrip()
     if not tail.endswith(b"}"):
         raise OSError(f"the profiler's export of {path.name} is incomplete (disk full?)")
+
+
+def write_memory_timeline(prof: Any, trace_path: Path) -> Path:
+    """Save torch's memory timeline of ``prof`` (``export_memory_timeline``, raw
+    ``(ts, action, bytes, category)`` points) as ``<trace stem>.raw.json.gz`` next to
+    ``trace_path`` -- where :func:`ckprof.trace.memory_timeline.find_memory_timeline_file`
+    looks -- through the same temporary-then-free-name path as the trace."""
+    name = trace_path.name
+    for suffix in (".pt.trace.json.gz", ".pt.trace.json"):
+        if name.endswith(suffix):
+            name = name[: -len(suffix)]
+            break
+    out_dir = trace_path.parent
+    tmp = out_dir / f".{name}.{uuid.uuid4().hex[:8]}.raw.json.gz"
+    try:
+        with warnings.catch_warnings():
+            # torch marks export_memory_timeline deprecated; the warning is ours, not the user's
+            warnings.simplefilter("ignore")
+            prof.export_memory_timeline(str(tmp))
+        if not tmp.exists() or tmp.stat().st_size == 0:
+            raise OSError("torch wrote no memory timeline")
+        return link_to_free_name(tmp, out_dir, name, ".raw.json.gz")
+    finally:
+        with contextlib.suppress(OSError):
+            tmp.unlink()

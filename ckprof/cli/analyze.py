@@ -9,7 +9,7 @@ from pathlib import Path
 import click
 
 from ckprof.analysis.detection import RECOMPUTE_DETECTIONS
-from ckprof.errors import CkprofError
+from ckprof.errors import CkprofError, UsageError
 
 EXAMPLE = """
 \b
@@ -18,6 +18,7 @@ Examples:
   ckprof analyze trace.json --format json | jq .recompute_overhead_pct
   ckprof analyze trace.json --recompute-detection sequence   # cross-check the markers
   ckprof analyze runs/job42/            # every rank's trace, in parallel
+  ckprof analyze traces/demo/*.json.gz  # several files: ranks, or repeated runs of one rank
   ckprof analyze --with-hta runs/job42/ # HTA kernel breakdown split by phase
   ckprof analyze trace.json --ops         # which ops recompute (and forward) is made of
   ckprof analyze trace.json --composition # what each phase's memory peak is made of
@@ -27,7 +28,7 @@ Examples:
 
 
 @click.command(epilog=EXAMPLE)
-@click.argument("trace", type=click.Path(path_type=Path, readable=False))
+@click.argument("traces", nargs=-1, required=True, type=click.Path(path_type=Path, readable=False), metavar="TRACE...")
 @click.option("--step", type=int, default=None, help="Only this ProfilerStep#N.")
 @click.option("--variant", default=None,
               help="A/B trace (capture(ab=True)): only the steps of this variant, on or off.")
@@ -51,6 +52,7 @@ Examples:
               help="Where per-rank analyses of a directory run.")
 @click.option("--scheduler", default=None,
               help="Dask scheduler address for --engine dask (default: a local cluster).")
+@click.option("--recursive", is_flag=True, help="For a directory: also the traces in its subfolders.")
 @click.option("--with-hta", is_flag=True, help="Also print HTA's kernel breakdown / idle time split by phase (needs ckprof[hta]).")
 @click.option("--ops", is_flag=True,
               help="Also list which ops recompute and forward are made of (self time, GPU "
@@ -64,8 +66,8 @@ Examples:
 @click.option("-o", "--output", type=click.Path(path_type=Path, readable=False), default=None,
               help="Write to this file instead of stdout (never overwrites without --force).")
 @click.option("--force", is_flag=True, help="Overwrite OUTPUT if it is an existing file.")
-def analyze(trace: Path, step: int | None, variant: str | None, fmt: str, recompute_detection: str, salvage: bool,
-            workers: int | None, engine: str, scheduler: str | None, with_hta: bool,
+def analyze(traces: tuple[Path, ...], step: int | None, variant: str | None, fmt: str, recompute_detection: str, salvage: bool,
+            workers: int | None, engine: str, scheduler: str | None, recursive: bool, with_hta: bool,
             ops: bool, composition: bool, gpu_activity: bool, output: Path | None,
             force: bool) -> None:
     """Split a training step's time into forward, backward, forward recompute (per
@@ -73,7 +75,10 @@ def analyze(trace: Path, step: int | None, variant: str | None, fmt: str, recomp
 
     TRACE is a Chrome/Kineto trace (.json or .json.gz, from export_chrome_trace or
     tensorboard_trace_handler, with or without ckprof markers), an Nsight Systems
-    sqlite export, or a directory of such traces (one per rank).
+    sqlite export, or a directory of such traces (one per rank). Several TRACEs are
+    compared like a directory: as ranks of one job when they record different ranks,
+    as repeated runs of one rank when they all record the same one (the headline
+    says which).
     """
     from ckprof.report.output import emit
 
@@ -83,7 +88,22 @@ def analyze(trace: Path, step: int | None, variant: str | None, fmt: str, recomp
         check_output_target(output, force=force)  # before the work, not after
     from ckprof.trace.kineto.source import check_input_path
 
-    is_dir = check_input_path(trace)  # missing, a link loop, a FIFO: say so, never block
+    dirs = [t for t in traces if check_input_path(t)]  # missing, a link loop, a FIFO: never block
+    if len(traces) > 1:
+        if dirs:
+            raise UsageError(f"{dirs[0]} is a directory; several TRACE arguments must be files",
+                             hint="Pass one directory, or the trace files themselves")
+        if with_hta or step is not None or salvage:
+            flag = "--with-hta" if with_hta else ("--step" if step is not None else "--salvage")
+            raise UsageError(f"{flag} reads one trace at a time", hint="Pass one TRACE")
+        from ckprof.integrations.ranks import analyze_files, render_rank_summary
+
+        summary = analyze_files(traces, workers=workers, recompute_detection=recompute_detection,
+                                engine=engine, scheduler=scheduler)
+        emit(render_rank_summary(summary, fmt), output, force=force)
+        return
+    (trace,) = traces
+    is_dir = bool(dirs)
     if with_hta:
         from ckprof.integrations.hta import hta_phase_tables, render_hta_tables
 
@@ -94,14 +114,16 @@ def analyze(trace: Path, step: int | None, variant: str | None, fmt: str, recomp
     if is_dir:
         from ckprof.trace.load import find_rank_candidates
 
-        files = find_rank_candidates(trace, include_nsys=True)
+        files = find_rank_candidates(trace, include_nsys=True, recursive=recursive)
+        if not recursive:
+            _say_skipped_subfolders(trace)
         if len(files) == 1:
             trace = files[0]
         else:
             from ckprof.integrations.ranks import analyze_directory, render_rank_summary
 
             summary = analyze_directory(trace, workers=workers, recompute_detection=recompute_detection,
-                                        engine=engine, scheduler=scheduler)
+                                        engine=engine, scheduler=scheduler, recursive=recursive)
             emit(render_rank_summary(summary, fmt), output, force=force)
             if summary.ranks == 0:
                 raise _nothing_analysed(summary)
@@ -162,3 +184,15 @@ def _nothing_analysed(summary) -> CkprofError:
                         hint="Fix or re-capture them; ckprof analyze FILE shows one file's error")
     error.exit_code = code
     return error
+
+
+def _say_skipped_subfolders(directory: Path) -> None:
+    """``analyze DIR`` reads DIR's own files: name the subfolders it did not look in."""
+    try:
+        subdirs = sorted(p.name for p in directory.iterdir() if p.is_dir() and not p.name.startswith("."))
+    except OSError:
+        return
+    if subdirs:
+        shown = ", ".join(subdirs[:5]) + (", ..." if len(subdirs) > 5 else "")
+        click.echo(f"ckprof: {directory}: subfolders not searched ({shown}); pass --recursive "
+                   "to include their traces", err=True)

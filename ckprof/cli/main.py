@@ -20,6 +20,7 @@ from ckprof.errors import CkprofError
 COMMANDS: dict[str, str] = {
     "analyze": "ckprof.cli.analyze:analyze",
     "demo": "ckprof.cli.demo:demo",
+    "run": "ckprof.cli.run:run",
     "plot": "ckprof.cli.visual:plot",
     "report": "ckprof.cli.visual:report",
     "annotate": "ckprof.cli.visual:annotate",
@@ -57,7 +58,8 @@ def cli() -> None:
     """What activation checkpointing costs and buys in your PyTorch training step.
 
     \b
-    Example:
+    Examples:
+      ckprof run -- python train.py    # profile your script, unchanged
       ckprof demo                      # profile a small checkpointed transformer on CPU
       ckprof analyze traces/demo/*.json.gz
     """

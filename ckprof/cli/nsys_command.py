@@ -15,7 +15,7 @@ from collections.abc import Sequence
 
 import click
 
-from ckprof.errors import CkprofError, OptionalDependencyError
+from ckprof.errors import CkprofError, OptionalDependencyError, UsageError
 
 __all__ = ["build_nsys_command", "nsys_command"]
 
@@ -37,7 +37,7 @@ def build_nsys_command(command: Sequence[str], *, output: str = "ckprof_%p",
                        extra: Sequence[str] = ()) -> list[str]:
     """The argv of the recommended ``nsys profile`` run of ``command``."""
     if not command:
-        raise CkprofError(
+        raise UsageError(
             "no command to profile",
             hint="Put it after --, e.g. ckprof nsys-command -- python train.py",
         )

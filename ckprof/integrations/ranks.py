@@ -4,7 +4,8 @@ Contract::
 
     analyze_directory(path, *, workers=None, recompute_detection="auto",
                       engine="processes" | "dask" | "serial", progress=None,
-                      scheduler=None) -> RankSummary
+                      scheduler=None, recursive=False) -> RankSummary
+    analyze_files(paths, *, same options) -> RankSummary   (any list of trace files)
     summarize_ranks(results, *, directory="", engine="", workers=0) -> RankSummary
     analyze_rank_file(path, recompute_detection="auto") -> RankResult   (the per-rank task)
     render_rank_summary(summary, fmt="table") -> str     (table | text | json | csv | markdown)
@@ -31,6 +32,9 @@ Contract::
   a symlink loop, unreadable; the others are still reported.
 - ``recompute_spread_ms`` / ``recompute_spread_pct``: the spread of recompute time.
 - ``notes``: how ranks were numbered when the files did not say, duplicates, etc.
+- ``kind``: ``ranks`` (the files are different ranks of one job) or ``runs`` (every
+  file records the same rank: repeated runs of one rank, numbered 0.. by file name in
+  the ``rank`` column, ``rank_source`` ``run index``); the headline says which.
 
 # NOTE [ Bounded memory across thousands of ranks ]
 # Workers load and analyse one file each and return a RankResult: a few dozen numbers,
@@ -76,6 +80,7 @@ __all__ = [
     "RankResult",
     "RankSummary",
     "analyze_directory",
+    "analyze_files",
     "analyze_rank_file",
     "render_rank_summary",
     "summarize_ranks",
@@ -211,6 +216,7 @@ class RankSummary:
     engine: str = ""
     workers: int = 0
     notes: tuple[str, ...] = field(default_factory=tuple)
+    kind: str = "ranks"
 
     @property
     def ranks(self) -> int:
@@ -280,10 +286,19 @@ def summarize_ranks(results: Iterable[RankResult], *, directory: str = "", engin
     index_of = {r.file: i for i, r in enumerate(results)}
     rows: list[dict[str, Any]] = []
     mem_rows: list[dict[str, Any]] = []
+    recorded = {r.rank for r in ok}
+    kind = "runs" if len(ok) > 1 and len(recorded) == 1 and None not in recorded else "ranks"
+    if kind == "runs":
+        only = next(iter(recorded))
+        notes.append(f"all {len(ok)} files record rank {only}: compared as repeated runs of "
+                     "one rank, numbered by file name (the rank column is the run)")
+    run_of = {r.file: i for i, r in enumerate(ok)}
     for r in ok:
         notes += [f"{printable(Path(r.file).name)}: {n}" for n in r.notes]
         rank, source = r.rank, r.rank_source
-        if rank is None:
+        if kind == "runs":
+            rank, source = run_of[r.file], "run index"
+        elif rank is None:
             rank, source = index_of[r.file], "file index"
             notes.append(f"{Path(r.file).name}: no rank in the trace or its name; "
                          f"numbered {rank} by its position in the directory")
@@ -318,7 +333,7 @@ def summarize_ranks(results: Iterable[RankResult], *, directory: str = "", engin
                             columns=["file", "error_type", "message", "exit_code"])
     return RankSummary(directory=str(directory), per_rank=per_rank, per_rank_memory=per_rank_memory,
                        cross_rank=_cross_rank(per_rank), failures=failures, engine=engine,
-                       workers=int(workers), notes=tuple(notes))
+                       workers=int(workers), notes=tuple(notes), kind=kind)
 
 
 def _cross_rank(per_rank: pd.DataFrame) -> pd.DataFrame:
@@ -354,10 +369,10 @@ def _cross_rank(per_rank: pd.DataFrame) -> pd.DataFrame:
 # Engines
 # ---------------------------------------------------------------------------------------
 
-def _list_files(directory: Path) -> list[Path]:
+def _list_files(directory: Path, recursive: bool = False) -> list[Path]:
     from ckprof.trace.load import find_rank_candidates
 
-    return [Path(p) for p in find_rank_candidates(directory, include_nsys=True)]
+    return [Path(p) for p in find_rank_candidates(directory, include_nsys=True, recursive=recursive)]
 
 
 def _cores() -> int:
@@ -427,8 +442,10 @@ def analyze_directory(
     engine: str = "processes",
     progress: bool | None = None,
     scheduler: Any = None,
+    recursive: bool = False,
 ) -> RankSummary:
     """Analyse every trace file in ``path`` (one per rank) and compare the ranks.
+    ``recursive``: also the traces in its subfolders.
 
     ``engine``: ``processes`` (a local process pool, one file per worker process),
     ``dask`` (a ``dask.distributed`` cluster: ``scheduler`` is a ``Client``, a scheduler
@@ -443,10 +460,37 @@ def analyze_directory(
                                  hint="Pass a directory holding one trace file per rank")
     if engine not in ENGINES:
         raise CkprofError(f"unknown engine {engine!r}", hint=f"Choose one of {', '.join(ENGINES)}")
-    files = _list_files(directory)
+    files = _list_files(directory, recursive)
     if not files:
         raise TraceNotFoundError("no trace files (*.json, *.json.gz, nsys *.sqlite) in this directory", path=str(directory),
                                  hint="Point ckprof at the folder tensorboard_trace_handler wrote")
+    return analyze_files(files, workers=workers, recompute_detection=recompute_detection,
+                         engine=engine, progress=progress, scheduler=scheduler,
+                         label=str(directory))
+
+
+def analyze_files(
+    paths: Sequence[str | os.PathLike[str]],
+    *,
+    workers: int | None = None,
+    recompute_detection: str = "auto",
+    engine: str = "processes",
+    progress: bool | None = None,
+    scheduler: Any = None,
+    label: str | None = None,
+) -> RankSummary:
+    """Analyse the trace files ``paths`` (ranks of one job, or repeated runs of one rank:
+    ``RankSummary.kind`` says which) with the same engines as :func:`analyze_directory`.
+    ``label`` names them in the headline (default: their folder, or "N files")."""
+    if engine not in ENGINES:
+        raise CkprofError(f"unknown engine {engine!r}", hint=f"Choose one of {', '.join(ENGINES)}")
+    files = [Path(p) for p in paths]
+    if not files:
+        raise TraceNotFoundError("no trace files given", hint="Pass one or more trace files")
+    if label is None:
+        parents = {str(p.parent) for p in files}
+        label = parents.pop() if len(parents) == 1 else f"{len(files)} files"
+    directory = Path(label)
     notes: list[str] = []
     n_workers = clamp_workers(workers, files, notes) if engine != "dask" or scheduler is None \
         else (workers or default_workers(len(files)))
@@ -461,7 +505,7 @@ def analyze_directory(
             results = _run_processes(ordered, recompute_detection, n_workers, bar)
         else:
             results = _run_dask(ordered, recompute_detection, n_workers, scheduler, bar)
-    summary = summarize_ranks(results, directory=str(directory), engine=engine, workers=n_workers)
+    summary = summarize_ranks(results, directory=label, engine=engine, workers=n_workers)
     return replace(summary, notes=(*notes, *summary.notes)) if notes else summary
 
 
@@ -596,7 +640,7 @@ def _num(x: float, unit: str) -> str:
 
 
 def _rank_rows(summary: RankSummary) -> tuple[list[str], list[list[str]]]:
-    headers = ["rank", "step ms", *(f"{p} ms" for p in PHASES), "recompute %", "peak", "file"]
+    headers = ["run" if summary.kind == "runs" else "rank", "step ms", *(f"{p} ms" for p in PHASES), "recompute %", "peak", "file"]
     rows = []
     for r in summary.per_rank.itertuples(index=False):
         peak = max(int(getattr(r, f"peak_{p}_bytes")) for p in PHASES)
@@ -606,7 +650,8 @@ def _rank_rows(summary: RankSummary) -> tuple[list[str], list[list[str]]]:
 
 
 def _cross_rows(summary: RankSummary) -> tuple[list[str], list[list[str]]]:
-    headers = ["metric", "slowest rank", "max", "median", "min", "fastest rank", "spread", "spread %"]
+    who = "run" if summary.kind == "runs" else "rank"
+    headers = ["metric", f"slowest {who}", "max", "median", "min", f"fastest {who}", "spread", "spread %"]
     rows = [[r.metric, str(r.slowest_rank), _num(r.max, r.unit), _num(r.median, r.unit), _num(r.min, r.unit),
              str(r.fastest_rank), _num(r.spread, r.unit), _num(r.spread_pct, "%")]
             for r in summary.cross_rank.itertuples(index=False)]
@@ -615,7 +660,9 @@ def _cross_rows(summary: RankSummary) -> tuple[list[str], list[list[str]]]:
 
 def _headline(summary: RankSummary) -> str:
     failed = len(summary.failures)
-    return (f"{summary.ranks} rank(s) analysed from {summary.directory}"
+    what = (f"{summary.ranks} runs of one rank" if summary.kind == "runs"
+            else f"{summary.ranks} rank(s)")
+    return (f"{what} analysed from {summary.directory}"
             + (f", {failed} failed" if failed else "")
             + f" · engine {summary.engine}, {summary.workers} worker(s)")
 
@@ -634,11 +681,12 @@ def render_rank_summary(summary: RankSummary, fmt: str = "table") -> str:
 
 
 def _render_text(summary: RankSummary) -> str:
-    lines = [_headline(summary), "", "Per rank (wall ms, all analysed steps)"]
+    lines = [_headline(summary), "",
+             ("Per run" if summary.kind == "runs" else "Per rank") + " (wall ms, all analysed steps)"]
     headers, rows = _rank_rows(summary)
     lines += text_table(headers, rows, "r" * (len(headers) - 1) + "l") if rows else ["  (no rank analysed)"]
     if len(summary.cross_rank):
-        lines += ["", "Across ranks"]
+        lines += ["", "Across runs" if summary.kind == "runs" else "Across ranks"]
         headers, rows = _cross_rows(summary)
         lines += text_table(headers, rows, "l" + "r" * (len(headers) - 1))
         lines.append(f"  recompute spread: {_num(summary.recompute_spread_ms, 'ms')} ms "
@@ -652,11 +700,11 @@ def _render_text(summary: RankSummary) -> str:
 
 
 def _render_markdown(summary: RankSummary) -> str:
-    lines = [f"**{_headline(summary)}**", "", "### Per rank"]
+    lines = [f"**{_headline(summary)}**", "", "### Per run" if summary.kind == "runs" else "### Per rank"]
     headers, rows = _rank_rows(summary)
     lines += markdown_table(headers, rows)
     if len(summary.cross_rank):
-        lines += ["", "### Across ranks"]
+        lines += ["", "### Across runs" if summary.kind == "runs" else "### Across ranks"]
         lines += markdown_table(*_cross_rows(summary))
     if len(summary.failures):
         lines += ["", "### Failed", *(f"- `{Path(r.file).name}`: {r.message}"
@@ -669,6 +717,7 @@ def _render_markdown(summary: RankSummary) -> str:
 def _render_json(summary: RankSummary) -> str:
     doc = {
         "directory": summary.directory,
+        "kind": summary.kind,
         "engine": summary.engine,
         "workers": summary.workers,
         "ranks": records(summary.per_rank, digits=6),

@@ -268,7 +268,7 @@ def _headline(analysis: Analysis) -> str:
         parts = ", ".join(f"{escape(ph)} {_fmt_bytes(b)}" for ph, b, _s, _o in rows)
         peak_rows.append(f"Peak memory on <b>{escape(device)}</b> by phase: {parts}.")
     if not analysis.memory.captured:
-        peak_rows.append(f"Memory was not captured: {escape(str(analysis.memory.reason))}.")
+        peak_rows.append("Memory was not captured (the Memory section below says why).")
     return (f'<div class="cards">{html_cards}</div><p class="verdict">{verdict}</p>'
             + "".join(f"<p>{p}</p>" for p in peak_rows))
 
@@ -283,11 +283,19 @@ def _time_section(analysis: Analysis) -> str:
     if has_gpu:
         headers.append(("GPU kernel ms", "r"))
     rows = []
+    user = analysis.user_phases_table()
     for r in totals.itertuples(index=False):
         row = [_swatch(str(r.phase)), _ms(float(r.wall_ms) / max(n, 1)), _pct(r.pct_of_step), _ms(r.wall_ms)]
         if has_gpu:
             row.append(_ms(r.gpu_ms))
         rows.append(row)
+        if r.phase == "other":  # the user's ckprof.phase(...) ranges, inside other
+            for u in user.itertuples(index=False):
+                urow = [f"&nbsp;&nbsp;&#8627; {escape(str(u.name))}", _ms(float(u.wall_ms) / max(n, 1)),
+                        _pct(u.pct_of_step), _ms(u.wall_ms)]
+                if has_gpu:
+                    urow.append("")
+                rows.append(urow)
     total_ms = float(totals["wall_ms"].sum())
     total = ["step", _ms(total_ms / max(n, 1)), _pct(100.0 if total_ms else None), _ms(total_ms)]
     if has_gpu:
@@ -358,9 +366,11 @@ def _memory_section(analysis: Analysis) -> str:
 
     mem = analysis.memory
     if not mem.captured:
+        reason = str(mem.reason)
+        advice = ("" if "profile_memory" in reason else
+                  " Capture with profile_memory=True to see peak memory per phase.")
         return ('<section id="memory"><h2>Memory</h2>'
-                f'<p class="missing">Memory was not captured: {escape(str(mem.reason))}. '
-                "Capture with profile_memory=True to see peak memory per phase.</p></section>")
+                f'<p class="missing">Memory was not captured: {escape(reason)}.{advice}</p></section>')
     how = ("<b>How to read this:</b> the line is the memory allocated on each device over time; the background "
            "colour says which phase was running. Triangles mark the highest point of each phase in each step; "
            "the legend gives each phase's highest value and the boxed label points at the overall peak. Checkpointing lowers the forward and backward peaks (fewer "
@@ -513,7 +523,8 @@ def _gpu_section(analysis: Analysis) -> str:
 
 def _about_section(analysis: Analysis) -> str:
     glossary = "".join(f"<dt>{_swatch(p)}</dt><dd>{escape(PHASE_HELP[p])}</dd>" for p in PHASES)
-    notes = list(analysis.notes)
+    # the memory section already says why memory is missing: not again as a note
+    notes = [n for n in analysis.notes if not str(n).startswith("memory not captured:")]
     notes_html = ("<ul class=\"notes\">" + "".join(f"<li>{escape(str(n))}</li>" for n in notes) + "</ul>"
                   if notes else "<p>None.</p>")
     meta = analysis.trace.ckprof or {}

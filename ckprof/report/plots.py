@@ -193,13 +193,13 @@ def _selected_steps(analysis: Analysis, steps: Iterable[int] | None) -> pd.DataF
 def _shade_phases(
     ax: Axes, segments: pd.DataFrame, t0_ns: int, *, label_regions: bool, x_span_ms: float
 ) -> list[str]:
-    """One ``broken_barh`` per phase (gid ``phase:<phase>``, one path per segment).
-    Returns the phases drawn, in display order."""
+    """One ``broken_barh`` per phase (gid ``phase:<phase>``, one path per segment),
+    ``other`` (time between ckprof's phases: data loading, Python, the user's own
+    ``ckprof.phase`` ranges) too, so that every peak marker sits on a shaded span that
+    the legend explains. Returns the phases drawn, in display order."""
     drawn: list[str] = []
     trans = ax.get_xaxis_transform()
     for phase in PHASES:
-        if phase == "other":
-            continue
         seg = segments[segments["phase"] == phase]
         if seg.empty:
             continue
@@ -227,10 +227,14 @@ def _shade_phases(
     return drawn
 
 
+#: Legend text of a phase shading ("other" says what it is).
+_PHASE_LEGEND = {"other": "other (between phases)"}
+
+
 def _phase_legend_handles(phases: Sequence[str], *, alpha: float = 1.0) -> list[Any]:
     from matplotlib.patches import Patch
 
-    return [Patch(facecolor=PHASE_COLORS[p], alpha=alpha, label=p) for p in phases]
+    return [Patch(facecolor=PHASE_COLORS[p], alpha=alpha, label=_PHASE_LEGEND.get(p, p)) for p in phases]
 
 
 # --------------------------------------------------------------------------- memory
@@ -497,15 +501,20 @@ def plot_recompute_regions(analysis: Analysis, *, max_regions: int = 40,
         ax.barh(ys, fwd, 0.62, facecolor="none", edgecolor=PHASE_COLORS["forward"], linewidth=1.2,
                 linestyle="--", gid="regions:forward", label="first forward run")
     xmax = float(np.nanmax(np.r_[wall, fwd, 0.0])) if n else 1.0
-    for y, w, c in zip(ys, wall, table["count"].to_numpy(np.int64), strict=True):
-        ax.text(w + xmax * 0.01, y, f"{w:.3g} ms  ({int(c)}x)", va="center", ha="left", fontsize=8)
+    # each label starts past BOTH bars of its row, so the forward outline never crosses it
+    for y, w, f, c in zip(ys, wall, fwd, table["count"].to_numpy(np.int64), strict=True):
+        ax.text(float(np.nanmax([w, f])) + xmax * 0.015, y, f"{w:.3g} ms  ({int(c)}x)", va="center", ha="left",
+                fontsize=8, gid="regions:label")
     ax.set_yticks(ys, table["region"].astype(str).tolist(), fontsize=8)
-    ax.set_xlim(0, xmax * 1.25 if xmax > 0 else 1)
+    ax.set_xlim(0, xmax * 1.3 if xmax > 0 else 1)
+    ax.set_ylim(-0.6, n - 0.4)
     ax.set_xlabel("recompute wall time over the analysed steps (ms)")
     ax.set_title(title, fontsize=10, loc="left")
     ax.grid(axis="x", color="#DDDDDD", linewidth=0.6)
     ax.set_axisbelow(True)
-    ax.legend(loc="lower right", fontsize=8, frameon=False)
+    # the legend sits under the axes, never over a bar
+    handles, labels = ax.get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside lower right", ncol=2, fontsize=8, frameon=False)
     return fig
 
 

@@ -102,67 +102,111 @@ def _ab_lines(analysis: Analysis, fmt: str) -> list[str]:
     return lines
 
 
-def render_text(analysis: Analysis) -> str:
-    lines = _headline(analysis)
-    lines += _ab_lines(analysis, "table")
+# NOTE [ One content, four formats ]
+# Text, Markdown and CSV carry the same content: headline (steps, step time, recompute
+# overhead, how recompute was found), time by phase with the user's own phases as rows
+# inside ``other`` and the step sum, the per-step table, recompute per region with its
+# first-run forward time, peak memory per phase and device with how the levels were
+# measured, and the notes. The row builders below are shared; JSON is Analysis.to_dict.
+# (Text and Markdown show the per-step table for 2..20 steps; CSV always has every step.)
+
+
+def _totals_rows(analysis: Analysis, indent: str = "  ") -> list[list[str]]:
+    """phase, wall ms, % of step, GPU ms; user phases (``indent`` + name) under
+    ``other``; the sum."""
     totals = analysis.totals_table()
-    rows = [
-        [r.phase, format_ms(r.wall_ms), format_pct(r.pct_of_step), format_ms(r.gpu_ms)]
-        for r in totals.itertuples(index=False)
-    ]
+    user = analysis.user_phases_table()
+    rows: list[list[str]] = []
+    for r in totals.itertuples(index=False):
+        rows.append([r.phase, format_ms(r.wall_ms), format_pct(r.pct_of_step), format_ms(r.gpu_ms)])
+        if r.phase == "other":
+            rows += [[f"{indent}{u.name}", format_ms(u.wall_ms), format_pct(u.pct_of_step), ""]
+                     for u in user.itertuples(index=False)]
     step_ms = float(totals["wall_ms"].sum())
     gpu_total = totals["gpu_ms"].sum(min_count=1)
     rows.append(["step (sum)", format_ms(step_ms), format_pct(100.0 if step_ms else None), format_ms(gpu_total)])
-    lines += ["", "Time by phase (all analysed steps)"]
-    lines += text_table(["phase", "wall ms", "% of step", "GPU ms"], rows, "lrrr")
+    return rows
 
+
+_TOTALS_HEAD = ["phase", "wall ms", "% of step", "GPU ms"]
+_STEPS_HEAD = ["step", "step ms", *PHASES]
+_REGIONS_HEAD = ["region", "count", "recompute ms", "GPU ms", "first-run fwd ms"]
+_MEMORY_HEAD = ["phase", "peak", "bytes", "step", "at op"]
+
+
+def _steps_rows(analysis: Analysis) -> list[list[str]]:
+    """Per-step wall ms, shown when there are 2..20 steps (else [])."""
     wide = analysis.steps_wide()
-    if 1 < len(wide) <= 20:
-        lines += ["", "Per step (wall ms)"]
-        headers = ["step", "step ms", *PHASES]
-        rows = [
-            [str(int(r["step"])), format_ms(r["step_ms"]), *(format_ms(r[f"{p}_ms"]) for p in PHASES)]
-            for _, r in wide.iterrows()
-        ]
-        lines += text_table(headers, rows, "l" + "r" * (len(headers) - 1))
+    if not 1 < len(wide) <= 20:
+        return []
+    return [[str(int(r["step"])), format_ms(r["step_ms"]), *(format_ms(r[f"{p}_ms"]) for p in PHASES)]
+            for _, r in wide.iterrows()]
 
-    regions = analysis.regions_table()
+
+def _region_rows(analysis: Analysis) -> list[list[str]]:
+    return [[r.region, str(r.count), format_ms(r.wall_ms), format_ms(r.gpu_ms),
+             format_ms(r.forward_wall_ms) if r.forward_wall_ms else "—"]
+            for r in analysis.regions_table().itertuples(index=False)]
+
+
+def _memory_how(analysis: Analysis, device: str) -> str:
+    """How a device's levels were measured (absolute with a baseline, counter, relative)."""
+    base = analysis.memory.baseline_bytes.get(device)
+    if base and device == "cpu":
+        return f"absolute: includes {format_bytes(base)} live before profiling (ckprof baseline)"
+    if analysis.memory.absolute.get(device, False):
+        return "absolute (allocator counter)"
+    return "relative to profiling start (no baseline recorded)"
+
+
+def _memory_sections(analysis: Analysis) -> list[tuple[str, str, list[list[str]]]]:
+    """(device, how, rows) per device."""
+    mem = analysis.memory_table()
+    return [(str(device), _memory_how(analysis, str(device)),
+             [[r.phase, format_bytes(r.peak_bytes), f"{int(r.peak_bytes):,}", str(int(r.step)), r.at_op or "—"]
+              for r in grp.itertuples(index=False)])
+            for device, grp in mem.groupby("device", sort=True)]
+
+
+def render_text(analysis: Analysis) -> str:
+    lines = _headline(analysis)
+    lines += _ab_lines(analysis, "table")
+    lines += ["", "Time by phase (all analysed steps)"]
+    lines += text_table(_TOTALS_HEAD, _totals_rows(analysis), "lrrr")
+
+    steps = _steps_rows(analysis)
+    if steps:
+        lines += ["", "Per step (wall ms)"]
+        lines += text_table(_STEPS_HEAD, steps, "l" + "r" * (len(_STEPS_HEAD) - 1))
+
     lines += ["", "Recompute by checkpointed region"]
-    if regions.empty:
+    regions = _region_rows(analysis)
+    if not regions:
         lines.append("  (no recompute found: " + _no_recompute_reason(analysis) + ")")
     else:
-        rows = [
-            [r.region, str(r.count), format_ms(r.wall_ms), format_ms(r.gpu_ms), format_ms(r.forward_wall_ms)]
-            for r in regions.itertuples(index=False)
-        ]
-        lines += text_table(["region", "count", "recompute ms", "GPU ms", "first-run fwd ms"], rows, "lrrrr")
+        lines += text_table(_REGIONS_HEAD, regions, "lrrrr")
 
-    mem = analysis.memory_table()
     lines += ["", "Peak memory by phase"]
     if not analysis.memory.captured:
         lines.append(f"  not captured: {analysis.memory.reason}")
     else:
-        baseline = analysis.memory.baseline_bytes
-        for device, grp in mem.groupby("device", sort=True):
-            base = baseline.get(device)
-            absolute = analysis.memory.absolute.get(device, False)
-            if base and device == "cpu":
-                how = f"absolute: includes {format_bytes(base)} live before profiling (ckprof baseline)"
-            elif absolute:
-                how = "absolute (allocator counter)"
-            else:
-                how = "relative to profiling start (no baseline recorded)"
+        for device, how, rows in _memory_sections(analysis):
             lines.append(f"  {device}: {how}")
-            rows = [
-                [r.phase, format_bytes(r.peak_bytes), f"{int(r.peak_bytes):,}", str(int(r.step)), r.at_op or "—"]
-                for r in grp.itertuples(index=False)
-            ]
-            lines += text_table(["phase", "peak", "bytes", "step", "at op"], rows, "lrrrl")
-    notes = analysis.notes
+            lines += text_table(_MEMORY_HEAD, rows, "lrrrl")
+    notes = _notes(analysis)
     if notes:
         lines += ["", "Notes"]
         lines += [f"  - {n}" for n in notes]
     return "\n".join(lines) + "\n"
+
+
+def _notes(analysis: Analysis) -> tuple[str, ...]:
+    """The notes every format prints; the memory-not-captured reason is already said in
+    the memory section, so it is not repeated as a note."""
+    if analysis.memory.captured:
+        return analysis.notes
+    said = f"memory not captured: {analysis.memory.reason}"
+    return tuple(n for n in analysis.notes if n != said)
 
 
 def _no_recompute_reason(analysis: Analysis) -> str:
@@ -177,54 +221,88 @@ def render_json(analysis: Analysis, *, ops: bool = False, composition: bool = Fa
     return json.dumps(data, indent=2, sort_keys=False, allow_nan=False) + "\n"
 
 
-CSV_COLUMNS = ["table", "step", "phase", "region", "device", "count", "wall_ms", "gpu_ms", "peak_bytes", "at_op"]
+CSV_COLUMNS = ["table", "step", "phase", "region", "device", "count", "wall_ms", "gpu_ms", "peak_bytes", "at_op",
+               "forward_wall_ms", "pct_of_step", "step_ms", "user_phase", "metric", "value", "note"]
 
 
 def render_csv(analysis: Analysis, *, ops: bool = False, composition: bool = False,
                gpu: bool = False) -> str:
-    """One tidy table: ``table`` is total | step | region | memory (and op |
-    composition | gpu with the looking-inside options, which add the columns of
-    :data:`ckprof.report.inside.INSIDE_CSV_COLUMNS`). An A/B trace appends a
-    ``variant`` column (other traces keep the old header): step rows carry their
-    variant, and ``ab`` / ``ab_memory`` rows the per-variant figures."""
+    """One tidy table; ``table`` says what a row is: ``summary`` (``metric`` / ``value``:
+    steps analysed, step ms, recompute overhead %, how recompute was found, has GPU),
+    ``total`` (per phase, with ``pct_of_step``), ``user_phase`` (a ``ckprof.phase``
+    range's share of ``other``), ``step`` (per step x phase, with the step's ``step_ms``),
+    ``region`` (with ``forward_wall_ms``), ``memory`` (``note`` says how the device's
+    levels were measured), ``note``. Every figure of the text table is in it. The
+    looking-inside options add ``op`` | ``composition`` | ``gpu`` rows and the columns of
+    :data:`ckprof.report.inside.INSIDE_CSV_COLUMNS`; an A/B trace appends a ``variant``
+    column: step rows carry their variant, ``ab`` / ``ab_memory`` rows the per-variant
+    figures."""
     from ckprof.report.inside import INSIDE_CSV_COLUMNS, csv_rows
 
     extra = ops or composition or gpu
     ab = analysis.ab
-    pad = [""] * len(INSIDE_CSV_COLUMNS) if extra else []
+    columns = [*CSV_COLUMNS, *(INSIDE_CSV_COLUMNS if extra else ()),
+               *(["variant"] if ab is not None else [])]
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    w.writerow([*CSV_COLUMNS, *(INSIDE_CSV_COLUMNS if extra else ()), *(["variant"] if ab is not None else [])])
+    w.writerow(columns)
+    width = len(columns)
     variant_of = {} if ab is None else {
         int(r.step): str(r.variant) for r in ab.steps.itertuples(index=False) if not r.excluded}
-
-    def row(cells: list[object], variant: str = "") -> list[object]:
-        return [*cells, *pad, *([variant] if ab is not None else [])]
 
     def num(x: float | None) -> str:
         return "" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.6f}"
 
+    def row(**cells: object) -> None:
+        w.writerow([cells.get(c, "") for c in columns][:width])
+
+    steps = [int(x) for x in analysis.phases.steps["step"].tolist()]
+    n = len(steps)
+    overhead = analysis.time.recompute_overhead_pct
+    row(table="summary", metric="steps_analyzed", value=" ".join(map(str, steps)))
+    row(table="summary", metric="step_ms_mean", value=num(analysis.step_total_ns / 1e6 / n if n else None))
+    row(table="summary", metric="recompute_overhead_pct", value=num(overhead))
+    row(table="summary", metric="recompute_found_by", value=analysis.recompute_found_by)
+    row(table="summary", metric="has_gpu", value=str(bool(analysis.has_gpu)).lower())
     for r in analysis.totals_table().itertuples(index=False):
-        w.writerow(row(["total", "", r.phase, "", "", "", num(r.wall_ms), num(r.gpu_ms), "", ""]))
+        row(table="total", phase=r.phase, wall_ms=num(r.wall_ms), gpu_ms=num(r.gpu_ms),
+            pct_of_step=num(r.pct_of_step))
+    for u in analysis.user_phases_table().itertuples(index=False):
+        row(table="user_phase", phase=u.phase, user_phase=u.name, count=u.count,
+            wall_ms=num(u.wall_ms), pct_of_step=num(u.pct_of_step))
+    step_ms = {int(r["step"]): float(r["step_ms"]) for _, r in analysis.steps_wide().iterrows()}
     for r in analysis.steps_table().itertuples(index=False):
-        w.writerow(row(["step", r.step, r.phase, "", "", "", num(r.wall_ms), num(r.gpu_ms), "", ""],
-                       variant_of.get(int(r.step), "")))
+        row(table="step", step=r.step, phase=r.phase, wall_ms=num(r.wall_ms), gpu_ms=num(r.gpu_ms),
+            step_ms=num(step_ms.get(int(r.step))), variant=variant_of.get(int(r.step), ""))
     for r in analysis.regions_table().itertuples(index=False):
-        w.writerow(row(["region", "", "recompute", r.region, "", r.count, num(r.wall_ms), num(r.gpu_ms), "", ""]))
+        row(table="region", phase="recompute", region=r.region, count=r.count, wall_ms=num(r.wall_ms),
+            gpu_ms=num(r.gpu_ms), forward_wall_ms=num(r.forward_wall_ms))
+    how = {d: h for d, h, _ in _memory_sections(analysis)} if analysis.memory.captured else {}
     for r in analysis.memory_table().itertuples(index=False):
-        w.writerow(row(["memory", r.step, r.phase, "", r.device, "", "", "", r.peak_bytes, r.at_op]))
+        row(table="memory", step=r.step, phase=r.phase, device=r.device, peak_bytes=r.peak_bytes,
+            at_op=r.at_op, note=how.get(r.device, ""))
+    if not analysis.memory.captured:
+        row(table="memory", note=f"not captured: {analysis.memory.reason}")
+    base = CSV_COLUMNS[:10]  # the positional cells of the inside and A/B rows
     if extra:
-        w.writerows([*cells, *([""] if ab is not None else [])]
-                    for cells in csv_rows(analysis, ops=ops, composition=composition, gpu=gpu))
+        inside_cols = list(INSIDE_CSV_COLUMNS)
+        for cells in csv_rows(analysis, ops=ops, composition=composition, gpu=gpu):
+            row(**dict(zip(base + inside_cols, cells, strict=True)))
     if ab is not None:
         for r in ab.variants.itertuples(index=False):
-            w.writerow(row(["ab", "", "step", "", ab.device, int(r.steps), num(float(r.step_ms)), "",
-                            "" if math.isnan(r.peak_bytes) else int(r.peak_bytes), ""], r.variant))
+            row(**dict(zip(base, ["ab", "", "step", "", ab.device, int(r.steps),
+                                  num(float(r.step_ms)), "",
+                                  "" if math.isnan(r.peak_bytes) else int(r.peak_bytes), ""],
+                           strict=True)), variant=r.variant)
             for p in PHASES:
-                w.writerow(row(["ab", "", p, "", "", int(r.steps), num(float(getattr(r, f"{p}_ms"))), "", "", ""],
-                               r.variant))
+                row(**dict(zip(base, ["ab", "", p, "", "", int(r.steps),
+                                      num(float(getattr(r, f"{p}_ms"))), "", "", ""], strict=True)),
+                    variant=r.variant)
         for r in ab.memory.itertuples(index=False):
-            w.writerow(row(["ab_memory", "", r.phase, "", r.device, "", "", "", int(r.peak_bytes), ""], r.variant))
+            row(**dict(zip(base, ["ab_memory", "", r.phase, "", r.device, "", "", "",
+                                  int(r.peak_bytes), ""], strict=True)), variant=r.variant)
+    for note in _notes(analysis):
+        row(table="note", note=note)
     return buf.getvalue()
 
 
@@ -232,28 +310,28 @@ def render_markdown(analysis: Analysis) -> str:
     head = _headline(analysis)
     lines = [f"### {head[0]}", "", head[1] + "  ", head[2], *_ab_lines(analysis, "markdown"), "",
              "#### Time by phase", ""]
-    lines += markdown_table(
-        ["phase", "wall ms", "% of step", "GPU ms"],
-        [[r.phase, format_ms(r.wall_ms), format_pct(r.pct_of_step), format_ms(r.gpu_ms)] for r in analysis.totals_table().itertuples(index=False)],
-    )
-    regions = analysis.regions_table()
-    lines += ["", "#### Recompute by region", ""]
-    if regions.empty:
-        lines.append("No recompute found.")
+    lines += markdown_table(_TOTALS_HEAD, _totals_rows(analysis, indent="↳ "))
+    steps = _steps_rows(analysis)
+    if steps:
+        lines += ["", "#### Per step (wall ms)", ""]
+        lines += markdown_table(_STEPS_HEAD, steps)
+    lines += ["", "#### Recompute by checkpointed region", ""]
+    regions = _region_rows(analysis)
+    if not regions:
+        lines.append("No recompute found: " + _no_recompute_reason(analysis) + ".")
     else:
-        lines += markdown_table(
-            ["region", "count", "recompute ms", "GPU ms"],
-            [[r.region, str(r.count), format_ms(r.wall_ms), format_ms(r.gpu_ms)] for r in regions.itertuples(index=False)],
-        )
+        lines += markdown_table(_REGIONS_HEAD, regions)
     lines += ["", "#### Peak memory by phase", ""]
     if not analysis.memory.captured:
         lines.append(f"Not captured: {analysis.memory.reason}")
     else:
-        lines += markdown_table(
-            ["phase", "device", "peak", "bytes", "at op"],
-            [
-                [r.phase, r.device, format_bytes(r.peak_bytes), f"{int(r.peak_bytes):,}", r.at_op or "—"]
-                for r in analysis.memory_table().itertuples(index=False)
-            ],
-        )
+        for device, how, rows in _memory_sections(analysis):
+            lines += [f"{device}: {how}", ""]
+            lines += markdown_table(_MEMORY_HEAD, rows)
+            lines.append("")
+        lines.pop()
+    notes = _notes(analysis)
+    if notes:
+        lines += ["", "#### Notes", ""]
+        lines += [f"- {n}" for n in notes]
     return "\n".join(lines) + "\n"

@@ -53,6 +53,7 @@ import stat
 import sys
 import zlib
 from pathlib import Path
+from typing import Any
 
 from ckprof.errors import (
     CkprofError,
@@ -299,22 +300,72 @@ def _read_fast_file(reader: _source.BlockReader, workers: int | None) -> tuple[C
         if reader.compressed:  # inflate in a thread while this one decodes
             return read_fast(prefetch(reader.blocks()), chunk_bytes=CHUNK_BYTES,
                              on_consumed=consumed)
-        with open(reader.path, "rb") as f:
+        with open(reader.path, "rb") as f, _read_lease(f) as leased:
+            if not leased:  # the mapping could not be protected: read it as a stream
+                return read_fast(reader.blocks(), chunk_bytes=CHUNK_BYTES, on_consumed=consumed)
             try:
                 mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)
             except (OSError, ValueError):  # not mappable (a pipe, a special file): stream it
                 return read_fast(reader.blocks(), chunk_bytes=CHUNK_BYTES, on_consumed=consumed)
+            try:
+                threshold = NATIVE_PARALLEL_MIN_BYTES if _native.available() else PARALLEL_MIN_BYTES
+                if reader.file_bytes < threshold:
+                    workers = 1
+                elif workers is None:
+                    workers = _workers()
+                return read_fast(None, chunk_bytes=CHUNK_BYTES, mm=mm, path=str(reader.path),
+                                 workers=workers, on_consumed=consumed)
+            finally:
+                with contextlib.suppress(BufferError):  # a view still alive: GC unmaps it later
+                    mm.close()
+
+
+# NOTE [ Mapped reads and truncation ]
+# A memory-mapped file that another process truncates while it is read kills the reader
+# with SIGBUS (issue 16: "never die from a signal"); the fast reader maps plain files
+# because its scanner threads share one buffer and give read pages back (issue 17). So
+# the mapping is only used under a Linux read lease (fcntl F_SETLEASE, F_RDLCK) on the
+# open file: while it is held, another process that opens the file for writing or
+# truncates it by name is made to WAIT by the kernel (up to
+# /proc/sys/fs/lease-break-time, 45 s by default) until ckprof has read it; the lease
+# break is signalled with SIGIO, which is ignored for that time (its default action
+# would end the process). The lease cannot be taken when the file is already open for
+# writing anywhere (a trace still being written), off the main thread (signal handlers
+# live there), without lease support (macOS, some network file systems) or permission:
+# then the file is read as a plain stream -- no mapping, no SIGBUS, one thread.
+
+
+@contextlib.contextmanager
+def _read_lease(f: Any) -> Any:
+    """Yield True while a read lease on ``f`` is held (NOTE [ Mapped reads and
+    truncation ]), False when none could be taken."""
+    import fcntl
+    import signal
+    import threading
+
+    set_lease = getattr(fcntl, "F_SETLEASE", None)
+    if set_lease is None or threading.current_thread() is not threading.main_thread():
+        yield False
+        return
+    try:
+        previous = signal.signal(signal.SIGIO, signal.SIG_IGN)
+    except (ValueError, OSError):
+        yield False
+        return
+    try:
         try:
-            threshold = NATIVE_PARALLEL_MIN_BYTES if _native.available() else PARALLEL_MIN_BYTES
-            if reader.file_bytes < threshold:
-                workers = 1
-            elif workers is None:
-                workers = _workers()
-            return read_fast(None, chunk_bytes=CHUNK_BYTES, mm=mm, path=str(reader.path),
-                             workers=workers, on_consumed=consumed)
+            fcntl.fcntl(f.fileno(), set_lease, fcntl.F_RDLCK)
+        except OSError:
+            yield False
+            return
+        try:
+            yield True
         finally:
-            with contextlib.suppress(BufferError):  # a view still alive: GC unmaps it later
-                mm.close()
+            with contextlib.suppress(OSError):
+                fcntl.fcntl(f.fileno(), set_lease, fcntl.F_UNLCK)
+    finally:
+        with contextlib.suppress(ValueError, OSError, TypeError):
+            signal.signal(signal.SIGIO, previous if previous is not None else signal.SIG_DFL)
 
 
 _BLANKS = b" \t\r\n"
