@@ -208,8 +208,9 @@ def test_compiled_recompute_matches_torch_provenance_and_partitioner(compiled_ru
     assert all(_covered(r, spans) for r in recompute)
     assert not any(_overlaps(o, spans) for o in other)
     # AND ckprof's recompute time is at least the recompute events' own time
+    # (us from the raw JSON's floats vs ckprof's exact ns: 1 ns of rounding per event)
     total = sum(e - s for s, e in spans)
-    assert total >= sum(e - s for s, e in recompute) - 1e-3
+    assert total >= sum(e - s for s, e in recompute) - 1e-3 * max(1, len(recompute))
 
 
 def test_ckprof_changes_nothing_torch_compile_does_or_warns(compiled_run, tmp_path):

@@ -188,7 +188,7 @@ def test_markdown_and_csv_carry_the_text_tables_content(tmp_path: Path) -> None:
     assert "#### Per step (wall ms)" in md and "#### Notes" in md and "first-run fwd ms" in md
     rows = list(csv.DictReader(io.StringIO(invoke(["analyze", str(trace), "--format", "csv"]).stdout)))
     summary = {r["metric"]: r["value"] for r in rows if r["table"] == "summary"}
-    overhead = re.search(r"recompute overhead ([\d.]+)%", text).group(1)
+    overhead = re.search(r"forward re-run \+([\d.]+)%", text).group(1)
     assert f"{float(summary['recompute_overhead_pct']):.1f}" == overhead
     assert summary["steps_analyzed"] == "1 2" and summary["recompute_found_by"] == "markers"
     region = next(r for r in rows if r["table"] == "region")

@@ -445,15 +445,17 @@ typedef struct {
 
 /* args ids (defaults as in the fast reader's _Args) */
 enum { A_CORR, A_EXT, A_EXT_LEGACY, A_SEQ, A_TOTAL_ALLOC, A_TOTAL_RES, A_BYTES, A_DEV_TYPE,
-       A_DEV_ID, A_N };
+       A_DEV_ID, A_ADDR, A_N };
 static const char *ARG_KEYS[A_N] = {"correlation",     "External id",     "external id",
                                     "Sequence number", "Total Allocated", "Total Reserved",
-                                    "Bytes",           "Device Type",     "Device Id"};
-static const int64_t ARG_DEFAULTS[A_N] = {-1, -1, -1, -1, -1, -1, 0, -1, -1};
+                                    "Bytes",           "Device Type",     "Device Id",
+                                    "Addr"};
+static const int64_t ARG_DEFAULTS[A_N] = {-1, -1, -1, -1, -1, -1, 0, -1, -1, -1};
 
 static int arg_key_of(const u8 *s, uint32_t len) {
     int k = -1;
     switch (len) { /* candidates by length and first letter, then one memcmp */
+        case 4: k = A_ADDR; break;
         case 5: k = A_BYTES; break;
         case 9: k = A_DEV_ID; break;
         case 11:
@@ -544,17 +546,17 @@ typedef struct {
     /* complete events */
     vec name, cat, pid, tid, ts, dur, corr, ext, seq, pid_str, tid_str;
     /* [memory] instants */
-    vec m_ts, m_pid, m_tid, m_alloc, m_res, m_bytes, m_dtype, m_did, m_pid_str, m_tid_str;
+    vec m_ts, m_pid, m_tid, m_alloc, m_res, m_bytes, m_dtype, m_did, m_pid_str, m_tid_str, m_addr;
     interner names, cats, pids, tids, mpids, mtids;
 } out;
 
-#define N_VECS 21
+#define N_VECS 22
 
 static vec *out_vec(out *o, int k) {
     vec *all[N_VECS] = {&o->name, &o->cat, &o->pid, &o->tid, &o->ts, &o->dur, &o->corr,
                         &o->ext, &o->seq, &o->pid_str, &o->tid_str, &o->m_ts, &o->m_pid,
                         &o->m_tid, &o->m_alloc, &o->m_res, &o->m_bytes, &o->m_dtype,
-                        &o->m_did, &o->m_pid_str, &o->m_tid_str};
+                        &o->m_did, &o->m_pid_str, &o->m_tid_str, &o->m_addr};
     return all[k];
 }
 
@@ -708,6 +710,7 @@ static int parse_event(parser *P, out *o) {
     PUSH(&o->m_bytes, args[A_BYTES]);
     PUSH(&o->m_dtype, args[A_DEV_TYPE]);
     PUSH(&o->m_did, args[A_DEV_ID]);
+    PUSH(&o->m_addr, args[A_ADDR]);
     return 0;
 }
 
@@ -757,10 +760,10 @@ static void out_free(out *o) {
 PyDoc_STRVAR(scan_doc,
 "scan(buffer, start, stop) -> tuple | str\n\n"
 "Scan buffer[start:stop] (events separated by commas). Returns (columns, strings):\n"
-"columns = 21 bytes objects of native int64 (name, cat, pid, tid, ts_ns, dur_ns,\n"
+"columns = 22 bytes objects of native int64 (name, cat, pid, tid, ts_ns, dur_ns,\n"
 "correlation, external_id, seq, pid_is_str, tid_is_str, then for [memory] instants\n"
 "ts_ns, pid, tid, total_allocated, total_reserved, bytes, device_type, device_id,\n"
-"pid_is_str, tid_is_str); strings = 6 lists of raw JSON string contents in first-seen\n"
+"pid_is_str, tid_is_str, addr); strings = 6 lists of raw JSON string contents in first-seen\n"
 "order (names, cats, pid, tid, memory pid, memory tid texts). A str result is the\n"
 "reason the piece was refused, with the byte offset.");
 

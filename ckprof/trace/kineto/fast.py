@@ -336,7 +336,7 @@ def _ingest_scanned(result: tuple[tuple[bytes, ...], tuple[list[bytes], ...]],
     unchanged) when a text is not valid UTF-8 or a text pid/tid is not an id."""
     raw, strings = result
     (name, cat, pid, tid, ts, dur, corr, ext, seq, pid_t, tid_t,
-     m_ts, m_pid, m_tid, m_alloc, m_res, m_bytes, m_dtype, m_did, m_pid_t, m_tid_t) = (
+     m_ts, m_pid, m_tid, m_alloc, m_res, m_bytes, m_dtype, m_did, m_pid_t, m_tid_t, m_addr) = (
         np.frombuffer(b, dtype=np.int64) for b in raw)
     names, cats, pid_s, tid_s, m_pid_s, m_tid_s = strings
     ids_before = cols.ids.snapshot()
@@ -360,7 +360,7 @@ def _ingest_scanned(result: tuple[tuple[bytes, ...], tuple[list[bytes], ...]],
         labels = [device_label(int(t), int(i)) for t, i in pairs]
         cols.add_memory(device=cols.devices.encode_uniques(labels)[dev_local], ts_ns=m_ts,
                         pid=m_pid, tid=m_tid, total_allocated_bytes=m_alloc,
-                        total_reserved_bytes=m_res, bytes=m_bytes)
+                        total_reserved_bytes=m_res, bytes=m_bytes, addr=m_addr)
     return True
 
 
