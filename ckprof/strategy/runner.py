@@ -57,6 +57,7 @@ import math
 import os
 import pickle
 import tempfile
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from importlib import import_module
 from pathlib import Path
@@ -190,7 +191,7 @@ def run_interleaved(spec: Mapping[str, Any]) -> dict[str, Any]:
     import torch
 
     from ckprof.analysis import load
-    from ckprof.capture import capture
+    from ckprof.capture import CaptureWarning, capture
     from ckprof.capture.ab import free_memory, is_out_of_memory
     from ckprof.strategy.apply import apply_policy, find_blocks
     from ckprof.strategy.policies import Policy, dedupe_policies, parse_policy, resolve_policies
@@ -246,8 +247,12 @@ def run_interleaved(spec: Mapping[str, Any]) -> dict[str, Any]:
             if not live:
                 break
             out = root / (f"b{size}-round{r}" if size else f"round{r}")
-            with capture(out, wait=0, warmup=1, active=len(live) * (1 + per_round),
-                         record_shapes=False) as cap:
+            # the sweep reports its own errors (one line for the user's code): the
+            # capture's warning about an error inside its window would only repeat it
+            with warnings.catch_warnings(), capture(out, wait=0, warmup=1,
+                                                    active=len(live) * (1 + per_round),
+                                                    record_shapes=False) as cap:
+                warnings.simplefilter("ignore", CaptureWarning)
                 with apply_policy(model, live[0], blocks):
                     one_step(live[0])  # the profiler's warm-up step
                 cap.step()
