@@ -488,6 +488,15 @@ def is_trace_path(path: str | os.PathLike[str]) -> bool:
         return False
 
 
+def _directory(directory: str | os.PathLike[str]) -> Path:
+    """``directory`` as a Path, or TraceNotFoundError when it is not a directory."""
+    d = Path(directory)
+    if not d.is_dir():
+        raise TraceNotFoundError("not a directory", path=str(directory),
+                                 hint="Pass the folder that holds the traces")
+    return d
+
+
 def _entries(d: Path, recursive: bool) -> list[Path]:
     """The folder's entries, or TraceFormatError naming a folder that cannot be listed."""
     try:
@@ -510,12 +519,8 @@ def find_rank_candidates(directory: str | os.PathLike[str], *, recursive: bool =
     failures instead of dropping them. Skipped: another tool's JSON (valid JSON without
     ``traceEvents``, unless named ``*.pt.trace.json[.gz]``), HTA and ckprof outputs,
     directories. Only regular files are opened (sniffed)."""
-    d = Path(directory)
-    if not d.is_dir():
-        raise TraceNotFoundError("not a directory", path=str(directory),
-                                 hint="Pass the folder that holds the traces")
     found = []
-    for f in _entries(d, recursive):
+    for f in _entries(_directory(directory), recursive):
         name = f.name
         if include_nsys and name.endswith(".sqlite"):
             from ckprof.trace.nsys import is_nsys_sqlite
@@ -551,12 +556,8 @@ def find_trace_files(directory: str | os.PathLike[str], *, recursive: bool = Fal
     ``include_nsys``, Nsight Systems sqlite exports (``*.sqlite``, sniffed) are listed
     too -- ``ckprof.analysis.load`` reads both kinds; :func:`load_trace` only JSON.
     Raises TraceNotFoundError when ``directory`` is not a directory."""
-    d = Path(directory)
-    if not d.is_dir():
-        raise TraceNotFoundError("not a directory", path=str(directory),
-                                 hint="Pass the folder that holds the traces")
     found = []
-    for f in _entries(d, recursive):
+    for f in _entries(_directory(directory), recursive):
         if _is_candidate_name(f.name) and f.is_file() and _looks_like_trace(f):
             found.append(f)
         elif include_nsys and f.name.endswith(".sqlite") and f.is_file():
