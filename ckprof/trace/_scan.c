@@ -469,6 +469,19 @@ static int arg_key_of(const u8 *s, uint32_t len) {
     return memcmp(ARG_KEYS[k], s, len) == 0 ? k : -1;
 }
 
+/* an object key and the ':' after it (plain keys only: an escaped key is refused) */
+static int parse_key(parser *P, const u8 **s, uint32_t *len) {
+    if (P->pos >= P->end || P->b[P->pos] != '"') REFUSE(P, "expected a key");
+    int esc;
+    if (scan_string(P, s, len, &esc) < 0) return -1;
+    if (esc) REFUSE(P, "escaped key");
+    skip_ws(P);
+    if (P->pos >= P->end || P->b[P->pos] != ':') REFUSE(P, "expected ':'");
+    P->pos++;
+    skip_ws(P);
+    return 0;
+}
+
 static int parse_args(parser *P, int64_t *args) {
     unsigned seen = 0;
     if (++P->depth > 64) REFUSE(P, "nested too deeply");
@@ -480,16 +493,9 @@ static int parse_args(parser *P, int64_t *args) {
         return 0;
     }
     for (;;) {
-        if (P->pos >= P->end || P->b[P->pos] != '"') REFUSE(P, "expected a key");
         const u8 *s;
         uint32_t len;
-        int esc;
-        if (scan_string(P, &s, &len, &esc) < 0) return -1;
-        if (esc) REFUSE(P, "escaped key");
-        skip_ws(P);
-        if (P->pos >= P->end || P->b[P->pos] != ':') REFUSE(P, "expected ':'");
-        P->pos++;
-        skip_ws(P);
+        if (parse_key(P, &s, &len) < 0) return -1;
         int which = arg_key_of(s, len);
         if (which >= 0) {
             if (seen & (1u << which)) REFUSE(P, "duplicate args key");
@@ -590,16 +596,9 @@ static int parse_event(parser *P, out *o) {
     skip_ws(P);
     if (P->pos < P->end && P->b[P->pos] == '}') REFUSE(P, "event without ph");
     for (;;) {
-        if (P->pos >= P->end || P->b[P->pos] != '"') REFUSE(P, "expected a key");
         const u8 *ks;
         uint32_t klen;
-        int kesc;
-        if (scan_string(P, &ks, &klen, &kesc) < 0) return -1;
-        if (kesc) REFUSE(P, "escaped key");
-        skip_ws(P);
-        if (P->pos >= P->end || P->b[P->pos] != ':') REFUSE(P, "expected ':'");
-        P->pos++;
-        skip_ws(P);
+        if (parse_key(P, &ks, &klen) < 0) return -1;
         if (P->pos >= P->end) REFUSE(P, "missing value");
         int k = key_of(ks, klen);
         if (k < 0) {
