@@ -326,6 +326,17 @@ def bench_degenerate(args: argparse.Namespace, shape_rates: list[float]) -> list
     return checks
 
 
+def _compile_bytecode() -> None:
+    """Write ckprof's ``.pyc`` files first, as ``pip install`` of a wheel does: an editable
+    checkout run with ``PYTHONDONTWRITEBYTECODE=1`` would otherwise compile every module
+    in every measured process (~0.06 s of the small trace's time)."""
+    import compileall
+
+    import ckprof
+
+    compileall.compile_dir(str(Path(ckprof.__file__).parent), quiet=1)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
@@ -352,6 +363,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--degenerate-timeout", type=float, default=300)
     args = ap.parse_args(argv)
     Path(args.workdir).mkdir(parents=True, exist_ok=True)
+    _compile_bytecode()
     started = time.perf_counter()
 
     results = [] if args.skip_shapes else [
