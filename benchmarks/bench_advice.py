@@ -8,9 +8,14 @@ For each model:
 
 1. ``ckprof.sweep`` profiles the model under FULL checkpointing (ckprof's capture: markers
    and memory); :func:`ckprof.strategy.advice.advise` reads that trace alone (no torch)
-   and ranks the op types; ``advised`` is its default op list, ``advised-budget`` the
-   budget form (budget: the trace's peak plus ``--budget-fraction`` of what saving every
-   candidate would add);
+   and ranks the op types; ``advised`` is what it recommends without a budget (its
+   default op list, or the whole-block policy -- every_<k>, full -- it estimates to beat
+   that list: NOTE [ Selective checkpointing or unchecked blocks ]), ``advised-budget``
+   with a budget (the trace's peak plus ``--budget-fraction`` of what saving every
+   candidate would add) and ``advised-tight`` with a budget half way from full's peak to
+   the leanest whole-block policy above it (where only full and selective lists fit);
+   a selective list the advice did not recommend is measured too (``advised-sac*``, for
+   reference, not judged);
 2. ``ckprof.sweep`` measures ``none``, ``full``, ``every_2``, the built-in matmul-saving
    ``selective`` and both advised policies, each on a fresh model in its own process:
    the peak memory of each, and wall-clock step times under the profiler;
@@ -135,7 +140,7 @@ MODELS = {"demo": "ckprof.capture.demo:make_demo", "demo-wide": "bench_advice:ma
 #: batch size per model (the demo's default sweep size is 8; 32 gives compute a chance)
 BATCH = {"demo": 32, "demo-wide": 8, "hf": 32, "hf-wide": 8}
 OTHERS = ("none", "full", "every_2", "selective")
-ADVISED = ("advised", "advised-budget")
+ADVISED = ("advised", "advised-budget", "advised-tight")
 
 
 def dominated_by(table: Any, name: str, *, beyond_noise: bool) -> list[str]:
@@ -186,13 +191,21 @@ def cpu_times(factory: str, policies: list[Any], batch_size: int, rounds: int, s
     import torch
 
     from ckprof.strategy.apply import apply_policy, find_blocks
+    from ckprof.strategy.policies import policy_signature
 
     torch.set_num_threads(1)
     module, _, attr = factory.partition(":")
     make = getattr(import_module(module), attr)
     runs = {}
+    same_as: dict[str, str] = {}  # a policy that does exactly what an earlier one does
+    signatures: dict[Any, str] = {}
     for pol in policies:
         torch.manual_seed(seed)
+        n_blocks = len(find_blocks(make(batch_size=1)[0]))
+        first = signatures.setdefault(policy_signature(pol, n_blocks), pol.name)
+        if first != pol.name:  # measured once, like the sweep does
+            same_as[pol.name] = first
+            continue
         model, batch, loss_fn = make(batch_size=batch_size)
         args = tuple(batch) if isinstance(batch, (tuple, list)) else (batch,)
         model.train()
@@ -201,7 +214,7 @@ def cpu_times(factory: str, policies: list[Any], batch_size: int, rounds: int, s
     rng = random.Random(seed)
     rows = []
     for rnd in range(rounds):
-        order = list(policies)
+        order = [p for p in policies if p.name not in same_as]
         rng.shuffle(order)
         for pol in order:
             model, args, loss_fn, opt, blocks = runs[pol.name]
@@ -218,7 +231,9 @@ def cpu_times(factory: str, policies: list[Any], batch_size: int, rounds: int, s
                                      "backward_ms": math.nan, "recompute_ms": 0.0,
                                      "optimizer_ms": math.nan, "other_ms": math.nan,
                                      "round": rnd})
-    return pd.DataFrame(rows)
+    out = pd.DataFrame(rows)
+    copies = [out[out["policy"] == first].assign(policy=name) for name, first in same_as.items()]
+    return pd.concat([out, *copies], ignore_index=True)
 
 
 def canonical(name: str, aliases: Any) -> str:
@@ -239,14 +254,16 @@ def with_aliases(peaks: Any, aliases: Any) -> Any:
     return pd.concat([peaks, *extra], ignore_index=True) if extra else peaks
 
 
-def report(label: str, table: Any, name: str) -> bool:
+def report(label: str, table: Any, name: str, *, shown: str | None = None,
+           verdict: bool = True) -> bool:
     strict = dominated_by(table, name, beyond_noise=False)
     noisy = dominated_by(table, name, beyond_noise=True)
     gap = frontier_gap(table, name)
     gap_text = ("outside the others' memory range" if math.isnan(gap)
                 else f"{gap:+.1f} ms vs the others' frontier at its memory "
                      f"({'faster' if gap >= 0 else 'slower'})")
-    print(f"{'PASS' if not noisy else 'FAIL'} {label} {name}: "
+    mark = ("PASS" if not noisy else "FAIL") if verdict else "info"
+    print(f"{mark} {label} {shown or name}: "
           + (f"dominated by {', '.join(strict)}" if strict else "on or beyond the frontier")
           + (f" (beyond timing noise: {', '.join(noisy)})" if noisy else
              " (not beyond timing noise)" if strict else "")
@@ -276,6 +293,14 @@ def run_model(name: str, args: argparse.Namespace, root: Path) -> bool:
     cand = advice.table[advice.table["rank"] > 0]
     budget = int(advice.estimate["peak_bytes"] + args.budget_fraction * cand["saved_bytes"].sum())
     budgeted = advise(full, budget_bytes=budget)
+    # a tight budget: half way from full's peak to the leanest whole-block policy above it,
+    # where only full and selective lists can fit
+    alt = advice.alternatives
+    above = alt.loc[alt["est_peak_bytes"] > advice.estimate["peak_bytes"], "est_peak_bytes"]
+    tight_budget = int(advice.estimate["peak_bytes"]
+                       + 0.5 * ((above.min() if len(above) else advice.estimate["peak_bytes"])
+                                - advice.estimate["peak_bytes"]))
+    tight = advise(full, budget_bytes=tight_budget)
     print(f"1. advice from the full-checkpointing trace {Path(trace).name} "
           f"({time.perf_counter() - t0:.0f} s), per step:")
     for r in cand.itertuples(index=False):
@@ -284,7 +309,8 @@ def run_model(name: str, args: argparse.Namespace, root: Path) -> bool:
     print(f"  threshold {advice.threshold_ms_per_mib:.3f} ms/MiB (checkpointing as a whole); "
           f"SAC dispatch ~{advice.estimate['dispatch_overhead_ms']:.1f} ms for "
           f"{advice.estimate['dispatched_ops']:.0f} ops")
-    for label, adv in (("advised", advice), (f"advised-budget ({format_bytes(budget)})", budgeted)):
+    for label, adv in (("advised", advice), (f"advised-budget ({format_bytes(budget)})", budgeted),
+                       (f"advised-tight ({format_bytes(tight_budget)})", tight)):
         est = adv.estimate
         print(f"  {label}: save {', '.join(adv.save_ops) or 'nothing'}; estimate step "
               f"{est['step_ms']:.1f} -> {est['est_step_ms']:.1f} ms, peak "
@@ -292,12 +318,22 @@ def run_model(name: str, args: argparse.Namespace, root: Path) -> bool:
         for note in adv.notes:
             print(f"    note: {note}")
     policies = [parse_policy(p) for p in OTHERS]
-    policies += [advice.policy(), budgeted.policy("advised-budget")]
-    if advice.recommended != "advised":
-        print(f"  the advice recommends {advice.recommended} instead of its selective list")
-        if advice.recommended not in OTHERS:
-            policies.append(parse_policy(advice.recommended))
-    print(f"  sweep policies: {policies[-2].spec}  {policies[-1].spec}")
+    # what the advice recommends, named advised / advised-budget: its selective list, or
+    # the whole-block policy it estimated to beat that list
+    policies += [advice.recommended_policy("advised"), budgeted.recommended_policy("advised-budget"),
+                 tight.recommended_policy("advised-tight")]
+    info = []  # the selective lists the advice did not recommend: measured, not judged
+    for adv, label in ((advice, "advised-sac"), (budgeted, "advised-sac_budget"),
+                       (tight, "advised-sac_tight")):
+        if adv.recommended != "advised" and adv.save_ops and all(
+                p.save_ops != tuple(adv.save_ops) or p.kind != "selective" for p in policies):
+            policies.append(adv.policy(label))
+            info.append(label)
+    for adv, label in ((advice, "advised"), (budgeted, "advised-budget"), (tight, "advised-tight")):
+        if adv.recommended != "advised":
+            print(f"  {label}: the advice recommends {adv.recommended}"
+                  + (" instead of its selective list" if adv.save_ops else ""))
+    print(f"  sweep policies: {'  '.join(p.name + '=' + (p.spec or p.kind) for p in policies[len(OTHERS):])}")
     t0 = time.perf_counter()
     swept = ckprof.sweep(factory, policies=policies, steps=args.steps, warmup=args.warmup,
                          threads=args.threads, batch_size=batch, isolation="process",
@@ -315,18 +351,19 @@ def run_model(name: str, args: argparse.Namespace, root: Path) -> bool:
     print(result.render("table"))
     ok = True
     for adv in ADVISED:
+        same = canonical(adv, swept.aliases)
+        if same in OTHERS:  # the advice IS one of the others (same blocks, same saved ops)
+            print(f"  {name} {adv} is {same} (same blocks, same saved ops): judged as {same}")
+            ok &= report(f"{name} (CPU time)", result.table, same, shown=f"{adv} = {same}")
+            continue
         ok &= report(f"{name} (CPU time)", result.table, adv)
-        if canonical(adv, swept.aliases) == adv:
+        if same == adv:
             report(f"{name} (sweep wall time)", swept.table, adv)
         else:
-            print(f"  {name} {adv}: the sweep measured it as {canonical(adv, swept.aliases)} "
-                  "(same blocks, same saved ops)")
-    if advice.recommended != "advised":
-        rec = advice.recommended
-        print(f"{name}: the advice recommends {rec}: "
-              + ("on the CPU-time frontier" if bool(result.table.set_index("policy")
-                                                    .loc[rec, "on_frontier"])
-                 else "NOT on the CPU-time frontier"))
+            print(f"  {name} {adv}: the sweep measured it as {same} (same blocks, same saved ops)")
+    for label in info:
+        report(f"{name} (CPU time, not recommended, for reference)", result.table, label,
+               verdict=False)
     if args.plot:
         out = Path(args.plot)
         out = out.with_name(f"{out.stem}-{name}{out.suffix}")

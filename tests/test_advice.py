@@ -5,6 +5,7 @@ end-to-end run of the advised policy."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections import defaultdict
 from pathlib import Path
@@ -13,6 +14,7 @@ import pytest
 from click.testing import CliRunner
 from support.raw_reference import (
     checkpoint_region,
+    in_any,
     innermost_op,
     owner_of_alloc,
     pair_blocks,
@@ -37,13 +39,30 @@ def full_trace(tmp_path_factory) -> Path:
         return capture_trace(tmp_path_factory.mktemp("advice"), "markers", steps=2)
 
 
+@pytest.fixture(scope="module")
+def wide_trace(tmp_path_factory) -> Path:
+    """TinyNet under full checkpointing at batch 512: activations, not the optimizer's
+    state, set the peak (at the default batch AdamW's step does)."""
+    from support.capture import capture_trace, one_torch_thread
+
+    with one_torch_thread():
+        return capture_trace(tmp_path_factory.mktemp("advice_wide"), "markers", steps=2,
+                             batch=512)
+
+
 def raw_kept_bytes(path: Path) -> dict[str, float]:
     """Per op type, per step: bytes its calls in the forward run of the checkpointed
     regions allocated that are still live when the call returns (raw JSON, LIFO
     pairing, allocator helpers lifted)."""
+    return {op: sum(by_region.values()) for op, by_region in raw_outputs_by_region(path).items()}
+
+
+def raw_outputs_by_region(path: Path) -> dict[str, dict[str, float]]:
+    """``raw_kept_bytes`` split by the checkpointed region of the call."""
     raw = read_raw(path)
     mem = raw.memory
-    out: dict[str, int] = defaultdict(int)
+    out: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))
+    steps = len(raw.named("ProfilerStep#"))
     for b in pair_blocks(mem):
         if b["alloc"] is None:
             continue
@@ -54,12 +73,70 @@ def raw_kept_bytes(path: Path) -> dict[str, float]:
         if op is None:
             continue
         owner = owner_of_alloc(op)
-        if not checkpoint_region(raw, owner.ts):
-            continue
-        if b["free"] is None or mem[b["free"]]["ts"] >= owner.end:
-            out[owner.name] += b["bytes"]
+        region = checkpoint_region(raw, owner.ts)
+        if region and (b["free"] is None or mem[b["free"]]["ts"] >= owner.end):
+            out[owner.name][region] += b["bytes"] / steps
+    return out
+
+
+def raw_blocks(path: Path) -> tuple[list[str], dict[str, float], dict[str, int]]:
+    """Per checkpointed region, per step, from the raw JSON: the regions in forward order
+    (first ``ckprof::checkpoint::`` range), the recompute ms (``ckprof::recompute::``
+    ranges) and the CPU bytes allocated inside a recompute range still live at its end."""
+    raw = read_raw(path)
     steps = len(raw.named("ProfilerStep#"))
-    return {k: v / steps for k, v in out.items()}
+    ranges = raw.named("ckprof::recompute::")
+    order: list[str] = []
+    for ck in sorted(raw.named("ckprof::checkpoint::"), key=lambda e: e.ts):
+        name = ck.name[len("ckprof::checkpoint::"):]
+        if name not in order:
+            order.append(name)
+    wall: dict[str, int] = defaultdict(int)
+    for r in ranges:
+        wall[r.name[len("ckprof::recompute::"):]] += r.dur
+    kept: dict[str, int] = defaultdict(int)
+    mem = raw.memory
+    for b in pair_blocks(mem):
+        if b["alloc"] is None or mem[b["alloc"]]["device"] != 0:
+            continue
+        r = in_any(mem[b["alloc"]]["ts"], ranges)
+        if r is not None and (b["free"] is None or mem[b["free"]]["ts"] >= r.end):
+            kept[r.name[len("ckprof::recompute::"):]] += b["bytes"]
+    return (order, {k: v / 1e6 / steps for k, v in wall.items()},
+            {k: v // steps for k, v in kept.items()})
+
+
+def raw_peak_with(path: Path, extra: dict[str, float]) -> float:
+    """How much higher the CPU peak gets when each region keeps ``extra`` more bytes
+    from the end of its first forward run to the start of its recompute, in every step
+    (raw JSON: the memory events' ``Total Allocated``, the ckprof:: ranges)."""
+    raw = read_raw(path)
+    mem = [m for m in raw.memory if m["device"] == 0]
+    rec = raw.named("ckprof::recompute::")
+    windows = []
+    for step in raw.named("ProfilerStep#"):
+        inside = lambda e, s=step: s.ts <= e.ts < s.end  # noqa: E731
+        for region, b in extra.items():
+            runs = [e for e in raw.named(f"ckprof::checkpoint::{region}")
+                    if inside(e) and in_any(e.ts, rec) is None and e.name.endswith(region)]
+            again = [e for e in raw.named(f"ckprof::recompute::{region}")
+                     if inside(e) and e.name.endswith(region)]
+            if runs and again:
+                windows.append((min(runs, key=lambda e: e.ts).end,
+                                min(again, key=lambda e: e.ts).ts, b))
+    steps = raw.named("ProfilerStep#")
+    mem = [m for m in mem if any(s.ts <= m["ts"] < s.end for s in steps)]
+
+    def level_at(t: int) -> int:
+        before = [m["total"] for m in mem if m["ts"] <= t]
+        return before[-1] if before else mem[0]["total"]
+
+    def extra_at(t: int) -> float:
+        return sum(b for lo, hi, b in windows if lo <= t < hi)
+
+    top = max(m["total"] for m in mem)
+    times = [m["ts"] for m in mem] + [lo for lo, _, _ in windows] + [hi for _, hi, _ in windows]
+    return max(level_at(t) + extra_at(t) for t in times) - top
 
 
 def test_bytes_and_ranking_match_the_raw_trace(full_trace):
@@ -90,9 +167,11 @@ def test_bytes_and_ranking_match_the_raw_trace(full_trace):
 
 def test_default_threshold_and_budget(full_trace):
     """GIVEN the same trace WHEN advised without a budget THEN an op is saved exactly
-    when its ms/MiB reaches the threshold (all recompute time per MiB kept); WHEN a
-    budget equal to the trace's own peak is given THEN nothing fits and nothing is
-    saved; with a budget far above it every candidate is saved, in rank order."""
+    when its ms/MiB reaches the threshold: checkpointing's own exchange rate, the
+    blocks' recompute ms per MiB their recompute keeps for backward (both from the raw
+    JSON); WHEN a budget under the trace's own peak is given THEN nothing fits and
+    nothing is saved; with a budget far above it every candidate is saved, in rank
+    order."""
     a = load(full_trace)
     adv = advise(a, dispatch_overhead_us=0)
     cand = adv.table[adv.table["rank"] > 0]
@@ -100,19 +179,46 @@ def test_default_threshold_and_budget(full_trace):
     assert adv.save_ops == tuple(saved)
     total_ms = adv.estimate["recompute_ms"]   # recompute ms per step, spikes clipped
     assert total_ms <= a.ops_table()["wall_ms"].sum() / 2 + 1e-9
-    assert adv.threshold_ms_per_mib == pytest.approx(total_ms / (cand["saved_bytes"].sum() / 2**20))
+    _, wall, kept = raw_blocks(full_trace)
+    assert adv.estimate["blocks_kept_bytes"] == sum(kept.values()) > 0
+    assert adv.estimate["blocks_recompute_ms"] == pytest.approx(sum(wall.values()), rel=1e-9)
+    assert adv.threshold_ms_per_mib == pytest.approx(
+        sum(wall.values()) / (sum(kept.values()) / 2**20), rel=1e-9)
     peak = int(a.memory_table()["peak_bytes"].max())
     # with a budget: ops at or above the ratio, in rank order, while the estimate fits
-    assert advise(a, budget_bytes=peak, dispatch_overhead_us=0).save_ops == ()
+    assert advise(a, budget_bytes=peak - 1, dispatch_overhead_us=0).save_ops == ()
     big = advise(a, budget_bytes=peak * 10, dispatch_overhead_us=0)
     assert big.save_ops == adv.save_ops
     every = advise(a, budget_bytes=peak * 10, dispatch_overhead_us=0, threshold_ms_per_mib=0)
     assert every.save_ops == tuple(cand["op"].str[6:])
-    assert every.estimate["est_peak_bytes"] == peak + cand["saved_bytes"].sum()
-    first = cand.iloc[0]
-    tight = advise(a, budget_bytes=int(peak + first["saved_bytes"]), dispatch_overhead_us=0,
-                   threshold_ms_per_mib=0)
-    assert tight.save_ops == (first["op"][6:],)
+
+
+def test_saved_outputs_raise_the_peak_only_while_they_are_live(full_trace, wide_trace):
+    """GIVEN TinyNet at batch 8 (AdamW's step sets the peak) and at batch 512 (the
+    activations do) WHEN every candidate is saved THEN the estimated peak is the trace's
+    live bytes with each region's saved outputs added from the end of its forward run to
+    the start of its recompute (raw JSON): no higher than the trace's peak at batch 8,
+    higher (but below the plain sum) at batch 512; and a budget just under that estimate
+    saves less."""
+    for path, rises in ((full_trace, False), (wide_trace, True)):
+        a = load(path)
+        peak = int(a.memory_table()["peak_bytes"].max())
+        every = advise(a, budget_bytes=peak * 10, dispatch_overhead_us=0, threshold_ms_per_mib=0)
+        cand = every.table[every.table["rank"] > 0]
+        per_region = raw_outputs_by_region(path)
+        extra: dict[str, float] = defaultdict(float)
+        for op in cand["op"]:
+            for region, b in per_region[op].items():
+                extra[region] += b
+        est = every.estimate["est_peak_bytes"]
+        assert est == pytest.approx(peak + raw_peak_with(path, extra), abs=1)
+        if not rises:
+            assert est == peak
+            continue
+        assert peak < est < peak + cand["saved_bytes"].sum()
+        short = advise(a, budget_bytes=int(est) - 2, dispatch_overhead_us=0,
+                       threshold_ms_per_mib=0)
+        assert len(short.save_ops) < len(every.save_ops)
 
 
 def test_a_preempted_call_is_clipped_to_three_times_its_peers():
@@ -266,30 +372,102 @@ def test_on_a_real_gpu_trace_dispatch_estimate_and_launch_bound_costs():
     assert any("launch-bound" in n for n in adv.notes)
 
 
-def test_recommends_unchecked_blocks_when_they_buy_more(full_trace):
-    """GIVEN TinyNet (3 blocks) WHEN advised with every candidate saved (no ratio floor,
-    room in the budget) at several dispatch costs THEN the advice recommends its own
-    selective list exactly when what the saved ops buy back, net of the dispatch cost,
-    beats the same memory spent on unchecked blocks at the recompute's own ratio (all
-    recompute ms per MiB of all candidates), every_<k> otherwise, and full when the
-    dispatch cost eats the whole gain."""
-    from ckprof.strategy.advice import MIB, _every_k_for
+def test_recommends_unchecked_blocks_when_they_buy_more(wide_trace):
+    """GIVEN TinyNet (3 blocks) WHEN advised with every candidate saved at several
+    dispatch costs, with and without a budget THEN the whole-block points are the
+    trace's step minus the unchecked blocks' recompute and its peak plus what their
+    recompute keeps (raw JSON, blocks 0, k, 2k ... in forward order checkpointed), and
+    the advice recommends its selective list unless a whole-block point needs no more
+    memory and is faster (then the fastest such), full when nothing is worth saving;
+    with a budget, the fastest point within it."""
+    order, wall, kept = raw_blocks(wide_trace)
+    a = load(wide_trace)
+    step_ms = a.step_total_ns / 1e6 / a.step_count
+    plain = advise(a, dispatch_overhead_us=0)
+    peak = plain.estimate["peak_bytes"]
+    want = {}
+    for name, checked in (("full", {0, 1, 2}), ("every_2", {0, 2}), ("every_3", {0}),
+                          ("none", set())):
+        off = [order[i] for i in range(3) if i not in checked]
+        # an unchecked block keeps what its recompute keeps, from its forward on
+        want[name] = (step_ms - sum(wall[r] for r in off),
+                      peak + raw_peak_with(wide_trace, {r: kept[r] for r in off}))
+    alt = plain.alternatives
+    got = {r.policy: (r.est_step_ms, r.est_peak_bytes) for r in alt.itertuples(index=False)}
+    assert set(got) == set(want)
+    for name, (t, m) in want.items():
+        assert got[name][0] == pytest.approx(t, rel=1e-9)
+        assert got[name][1] == pytest.approx(m, abs=1)
 
+    def fastest(rows):
+        return min(rows, key=lambda kv: (kv[1][0], kv[1][1]))[0] if rows else None
+
+    def envelope(m):
+        """The whole-block points' lower convex envelope at peak m: the fastest of every
+        point and every chord between two points that reach m."""
+        pts = [(pm, t) for t, pm in want.values()]
+        best = [t for pm, t in pts if pm <= m]
+        best += [t0 + (t1 - t0) * (m - m0) / (m1 - m0) for m0, t0 in pts for m1, t1 in pts
+                 if m0 <= m <= m1 and m1 > m0]
+        return min(best, default=float("inf"))
+
+    seen = set()
+    for per_op_us in (0.0, 1.0, 30.0, 1e6):
+        for budget in (None, int(want["every_2"][1]), int(peak) - 1):
+            adv = advise(a, dispatch_overhead_us=per_op_us, budget_bytes=budget,
+                         threshold_ms_per_mib=0)
+            est = adv.estimate
+            sac = (est["est_step_ms"], est["est_peak_bytes"]) if adv.save_ops else None
+            if budget is None:
+                expect = "full" if sac is None else (
+                    "advised" if sac[0] <= envelope(sac[1]) else
+                    fastest([kv for kv in want.items() if kv[1][1] <= sac[1]]) or
+                    min(want, key=lambda n: want[n][1]))
+            else:
+                fits = [kv for kv in want.items() if kv[1][1] <= budget]
+                if sac and sac[1] <= budget and (not fits or sac[0] <= min(v[0] for _, v in fits)):
+                    expect = "advised"
+                else:
+                    expect = fastest(fits) or "full"
+            assert adv.recommended == expect, (per_op_us, budget, sac, want)
+            seen.add(expect)
+            pol = adv.recommended_policy("advised")
+            assert pol.name == "advised"
+            if expect == "advised":
+                assert pol == adv.policy()
+            else:
+                assert pol.chosen(3) == parse_policy(expect).chosen(3)
+                if adv.save_ops:
+                    assert any(f"recommended {expect}" in n for n in adv.notes)
+    assert "full" in seen and len(seen) >= 2
+
+
+def test_report_page_has_the_advice(full_trace, tmp_path):
+    """GIVEN a real full-checkpointing trace WHEN `ckprof report` writes its page THEN the
+    page has the advice section: the recommendation the advice gives, the estimated point
+    of every whole-block policy and each candidate op; GIVEN a trace without memory THEN
+    the section says why there is no advice instead of failing the report."""
+    import html as html_lib
+
+    from ckprof.analysis import analyze
+    from ckprof.strategy.advice import advice_section
+
+    out = tmp_path / "r.html"
+    res = CliRunner().invoke(cli, ["report", str(full_trace), "-o", str(out)])
+    assert res.exit_code == 0, res.output
+    page = html_lib.unescape(out.read_text())
+    section = page[page.index('<section id="advice">'):]
+    section = section[:section.index("</section>")]
+    adv = advise(load(full_trace))
+    assert "Recommended:" in section
+    if adv.recommended == "advised":
+        assert "save " + ", ".join(adv.save_ops) in section
+    else:
+        assert f"run <b>{adv.recommended}</b>" in section
+    for r in adv.alternatives.itertuples(index=False):
+        assert f">{r.policy}<" in section
+    for op in adv.table.loc[adv.table["rank"] > 0, "op"]:
+        assert f">{op}<" in section
     a = load(full_trace)
-    kw = {"budget_bytes": 10**12, "threshold_ms_per_mib": 0}
-    for per_op_us in (0.0, 1.0, 1e6):
-        adv = advise(a, dispatch_overhead_us=per_op_us, **kw)
-        t = adv.table
-        cand = t[t["rank"] > 0]
-        ratio = adv.estimate["recompute_ms"] / (cand["saved_bytes"].sum() / MIB)
-        saved = t[t["decision"] == "save"]
-        net = saved["cost_ms"].sum() - adv.estimate["dispatch_overhead_ms"]
-        if not adv.save_ops:
-            assert adv.recommended == "full" and per_op_us == 1e6
-        elif net < ratio * saved["saved_bytes"].sum() / MIB:
-            assert adv.recommended.startswith("every_")
-            assert adv.recommended_policy().kind == "every"
-            assert any("recommended every_" in n for n in adv.notes)
-        else:
-            assert adv.recommended == "advised" and adv.recommended_policy() == adv.policy()
-    assert _every_k_for(0.5, 4) == 2 and _every_k_for(0.75, 4) == 4 and _every_k_for(0.2, 1) == 1
+    no_memory = analyze(dataclasses.replace(a.trace, memory=a.trace.memory.iloc[0:0]))
+    assert "No advice: " in advice_section(no_memory)

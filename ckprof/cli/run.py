@@ -393,9 +393,11 @@ def _write_report(trace: str) -> None:
     from ckprof.errors import OutputExistsError
     from ckprof.report.html import render_report
     from ckprof.report.output import write_new_file
+    from ckprof.strategy.advice import advice_section
 
     path = Path(trace)
-    page = render_report(load(path)).encode("utf-8")
+    analysis = load(path)
+    page = render_report(analysis, sections=(advice_section(analysis),)).encode("utf-8")
     for k in range(100):
         target = path.with_name(f"{_stem_of(path)}{f'-{k}' if k else ''}.report.html")
         try:

@@ -110,8 +110,11 @@ def report(trace: Path, output: Path, title: str | None, force: bool, step: int 
     from ckprof.report.output import encode_text, write_new_file
 
     check_new_path(output, force=force)
+    from ckprof.strategy.advice import advice_section
+
     analysis = _load(trace, recompute_detection, step, salvage)
-    write_new_file(output, encode_text(render_report(analysis, title=title)), force=force)
+    page = render_report(analysis, title=title, sections=(advice_section(analysis),))
+    write_new_file(output, encode_text(page), force=force)
     click.echo(f"wrote {output}", err=True)
 
 

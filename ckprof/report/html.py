@@ -10,8 +10,9 @@ Contract:
   embedded as base64 PNG, no script, no network) that a person who has not read
   the README can follow: a headline, then one section per question (where does the
   time go, which region costs most to recompute, what does memory look like, what is
-  each peak made of, how busy is the GPU, which ops recompute is made of), each with a
-  short "how to read this" paragraph, its figure and its table.
+  each peak made of, how busy is the GPU, which ops recompute is made of; the CLI adds
+  what selective checkpointing should save), each with a short "how to read this"
+  paragraph, its figure and its table.
 
 Both are pure functions returning a string; nothing here writes files (the CLI
 does, never over an existing file). Every piece of text from the trace is escaped.
@@ -22,6 +23,7 @@ from __future__ import annotations
 import base64
 import io
 import math
+from collections.abc import Sequence
 from html import escape
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -35,7 +37,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
     from ckprof.analysis import Analysis
 
-__all__ = ["PHASE_HELP", "render_report", "summary_html"]
+__all__ = ["PHASE_HELP", "render_report", "summary_html", "table_html"]
 
 #: one sentence per phase, shown in the report's legend
 PHASE_HELP: dict[str, str] = {
@@ -212,7 +214,7 @@ def _try_figure(make: Any, alt: str) -> str:
     return _img(fig, alt)
 
 
-def _table_html(headers: list[tuple[str, str]], rows: list[list[str]], *, total: list[str] | None = None) -> str:
+def table_html(headers: list[tuple[str, str]], rows: list[list[str]], *, total: list[str] | None = None) -> str:
     """``headers``: (text, align 'l'|'r'); cells are already-escaped HTML. All-empty
     header texts: no header row."""
     head = "".join(f'<th class="{a}">{escape(h)}</th>' for h, a in headers)
@@ -316,12 +318,12 @@ def _time_section(analysis: Analysis) -> str:
         sh = [("step", "l"), ("step ms", "r"), *((f"{p} ms", "r") for p in PHASES)]
         srows = [[str(int(r["step"])), _ms(r["step_ms"]), *(_ms(r[f"{p}_ms"]) for p in PHASES)]
                  for _, r in wide.iterrows()]
-        per_step_table = "<h3>Per step</h3>" + _table_html(sh, srows)
+        per_step_table = "<h3>Per step</h3>" + table_html(sh, srows)
     return (
         '<section id="time"><h2>Where does the step time go?</h2>'
         f'<p class="how">{how}</p>'
         + _try_figure(lambda: plot_time_breakdown(analysis), "stacked bar of time per phase per step")
-        + _table_html(headers, rows, total=total) + per_step_table + "</section>"
+        + table_html(headers, rows, total=total) + per_step_table + "</section>"
     )
 
 
@@ -353,7 +355,7 @@ def _regions_section(analysis: Analysis) -> str:
         '<section id="regions"><h2>Recompute by checkpointed region</h2>'
         f'<p class="how">{how}</p>'
         + _try_figure(lambda: plot_recompute_regions(analysis), "bar chart of recompute time per region")
-        + _table_html(headers, rows) + "</section>"
+        + table_html(headers, rows) + "</section>"
     )
 
 
@@ -401,7 +403,7 @@ def _memory_section(analysis: Analysis) -> str:
         "<h3>Peak memory by phase</h3>",
         "<p>Highest allocated memory in each phase over the analysed steps, and the operation running at "
         "that moment.</p>",
-        _table_html(headers, rows),
+        table_html(headers, rows),
     ]
     if notes:
         html_parts.append("<ul class=\"notes\">" + "".join(f"<li>{n}</li>" for n in notes) + "</ul>")
@@ -445,13 +447,13 @@ def _ops_section(analysis: Analysis, top: int = 15) -> str:
             if has_gpu:
                 row += [_ms(r.gpu_ms), str(int(r.gpu_events))]
             rows.append(row)
-        parts.append(_table_html(headers, rows))
+        parts.append(table_html(headers, rows))
         if len(table) > top:
             parts.append(f"<p>... and {len(table) - top} more op(s).</p>")
         per = analysis.ops_table(phase, by_region=True)
         per = per[per["region"] != ""]
         if len(per):
-            parts.append(_table_html([("region", "l"), ("top ops (share of the region's op time)", "l")],
+            parts.append(table_html([("region", "l"), ("top ops (share of the region's op time)", "l")],
                                      [[escape(reg), f'<span class="op">{escape(text)}</span>']
                                       for reg, text in region_summary(per)]))
     parts.append("</section>")
@@ -494,7 +496,7 @@ def _composition_section(analysis: Analysis, top: int = 12) -> str:
                  escape(str(r.origin_region)) or "&mdash;",
                  f'<span class="op">{escape(str(r.op)) or "&mdash;"}</span>',
                  _fmt_bytes(int(r.bytes)), _pct(r.pct)] for r in ops.itertuples(index=False)]
-        parts.append(_table_html([("allocated in", "l"), ("region", "l"), ("op", "l"),
+        parts.append(table_html([("allocated in", "l"), ("region", "l"), ("op", "l"),
                                   ("bytes", "r"), ("% of peak", "r")], rows))
     if comp.notes:
         parts.append('<ul class="notes">' + "".join(f"<li>{escape(n)}</li>" for n in comp.notes)
@@ -518,7 +520,7 @@ def _gpu_section(analysis: Analysis) -> str:
              _ms(r.overlap_ms), str(int(r.kernels)), _ms(r.idle_ms), _pct(r.utilization_pct)]
             for r in analysis.gpu_table().itertuples(index=False)]
     return ('<section id="gpu"><h2>How busy is the GPU in each phase?</h2>'
-            f'<p class="how">{how}</p>' + _table_html(headers, rows) + "</section>")
+            f'<p class="how">{how}</p>' + table_html(headers, rows) + "</section>")
 
 
 def _about_section(analysis: Analysis) -> str:
@@ -542,7 +544,7 @@ def _about_section(analysis: Analysis) -> str:
         '<section id="about"><h2>What the phases mean</h2>'
         f'<dl class="glossary">{glossary}</dl>'
         "<h2>Notes from the analysis</h2>" + notes_html
-        + "<h2>About this trace</h2>" + _table_html([("", "l"), ("", "l")], fact_rows)
+        + "<h2>About this trace</h2>" + table_html([("", "l"), ("", "l")], fact_rows)
         + "</section>"
     )
 
@@ -558,8 +560,11 @@ def _ab_section(analysis: Analysis) -> str:
     return ab_html_section(ab, _try_figure(lambda: plot_ab(analysis), "step time and peak memory per A/B variant"))
 
 
-def render_report(analysis: Analysis, *, title: str | None = None) -> str:
-    """The full self-contained report page (see module docstring)."""
+def render_report(analysis: Analysis, *, title: str | None = None,
+                  sections: Sequence[str] = ()) -> str:
+    """The full self-contained report page (see module docstring). ``sections``: more
+    ``<section>`` HTML, already escaped, placed after the ops section (the CLI adds the
+    selective-checkpointing advice of :mod:`ckprof.strategy.advice` this way)."""
     from ckprof._version import __version__
 
     name = Path(str(analysis.trace.path)).name
@@ -576,6 +581,7 @@ def render_report(analysis: Analysis, *, title: str | None = None) -> str:
         _composition_section(analysis),
         _gpu_section(analysis),
         _ops_section(analysis),
+        *sections,
         _about_section(analysis),
         f"<footer>Generated by ckprof {escape(__version__)}. Self-contained page: no scripts, no network.</footer>",
     ])

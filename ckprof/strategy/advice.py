@@ -37,15 +37,16 @@ checkpointing (the two-trace form, NOTE [ Advice from two traces ]).
 # position in its recompute occurrence) over the steps and regions, so a thread
 # preempted inside one call does not make an op look expensive.
 #   default  save every op whose ms/MiB is at least that of checkpointing as a whole
-#            (all recompute time per MiB of activations the candidates keep): each saved
-#            op buys back more time per MiB than checkpointing costs on average.
+#            (the recompute of the blocks per MiB they keep for backward, NOTE
+#            [ Selective checkpointing or unchecked blocks ]): each saved op buys back
+#            more time per MiB than leaving a block unchecked would.
 #   budget   save ops in ranking order, among those at or above that ratio, while the
 #            estimated peak stays within the budget (skipping any that would not fit);
 #            the rest is the cheapest-to-recompute set that keeps the peak under it.
 #            Below the ratio, leaving whole blocks unchecked (every_<k>) buys more time
 #            per MiB than saving the op, so the budget is better spent that way.
-# When what the saved ops buy back, net of the dispatch cost (below), is less than the
-# same memory spent on unchecked blocks would buy at that ratio, a note says so.
+# Then the list is weighed against the whole-block policies (NOTE [ Selective
+# checkpointing or unchecked blocks ]); ``recommended`` names the one to run.
 # Estimates (labelled so): peak = the trace's peak + bytes of the saved ops (an upper
 # bound: every block's saved outputs assumed live at the peak); step = the trace's mean
 # step - cost of the saved ops. ``ckprof sweep`` with the ``advised:`` policy measures
@@ -64,6 +65,43 @@ checkpointing (the two-trace form, NOTE [ Advice from two traces ]).
 # ops worth saving buy back less than that, the advice keeps full checkpointing and says
 # so. On a GPU that is busy the overhead runs while kernels do, so it costs less than
 # this; ``dispatch_overhead_us=0`` leaves it out.
+#
+# NOTE [ Selective checkpointing or unchecked blocks ]
+# Saving ops is one way to spend memory on speed; leaving whole blocks unchecked
+# (every_<k>, none) is the other, and on small models it is often the better one: it
+# also drops the block's Python forward rerun, checkpoint bookkeeping and SAC's dispatch
+# cost, while SAC reruns the block's Python and only skips the saved ops. From the full-
+# checkpointing trace, per region and step:
+#   cost   its recompute time (``time.regions``: wall, or GPU time when recompute is
+#          GPU-bound), what leaving it unchecked buys back;
+#   kept   the bytes its recompute allocated that are still live when the occurrence
+#          ends: what autograd keeps of the block for backward, which an unchecked block
+#          keeps from forward on (its inputs are kept by checkpointing too). The
+#          candidates' output bytes would overcount it ~1.5x: not every output is saved
+#          for backward.
+# Their ratio (ms per MiB) is the exchange rate of checkpointing as a whole and the
+# default threshold. The estimated points (``Advice.alternatives``) are full, every_<k>
+# (blocks 0, k, 2k ... in forward order checkpointed) and none: the trace's step minus
+# the unchecked blocks' cost. Peaks: memory is not additive, so the trace's own live
+# bytes over time (``memory.timeline``) are replayed with each unchecked block's kept
+# bytes added from the end of its forward run to the start of its recompute (from then
+# on full checkpointing holds them too), and the highest point is the estimate. The
+# selective list's outputs are added over the same windows. So a model whose peak is
+# the optimizer's step (AdamW's state) gets no extra peak from small activations, and
+# one whose peak is backward's gets every block's share. Without forward-run markers the
+# extras add to the trace's peak (an upper bound). The selective list's time is the
+# step minus what the saved ops cost plus SAC's dispatch.
+#   no budget  the list is recommended when its point is faster than the whole-block
+#              frontier at its peak (linear between the neighbouring points: the
+#              convex frontier); else the fastest whole-block point that needs no
+#              more memory than the list;
+#   budget     the fastest point within the budget, the list's included; full when none
+#              fits.
+# Measured on this VM (bench_advice.py, CPU time, no profiler): on the demo transformer
+# and a tiny Llama at hidden 128 every selective list is dominated by every_2, and the
+# advice recommends every_2; at dim/hidden 512 it recommends its list (mm, attention,
+# addmm: +0.1 to +0.8 ms beyond the frontier), and under a budget at full's own peak
+# saving mm and attention ran 5.6% faster than full at the same peak (demo-wide).
 #
 # NOTE [ Advice from two traces ]
 # With a trace of the model WITHOUT checkpointing, the bytes come from it instead: the
@@ -97,7 +135,7 @@ from ckprof.strategy.policies import Policy, op_name
 if TYPE_CHECKING:  # pragma: no cover
     from ckprof.analysis import Analysis
 
-__all__ = ["ADVISED", "Advice", "advise", "advised_policy", "plot_advised_frontier"]
+__all__ = ["ADVISED", "Advice", "advice_section", "advise", "advised_policy", "plot_advised_frontier"]
 
 #: the name of the advised policy in a sweep
 ADVISED = "advised"
@@ -141,14 +179,23 @@ class Advice:
     #: what to run: "advised" (the selective list), "full" (saving does not pay its
     #: dispatch cost) or "every_<k>" (unchecked blocks buy more for that memory)
     recommended: str = "advised"
+    #: estimated points of the whole-block policies (``policy``, ``est_step_ms``,
+    #: ``est_peak_bytes``): full, every_<k>, none (NOTE [ Selective checkpointing or
+    #: unchecked blocks ])
+    alternatives: pd.DataFrame | None = None
 
-    def recommended_policy(self) -> Policy:
-        """The policy the advice recommends (see ``recommended``)."""
+    def recommended_policy(self, name: str | None = None) -> Policy:
+        """The policy the advice recommends (see ``recommended``), named ``name`` when
+        given (``advised``: the advice to measure, whatever form it took)."""
         if self.recommended == ADVISED:
-            return self.policy()
+            return self.policy(name or ADVISED)
+        import dataclasses
+
         from ckprof.strategy.policies import parse_policy
 
-        return parse_policy(self.recommended)
+        policy = parse_policy(self.recommended)
+        # renamed, its text would parse back to the plain name: a worker gets the object
+        return policy if name is None else dataclasses.replace(policy, name=name, spec="")
 
     @property
     def sweep_spec(self) -> str:
@@ -198,6 +245,8 @@ class Advice:
             "save_ops": list(self.save_ops),
             "sweep_policy": self.sweep_spec,
             "recommended": self.recommended,
+            "alternatives": (records(self.alternatives, digits=6)
+                             if self.alternatives is not None else []),
             "estimate": {k: _num(v) for k, v in self.estimate.items()},
             "ops": records(self.table, digits=6),
             "code": self.code(),
@@ -263,8 +312,9 @@ def _owners(analysis: Analysis, calls: pd.DataFrame, candidates: set[str]) -> np
 
 
 def _outputs(analysis: Analysis, device: str, phase: str) -> pd.DataFrame:
-    """Per call of ``phase`` (forward: inside a checkpointed region): ``op`` and the
-    bytes it allocated on ``device`` that are still live when it returned."""
+    """Per call of ``phase`` (forward: inside a checkpointed region): ``op``,
+    ``origin_region`` and the bytes it allocated on ``device`` that are still live when
+    it returned."""
     blocks = analysis.composition.blocks
     b = blocks[(blocks["device"] == device) & (blocks["origin_phase"] == phase)
                & (blocks["op_event"] >= 0)]
@@ -275,7 +325,16 @@ def _outputs(analysis: Analysis, device: str, phase: str) -> pd.DataFrame:
     end = call_end[b["op_event"].to_numpy(dtype=np.int64)]
     free = b["free_ts_ns"].to_numpy(dtype=np.int64)
     out = b[(free < 0) | (free >= end)]
-    return out.groupby(["op_event", "op"], as_index=False)["bytes"].sum()
+    return out.groupby(["op_event", "op", "origin_region"], as_index=False)["bytes"].sum()
+
+
+def _per_region(outputs: pd.DataFrame, n_steps: int) -> dict[str, dict[str, float]]:
+    """``{op: {region: bytes per step}}`` from :func:`_outputs`."""
+    out: dict[str, dict[str, float]] = {}
+    sums = outputs.groupby(["op", "origin_region"])["bytes"].sum()
+    for (op, region), b in sums.items():
+        out.setdefault(str(op), {})[str(region)] = float(b) / n_steps
+    return out
 
 
 def _forward_kept(analysis: Analysis, device: str) -> pd.Series:
@@ -319,17 +378,173 @@ def _dispatched_per_step(analysis: Analysis) -> float:
     return n / max(int(analysis.phases.steps["step"].nunique()), 1)
 
 
-def _every_k_for(fraction: float, n_regions: int) -> int:
-    """The ``every_<k>`` (k >= 2) whose share of unchecked blocks out of ``n_regions`` is
-    closest to ``fraction`` (the smallest k on ties); 1 when there are no blocks."""
-    if n_regions < 2:
-        return 1
-    return min(range(2, n_regions + 1),
-               key=lambda k: (abs(1 - math.ceil(n_regions / k) / n_regions - fraction), k))
-
-
 def _is_candidate(op: str) -> bool:
     return op.startswith("aten::") and not op.endswith("_")
+
+
+def _blocks(analysis: Analysis, device: str, *, gpu: bool = False) -> pd.DataFrame:
+    """Per checkpointed region, in forward order (NOTE [ Selective checkpointing or
+    unchecked blocks ]): ``region``, ``cost_ms`` (its recompute per step: what leaving it
+    unchecked buys back; wall time, or the GPU time of what it launched when ``gpu``)
+    and ``kept_bytes`` (per step, the bytes its recompute
+    allocated on ``device`` that are still live when the occurrence ends: what autograd
+    keeps of it for backward, which an unchecked block keeps from forward on)."""
+    n_steps = max(int(analysis.phases.steps["step"].nunique()), 1)
+    occ = analysis.phases.recompute
+    regions = analysis.time.regions
+    if occ.empty or regions.empty:
+        return pd.DataFrame({"region": pd.Series([], dtype=object), "cost_ms": [], "kept_bytes": []})
+    blocks = analysis.composition.blocks
+    b = blocks[(blocks["device"] == device) & (blocks["origin_phase"] == "recompute")]
+    kept: dict[str, float] = {}
+    for region, o in occ.groupby("region", sort=False):
+        o = o.sort_values("start_ns", kind="stable")
+        starts = o["start_ns"].to_numpy(dtype=np.int64)
+        ends = o["end_ns"].to_numpy(dtype=np.int64)
+        mine = b[b["origin_region"] == region]
+        at = mine["alloc_ts_ns"].to_numpy(dtype=np.int64)
+        i = np.searchsorted(starts, at, side="right") - 1
+        inside = i >= 0
+        inside[inside] = at[inside] < ends[i[inside]]
+        end = np.where(inside, ends[np.maximum(i, 0)], 0)
+        free = mine["free_ts_ns"].to_numpy(dtype=np.int64)
+        live = inside & ((free < 0) | (free >= end))
+        kept[str(region)] = float(mine["bytes"].to_numpy(dtype=np.int64)[live].sum()) / n_steps
+    # forward order: the first forward run of each region, else the reverse of recompute
+    runs = analysis.phases.forward_runs
+    first_seen: dict[str, int] = {}
+    if runs is not None and len(runs):
+        for r in runs.sort_values("start_ns", kind="stable")["region"]:
+            first_seen.setdefault(str(r), len(first_seen))
+    order = sorted(kept, key=lambda r: (first_seen.get(r, len(first_seen)),
+                                        -int(occ.loc[occ["region"] == r, "start_ns"].min())))
+    cost = regions.set_index("region")["gpu_ns" if gpu else "wall_ns"].fillna(0)
+    return pd.DataFrame({"region": order,
+                         "cost_ms": [float(cost.get(r, 0)) / 1e6 / n_steps for r in order],
+                         "kept_bytes": [kept[r] for r in order]})
+
+
+def _peak_model(analysis: Analysis, device: str, peak_bytes: float) -> Any:
+    """``peak_of(extra_by_region) -> bytes``: the estimated peak when each region keeps
+    ``extra`` more bytes (per step) from the end of its first forward run to the start
+    of its recompute in the same step, on top of the trace's own live bytes (NOTE
+    [ Selective checkpointing or unchecked blocks ], peaks). Without forward-run markers
+    the extras simply add to the trace's peak (an upper bound)."""
+    runs = analysis.phases.forward_runs
+    occ = analysis.phases.recompute
+    tl = analysis.memory.timeline
+    tl = tl[(tl["device"] == device) & tl["step"].isin(set(analysis.phases.steps["step"]))]
+    if runs is None or runs.empty or occ.empty or tl.empty:
+        return lambda extra: peak_bytes + float(sum(extra.values()))
+    first = runs[runs["first_run"]] if "first_run" in runs.columns else runs
+    fwd_end = first.groupby(["step", "region"])["end_ns"].max()
+    rec_start = occ.groupby(["step", "region"])["start_ns"].min()
+    win = pd.concat([fwd_end.rename("from_ns"), rec_start.rename("to_ns")], axis=1,
+                    join="inner").reset_index()
+    win = win[win["from_ns"] < win["to_ns"]]
+    ts = tl["ts_ns"].to_numpy(dtype=np.int64)
+    order = np.argsort(ts, kind="stable")
+    ts, level = ts[order], tl["allocated_bytes"].to_numpy(dtype=np.float64)[order]
+    top = float(level.max())
+    regions = win["region"].astype(str).to_numpy()
+    starts, ends = win["from_ns"].to_numpy(dtype=np.int64), win["to_ns"].to_numpy(dtype=np.int64)
+
+    def peak_of(extra: dict[str, float]) -> float:
+        amount = np.array([float(extra.get(r, 0.0)) for r in regions])
+        if not (amount > 0).any():
+            return peak_bytes
+        edge_t = np.concatenate([ends, starts])   # ends first: a window closing as
+        edge_d = np.concatenate([-amount, amount])  # another opens does not overlap it
+        k = np.argsort(edge_t, kind="stable")
+        edge_t, running = edge_t[k], np.cumsum(edge_d[k])
+
+        def extra_at(x: np.ndarray) -> np.ndarray:
+            i = np.searchsorted(edge_t, x, side="right") - 1
+            return np.where(i >= 0, running[np.maximum(i, 0)], 0.0)
+
+        j = np.searchsorted(ts, edge_t, side="right") - 1
+        at_edges = np.where(j >= 0, level[np.maximum(j, 0)], level[0]) + extra_at(edge_t)
+        best = max(float((level + extra_at(ts)).max()), float(at_edges.max()))
+        return peak_bytes + best - top
+
+    return peak_of
+
+
+def _alternatives(blocks: pd.DataFrame, step_ms: float, peak_of: Any) -> pd.DataFrame:
+    """Estimated points of the whole-block policies from the full-checkpointing trace:
+    ``full``, ``every_<k>`` for k = 2..n (blocks 0, k, 2k ... checkpointed) and ``none``:
+    ``policy``, ``est_step_ms`` (the trace's step minus the recompute of the blocks left
+    unchecked), ``est_peak_bytes`` (``peak_of`` with what those blocks keep, see
+    :func:`_peak_model`)."""
+    n = len(blocks)
+    names = blocks["region"].astype(str).tolist()
+    wall = blocks["cost_ms"].to_numpy(dtype=np.float64)
+    kept = blocks["kept_bytes"].to_numpy(dtype=np.float64)
+    rows = []
+    for k in [1, *range(2, n + 1), 0]:
+        policy = Policy.none() if k == 0 else Policy.every_k(k)
+        unchecked = np.ones(n, dtype=bool)
+        unchecked[list(policy.chosen(n))] = False
+        extra = {names[i]: float(kept[i]) for i in range(n) if unchecked[i]}
+        rows.append((policy.name, step_ms - float(wall[unchecked].sum()), float(peak_of(extra))))
+    out = pd.DataFrame(rows, columns=["policy", "est_step_ms", "est_peak_bytes"])
+    return out.drop_duplicates(subset=["est_step_ms", "est_peak_bytes"]).reset_index(drop=True)
+
+
+def _frontier_at(alternatives: pd.DataFrame, peak_bytes: float) -> float:
+    """The whole-block frontier's step ms at ``peak_bytes``: linear between its
+    neighbouring points (the convex frontier of the estimates), the fastest point's time
+    beyond the leanest-to-fastest range, inf below the leanest point."""
+    pts = sorted(zip(alternatives["est_peak_bytes"], alternatives["est_step_ms"], strict=True))
+    front: list[tuple[float, float]] = []
+    for m, t in pts:  # lower convex hull, leanest first, time falling
+        if front and t >= front[-1][1]:
+            continue
+        while len(front) >= 2 and ((front[-1][1] - front[-2][1]) * (m - front[-2][0])
+                                   >= (t - front[-2][1]) * (front[-1][0] - front[-2][0])):
+            front.pop()
+        front.append((m, t))
+    if not front or peak_bytes < front[0][0]:
+        return math.inf
+    ms = [m for m, _ in front]
+    return float(np.interp(peak_bytes, ms, [t for _, t in front]))
+
+
+def _recommend(alternatives: pd.DataFrame, selective: bool, sac_step_ms: float,
+               sac_peak_bytes: float, budget_bytes: int | None) -> tuple[str, str]:
+    """``(policy to run, note)``: the selective list (``advised``) or a whole-block policy
+    (NOTE [ Selective checkpointing or unchecked blocks ])."""
+    def point(step: float, peak: float) -> str:
+        return f"est. {step:,.1f} ms, {format_bytes(peak)}"
+
+    alt = alternatives.sort_values(["est_step_ms", "est_peak_bytes"], kind="stable")
+    if budget_bytes is None:
+        if not selective:
+            return "full", ""
+        line = _frontier_at(alternatives, sac_peak_bytes)
+        if not sac_step_ms > line:
+            return ADVISED, ""
+        leaner = alt[alt["est_peak_bytes"] <= sac_peak_bytes]
+        best = leaner.iloc[0] if len(leaner) else alt.sort_values("est_peak_bytes").iloc[0]
+        return str(best["policy"]), (
+            f"selective checkpointing with these ops ({point(sac_step_ms, sac_peak_bytes)}) is "
+            f"slower than whole blocks for that memory (est. {line:,.1f} ms between the "
+            f"whole-block points around it; SAC's dispatch counted): recommended "
+            f"{best['policy']} ({point(best['est_step_ms'], best['est_peak_bytes'])}), the "
+            f"fastest that needs no more memory; measure both in a sweep")
+    fits = alt[alt["est_peak_bytes"] <= budget_bytes]
+    if selective and sac_peak_bytes <= budget_bytes and (
+            fits.empty or sac_step_ms <= float(fits["est_step_ms"].min())):
+        return ADVISED, ""
+    if fits.empty:
+        return "full", ""
+    best = fits.iloc[0]
+    return str(best["policy"]), (
+        f"within the budget, {best['policy']} ({point(best['est_step_ms'], best['est_peak_bytes'])}) "
+        + (f"is faster than selective checkpointing with these ops "
+           f"({point(sac_step_ms, sac_peak_bytes)})" if selective else
+           "is the fastest whole-block policy that fits")
+        + f": recommended {best['policy']}; measure it in a sweep")
 
 
 def advise(analysis: Analysis, none: Analysis | None = None, *, budget_bytes: int | None = None,
@@ -361,13 +576,16 @@ def advise(analysis: Analysis, none: Analysis | None = None, *, budget_bytes: in
         notes.append("bytes from the trace without checkpointing: what each op type keeps "
                      "alive at the end of forward, inside and outside the checkpointed blocks "
                      "(an upper bound)")
+        by_region: dict[str, dict[str, float]] | None = None  # not known: peaks add up
     else:
         fwd = _outputs(analysis, dev, "forward")
         n_fwd = max(int(analysis.phases.steps["step"].nunique()), 1)
         saved_by_op = fwd.groupby("op")["bytes"].sum() / n_fwd
+        by_region = _per_region(fwd, n_fwd)
         if fwd.empty:
             rec = _outputs(analysis, dev, "recompute")
             saved_by_op = rec.groupby("op")["bytes"].sum() / n_steps
+            by_region = _per_region(rec, n_steps)
             notes.append("no forward run of a checkpointed region is marked (ckprof::checkpoint "
                          "ranges): bytes are the recompute calls' outputs, which miss the ops "
                          "early stop does not rerun")
@@ -412,16 +630,36 @@ def advise(analysis: Analysis, none: Analysis | None = None, *, budget_bytes: in
                           kind="stable").drop(columns="_d").reset_index(drop=True))
     total_cost = float((calls["gpu_ns"] if use_gpu else calls["self_ns"]).sum()) / 1e6 / n_steps
     cand_bytes = float(table.loc[table["candidate"], "saved_bytes"].sum())
-    ratio = total_cost / (cand_bytes / MIB) if cand_bytes > 0 else math.nan
+    blocks = _blocks(analysis, dev, gpu=use_gpu)
+    block_ms = float(blocks["cost_ms"].sum())
+    block_bytes = float(blocks["kept_bytes"].sum())
+    if block_ms > 0 and block_bytes > 0:
+        # NOTE [ Selective checkpointing or unchecked blocks ]: the exchange rate of
+        # leaving blocks unchecked, from what their recompute costs and keeps
+        ratio = block_ms / (block_bytes / MIB)
+    else:  # no recompute allocation on this device: the op outputs instead
+        ratio = total_cost / (cand_bytes / MIB) if cand_bytes > 0 else math.nan
     threshold = ratio if threshold_ms_per_mib is None else float(threshold_ms_per_mib)
 
     peak = analysis.memory_table()
     peak_bytes = float(peak.loc[peak["device"] == dev, "peak_bytes"].max())
     step_ms = analysis.step_total_ns / 1e6 / max(analysis.step_count, 1)
+    peak_of = _peak_model(analysis, dev, peak_bytes)
+
+    def sac_peak(ops: Sequence[str]) -> float:
+        """The estimated peak with ``ops``' outputs saved (NOTE [ Selective checkpointing
+        or unchecked blocks ], peaks)."""
+        if by_region is None:
+            return peak_bytes + float(saved_by_op.reindex(list(ops), fill_value=0).sum())
+        extra: dict[str, float] = {}
+        for op in ops:
+            for region, b in by_region.get(op, {}).items():
+                extra[region] = extra.get(region, 0.0) + b
+        return peak_of(extra)
     save = np.zeros(len(table), dtype=bool)
     why = np.where(table["candidate"], "", "")
     why = np.array(why, dtype=object)
-    running = peak_bytes
+    chosen: list[str] = []
     for i, r in enumerate(table.itertuples(index=False)):
         if not r.candidate:
             why[i] = ("in-place or not an aten op" if not _is_candidate(r.op)
@@ -440,13 +678,14 @@ def advise(analysis: Analysis, none: Analysis | None = None, *, budget_bytes: in
             why[i] = (f"{r.ms_per_mib:,.3g} ms/MiB < {threshold:,.3g}: leaving blocks unchecked "
                       "buys more time per MiB of the budget")
         else:
-            fits = running + r.saved_bytes <= budget_bytes
+            est = sac_peak([*chosen, r.op])
+            fits = est <= budget_bytes
             save[i] = fits
             if fits:
-                running += r.saved_bytes
-                why[i] = f"fits: est. peak {format_bytes(running)} <= {format_bytes(budget_bytes)}"
+                chosen.append(r.op)
+                why[i] = f"fits: est. peak {format_bytes(est)} <= {format_bytes(budget_bytes)}"
             else:
-                why[i] = (f"would raise the est. peak to {format_bytes(running + r.saved_bytes)} "
+                why[i] = (f"would raise the est. peak to {format_bytes(est)} "
                           f"> {format_bytes(budget_bytes)}")
     if budget_bytes is not None and peak_bytes > budget_bytes:
         notes.append(f"the trace's own peak ({format_bytes(peak_bytes)}) is already above the "
@@ -462,29 +701,24 @@ def advise(analysis: Analysis, none: Analysis | None = None, *, budget_bytes: in
                      "checkpointing (or leave some blocks unchecked, every_<k>)")
         why = np.where(save, "worth saving alone, but not the dispatch overhead", why)
         save[:] = False
-    saved_bytes = float(table.loc[save, "saved_bytes"].sum())
     gain = float(table.loc[save, "cost_ms"].sum())
-    n_regions = int(analysis.phases.recompute["region"].nunique())
-    recommended = "advised" if save.any() else "full"
-    if save.any() and gain - overhead_ms < ratio * saved_bytes / MIB:
-        k = _every_k_for(saved_bytes / cand_bytes if cand_bytes else 1.0, n_regions)
-        recommended = f"every_{k}" if k > 1 else "full"
-        notes.append(
-            f"selective checkpointing buys back {gain - overhead_ms:,.3g} ms per step net of its "
-            f"dispatch cost for {format_bytes(saved_bytes)}; leaving blocks unchecked would buy "
-            f"about {ratio * saved_bytes / MIB:,.3g} ms for the same memory "
-            f"({ratio:,.3g} ms/MiB): recommended {recommended}; measure both in a sweep")
+    est_peak = sac_peak(list(table.loc[save, "op"])) if save.any() else peak_bytes
+    alternatives = _alternatives(blocks, step_ms, peak_of)
+    recommended, note = _recommend(alternatives, save.any(), step_ms - gain + overhead_ms,
+                                   est_peak, budget_bytes)
+    if note:
+        notes.append(note)
     rank = np.where(table["candidate"], np.cumsum(table["candidate"].to_numpy()), 0)
     table = table.assign(rank=rank.astype(np.int64),
                          decision=np.where(save, "save", "recompute"), why=why)
     table = table[list(TABLE_COLUMNS)]
     save_ops = tuple(op_name(op) for op in table.loc[table["decision"] == "save", "op"])
-    saved_total = float(table.loc[table["decision"] == "save", "saved_bytes"].sum())
     cost_total = float(table.loc[table["decision"] == "save", "cost_ms"].sum())
     estimate = {"step_ms": step_ms, "peak_bytes": peak_bytes,
                 "est_step_ms": step_ms - cost_total + (overhead_ms if save_ops else 0.0),
-                "est_peak_bytes": peak_bytes + saved_total, "recompute_ms": total_cost,
-                "dispatch_overhead_ms": overhead_ms, "dispatched_ops": float(dispatched)}
+                "est_peak_bytes": est_peak, "recompute_ms": total_cost,
+                "dispatch_overhead_ms": overhead_ms, "dispatched_ops": float(dispatched),
+                "blocks_recompute_ms": block_ms, "blocks_kept_bytes": block_bytes}
     if analysis.recompute_found_by not in ("markers", "stack"):
         notes.append(f"recompute found by {analysis.recompute_found_by}: recompute costs are a "
                      "lower bound")
@@ -493,7 +727,8 @@ def advise(analysis: Analysis, none: Analysis | None = None, *, budget_bytes: in
                   threshold_ms_per_mib=float(threshold),
                   cost_basis="GPU time" if use_gpu else "wall time", device=dev,
                   budget_bytes=budget_bytes, estimate=estimate, source=source,
-                  notes=tuple(notes), recommended=recommended)
+                  notes=tuple(notes), recommended=recommended,
+                  alternatives=alternatives)
 
 
 def render_advice(advice: Advice, fmt: str = "table") -> str:
@@ -522,7 +757,8 @@ def render_advice(advice: Advice, fmt: str = "table") -> str:
                  "kept, checkpointing as a whole)")
     summary = [
         f"ckprof advise · {advice.source} · device {advice.device} · {what}",
-        f"save: {', '.join(advice.save_ops) or 'nothing (keep full checkpointing)'}",
+        f"save: {', '.join(advice.save_ops) or 'nothing'}"
+        + (" (keep full checkpointing)" if not advice.save_ops and advice.recommended == "full" else ""),
         f"estimate (per step): {est['step_ms']:,.3f} ms -> {est['est_step_ms']:,.3f} ms"
         + (f" (incl. ~{est['dispatch_overhead_ms']:,.3g} ms of SAC dispatch for "
            f"{est['dispatched_ops']:,.0f} ops)" if advice.save_ops else "")
@@ -532,6 +768,13 @@ def render_advice(advice: Advice, fmt: str = "table") -> str:
     ]
     if advice.recommended != ADVISED and advice.save_ops:
         summary.append(f"recommended instead: {advice.recommended} (see the notes)")
+    elif advice.recommended != ADVISED and advice.recommended != "full":
+        summary.append(f"recommended: {advice.recommended} (see the notes)")
+    alt = advice.alternatives
+    if alt is not None and len(alt):
+        summary.append("estimated whole-block policies: " + " · ".join(
+            f"{r.policy} {r.est_step_ms:,.1f} ms {format_bytes(r.est_peak_bytes)}"
+            for r in alt.itertuples(index=False)))
     if fmt == "markdown":
         lines = ["### ckprof advise", "", *(s + "  " for s in summary), "",
                  *markdown_table(headers, rows), "", "```python", advice.code().rstrip(), "```"]
@@ -541,6 +784,59 @@ def render_advice(advice: Advice, fmt: str = "table") -> str:
     if advice.notes:
         lines += ["", "Notes", *(f"  - {n}" for n in advice.notes)]
     return "\n".join(lines) + "\n"
+
+
+def advice_section(analysis: Analysis) -> str:
+    """The HTML report's section on what selective checkpointing should save
+    (:func:`ckprof.report.html.render_report` ``sections=``): the recommendation, the
+    estimated points and the ranked candidates; a short note when the trace cannot be
+    advised on (no recompute, no memory)."""
+    from html import escape
+
+    from ckprof.errors import CkprofError
+    from ckprof.report.html import table_html
+
+    head = '<section id="advice"><h2>What should selective checkpointing save?</h2>'
+    how = ("<b>How to read this:</b> each op type recompute reruns, ranked by milliseconds of "
+           "recompute per MiB its outputs would keep alive if saved (<code>MUST_SAVE</code>) "
+           "instead. Saving ops is one way to spend memory on speed, leaving whole blocks "
+           "unchecked the other: the estimated points of <i>full</i>, <i>every_k</i> and "
+           "<i>none</i> come from the same trace, and the recommendation is whichever is "
+           "faster for the memory. Everything here assumes the trace is of full "
+           "checkpointing; <code>ckprof sweep --policy ...,advised:TRACE</code> measures it.")
+    try:
+        adv = advise(analysis)
+    except CkprofError as err:
+        return (f'{head}<p class="missing">No advice: {escape(err.reason)}.</p></section>')
+    est = adv.estimate
+    rec = adv.recommended
+    what = (f"save {escape(', '.join(adv.save_ops))} under selective checkpointing"
+            if rec == ADVISED else f"run <b>{escape(rec)}</b>"
+            + (f" rather than saving {escape(', '.join(adv.save_ops))}" if adv.save_ops else ""))
+    parts = [head, f'<p class="how">{how}</p>',
+             f"<p><b>Recommended:</b> {what} (device {escape(adv.device)}; threshold "
+             f"{adv.threshold_ms_per_mib:,.3g} ms/MiB, {escape(adv.cost_basis)}).</p>"]
+    points = [[escape(r.policy), format_ms(r.est_step_ms), escape(format_bytes(r.est_peak_bytes))]
+              for r in (adv.alternatives.itertuples(index=False)
+                        if adv.alternatives is not None else ())]
+    if adv.save_ops:
+        points.append([f"selective: {escape('+'.join(adv.save_ops))}", format_ms(est["est_step_ms"]),
+                       escape(format_bytes(est["est_peak_bytes"]))])
+    if points:
+        parts += ["<h3>Estimated points (per step)</h3>",
+                  table_html([("policy", "l"), ("step ms", "r"), ("peak", "r")], points)]
+    cand = adv.table[adv.table["rank"] > 0]
+    rows = [[str(int(r.rank)), escape(r.op), format_ms(r.cost_ms), escape(format_bytes(r.saved_bytes)),
+             format_ms(r.ms_per_mib), escape(r.decision), escape(r.why)]
+            for r in cand.itertuples(index=False)]
+    if rows:
+        parts += ["<h3>Candidates</h3>", table_html(
+            [("rank", "r"), ("op", "l"), ("recompute ms/step", "r"), ("keeps alive/step", "r"),
+             ("ms per MiB", "r"), ("advice", "l"), ("why", "l")], rows)]
+    if adv.notes:
+        parts.append("<ul>" + "".join(f"<li>{escape(n)}</li>" for n in adv.notes) + "</ul>")
+    parts.append("</section>")
+    return "".join(parts)
 
 
 def plot_advised_frontier(table: pd.DataFrame, advised: str | Sequence[str] = ADVISED, *,

@@ -17,7 +17,9 @@ Applying a policy to a model is :mod:`ckprof.strategy.apply` (torch).
 # ops in ``save_ops`` (matmuls, convolutions, attention) are saved, every other op
 # is recomputed in backward.
 # "advised" is selective with the op list ``ckprof advise`` measured from a trace
-# (:mod:`ckprof.strategy.advice`); ``advised:<trace file>`` computes it on the spot.
+# (:mod:`ckprof.strategy.advice`); ``advised:<trace file>`` computes the advice on the
+# spot and runs what it recommends: that list, or the whole-block policy (every_<k>,
+# full) it found better (NOTE [ Selective checkpointing or unchecked blocks ]).
 
 Pure: no torch. ``selective`` policies name aten ops as text.
 """
@@ -217,7 +219,9 @@ def parse_policy(text: str) -> Policy:
     if m:
         name, rest = m.group(1), m.group(2).strip()
         if _looks_like_trace(rest):
-            return _advised_from_trace(rest, name)
+            policy = _advised_from_trace(rest, name)
+            # a whole-block recommendation named "advised" reruns from this text
+            return policy if policy.kind == "selective" else _with_spec(policy, raw)
         return Policy.advised(_op_list(rest), name=name)
     m = _EVERY.match(low)
     if m:
@@ -256,8 +260,8 @@ def _advised_from_trace(path: str, name: str = "advised") -> Policy:
     from ckprof.errors import CkprofError
     from ckprof.strategy.advice import advise
 
-    try:
-        return advise(load(path)).policy(name)
+    try:  # what the advice recommends: its selective list, or whole blocks unchecked
+        return advise(load(path)).recommended_policy(name)
     except CkprofError as err:
         raise ValueError(f"policy '{name}:{path}': {err}") from err
 
