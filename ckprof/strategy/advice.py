@@ -94,7 +94,9 @@ checkpointing (the two-trace form, NOTE [ Advice from two traces ]).
 #   no budget  the list is recommended when its point is faster than the whole-block
 #              frontier at its peak (linear between the neighbouring points: the
 #              convex frontier); else the fastest whole-block point that needs no
-#              more memory than the list;
+#              more memory than the list; with no list, the fastest that needs no
+#              more than full (on the H200 traces the peak is AdamW's step, and
+#              none's activations stay under it);
 #   budget     the fastest point within the budget, the list's included; full when none
 #              fits.
 # Measured on this VM (bench_advice.py, CPU time, no profiler): on the demo transformer
@@ -519,8 +521,19 @@ def _recommend(alternatives: pd.DataFrame, selective: bool, sac_step_ms: float,
 
     alt = alternatives.sort_values(["est_step_ms", "est_peak_bytes"], kind="stable")
     if budget_bytes is None:
-        if not selective:
-            return "full", ""
+        if not selective:  # nothing worth saving: unchecked blocks that cost no peak
+            full = alternatives[alternatives["policy"] == "full"]
+            if full.empty:
+                return "full", ""
+            free = alt[alt["est_peak_bytes"] <= float(full["est_peak_bytes"].iloc[0])]
+            best = free.iloc[0] if len(free) else full.iloc[0]
+            if best["policy"] == "full":
+                return "full", ""
+            return str(best["policy"]), (
+                f"leaving blocks unchecked does not raise the peak: it is set elsewhere in the "
+                f"step (the optimizer's state, say), so {best['policy']} "
+                f"({point(best['est_step_ms'], best['est_peak_bytes'])}) costs no memory over "
+                f"full checkpointing: recommended {best['policy']}; measure it in a sweep")
         line = _frontier_at(alternatives, sac_peak_bytes)
         if not sac_step_ms > line:
             return ADVISED, ""
