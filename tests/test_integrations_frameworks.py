@@ -9,22 +9,9 @@ import json
 from pathlib import Path
 
 import pytest
+from support.raw_reference import ranges_per_step
 
 torch = pytest.importorskip("torch")
-
-
-def _per_step(trace: Path, prefix: str) -> dict[int, int]:
-    with gzip.open(trace, "rt") as fh:
-        events = [e for e in json.load(fh)["traceEvents"] if e.get("ph") == "X"]
-    steps = [(int(e["name"].split("#")[1]), e["ts"], e["ts"] + e["dur"]) for e in events
-             if e["name"].startswith("ProfilerStep#")]
-    out = {n: 0 for n, _, _ in steps}
-    for e in events:
-        if e["name"].startswith(prefix):
-            for n, s, t in steps:
-                if s <= e["ts"] < t:
-                    out[n] += 1
-    return out
 
 
 @pytest.fixture(autouse=True)
@@ -70,9 +57,9 @@ def test_hf_trainer_callback(tmp_path: Path) -> None:
     callback = CkprofCallback(tmp_path / "traces", wait=1, warmup=1, active=2, log=logged.append)
     _hf_trainer(tmp_path, callback, max_steps=5, accumulation=2).train()
     (trace,) = callback.trace_paths
-    assert _per_step(trace, "Optimizer.step#") == {2: 1, 3: 1}
-    assert _per_step(trace, "ckprof::recompute::model.layers.0") == {2: 2, 3: 2}
-    assert _per_step(trace, "ckprof::recompute::model.layers.1") == {2: 2, 3: 2}
+    assert ranges_per_step(trace, "Optimizer.step#") == {2: 1, 3: 1}
+    assert ranges_per_step(trace, "ckprof::recompute::model.layers.0") == {2: 2, 3: 2}
+    assert ranges_per_step(trace, "ckprof::recompute::model.layers.1") == {2: 2, 3: 2}
     assert len(logged) == 1 and str(trace) in logged[0]
     assert "model.layers.0" in callback.analysis and "2 step(s) analysed (2, 3)" in callback.analysis
 
@@ -137,11 +124,11 @@ def test_lightning_callback(tmp_path: Path) -> None:
                          callbacks=[callback], default_root_dir=str(tmp_path))
     trainer.fit(Net(), data)
     (trace,) = callback.trace_paths
-    assert _per_step(trace, "Optimizer.step#SGD") == {2: 1, 3: 1}
-    assert _per_step(trace, "ckprof::backward") == {2: 2, 3: 2}
+    assert ranges_per_step(trace, "Optimizer.step#SGD") == {2: 1, 3: 1}
+    assert ranges_per_step(trace, "ckprof::backward") == {2: 2, 3: 2}
     for block in ("blocks.0", "blocks.1"):
-        assert _per_step(trace, f"ckprof::recompute::{block}") == {2: 2, 3: 2}
-    assert _per_step(trace, "ckprof::forward") == {2: 2, 3: 2}
+        assert ranges_per_step(trace, f"ckprof::recompute::{block}") == {2: 2, 3: 2}
+    assert ranges_per_step(trace, "ckprof::forward") == {2: 2, 3: 2}
     # the forward of the batch that steps runs inside optimizer.step (Lightning's
     # closure) and is marked forward there, before the optimizer's own update
     with gzip.open(trace, "rt") as fh:

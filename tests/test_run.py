@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from support.raw_reference import ranges_per_step
 
 from ckprof.cli.main import cli
 from ckprof.cli.run import parse_command
@@ -67,20 +68,6 @@ def _run(args: list[str]) -> object:
 def _trace_json(path: Path) -> dict:
     with gzip.open(path, "rt") as fh:
         return json.load(fh)
-
-
-def _ranges_per_step(trace: dict, prefix: str) -> dict[int, int]:
-    """How many complete ranges named ``prefix...`` start inside each ProfilerStep#N."""
-    events = [e for e in trace["traceEvents"] if e.get("ph") == "X"]
-    steps = [(int(e["name"].split("#")[1]), e["ts"], e["ts"] + e["dur"]) for e in events
-             if e["name"].startswith("ProfilerStep#")]
-    out = {n: 0 for n, _, _ in steps}
-    for e in events:
-        if e["name"].startswith(prefix):
-            for n, s, t in steps:
-                if s <= e["ts"] < t:
-                    out[n] += 1
-    return out
 
 
 torch = pytest.importorskip("torch")
@@ -143,7 +130,7 @@ def test_example_through_python_m_ckprof_run(tmp_path: Path) -> None:
     assert "2 step(s) analysed (1, 2)" in proc.stdout
     for i in range(4):
         assert f"blocks.{i}" in proc.stdout
-    counts = _ranges_per_step(_trace_json(trace), "ckprof::recompute::blocks.")
+    counts = ranges_per_step(_trace_json(trace), "ckprof::recompute::blocks.")
     assert counts == {1: 4, 2: 4}
     assert "USDT" not in proc.stderr and "Memory block of unknown size" not in proc.stderr
 
@@ -176,10 +163,10 @@ def test_accumulation_and_two_optimizers_make_one_step(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     (trace,) = out.glob("*.pt.trace.json.gz")
     doc = _trace_json(trace)
-    assert _ranges_per_step(doc, "ckprof::forward") == {2: 2, 3: 2}
-    assert _ranges_per_step(doc, "ckprof::backward") == {2: 2, 3: 2}
-    assert _ranges_per_step(doc, "Optimizer.step#SGD") == {2: 1, 3: 1}
-    assert _ranges_per_step(doc, "Optimizer.step#Adam") == {2: 1, 3: 1}
+    assert ranges_per_step(doc, "ckprof::forward") == {2: 2, 3: 2}
+    assert ranges_per_step(doc, "ckprof::backward") == {2: 2, 3: 2}
+    assert ranges_per_step(doc, "Optimizer.step#SGD") == {2: 1, 3: 1}
+    assert ranges_per_step(doc, "Optimizer.step#Adam") == {2: 1, 3: 1}
     # everything the step detection patched is restored
     assert not getattr(torch.optim.SGD.step, "_ckprof_run_step", False)
     assert not getattr(torch.optim.Adam.step, "_ckprof_run_step", False)
@@ -210,8 +197,8 @@ def test_closure_optimizer_steps(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     (trace,) = out.glob("*.pt.trace.json.gz")
     doc = _trace_json(trace)
-    assert _ranges_per_step(doc, "Optimizer.step#LBFGS") == {2: 1, 3: 1}
-    assert _ranges_per_step(doc, "ckprof::forward") == {2: 1, 3: 1}
+    assert ranges_per_step(doc, "Optimizer.step#LBFGS") == {2: 1, 3: 1}
+    assert ranges_per_step(doc, "ckprof::forward") == {2: 1, 3: 1}
     analysis = json.loads(result.stdout[result.stdout.index("{"):])
     assert analysis["steps_analyzed"] == [2, 3]
     assert analysis["totals"]["forward"]["wall_ms"] > 0

@@ -710,8 +710,8 @@ def advise(analysis: Analysis, none: Analysis | None = None, *, budget_bytes: in
     if save.any() and gain <= overhead_ms:
         notes.append(f"selective checkpointing would not pay off: the ops worth saving buy back "
                      f"{gain:,.3g} ms per step, its dispatch mode costs about {overhead_ms:,.3g} ms "
-                     f"({dispatched:,.0f} ops x {dispatch_overhead_us:g} us): keep full "
-                     "checkpointing (or leave some blocks unchecked, every_<k>)")
+                     f"({dispatched:,.0f} ops x {dispatch_overhead_us:g} us): save nothing "
+                     "(what to run instead weighs whole blocks: full, every_<k>, none)")
         why = np.where(save, "worth saving alone, but not the dispatch overhead", why)
         save[:] = False
     gain = float(table.loc[save, "cost_ms"].sum())

@@ -171,3 +171,22 @@ def pair_blocks(memory: list[dict]) -> list[dict]:
 
 def in_steps(raw: Raw, t: int) -> bool:
     return in_any(t, raw.named("ProfilerStep#")) is not None
+
+
+def ranges_per_step(trace: dict | Path, prefix: str) -> dict[int, int]:
+    """How many complete ranges named ``prefix...`` start inside each ProfilerStep#N of
+    a trace (its JSON object, or a .json / .json.gz file)."""
+    if not isinstance(trace, dict):
+        opener = gzip.open if str(trace).endswith(".gz") else open
+        with opener(trace, "rt") as fh:
+            trace = json.load(fh)
+    events = [e for e in trace["traceEvents"] if e.get("ph") == "X"]
+    steps = [(int(e["name"].split("#")[1]), e["ts"], e["ts"] + e["dur"]) for e in events
+             if e["name"].startswith("ProfilerStep#")]
+    out = {n: 0 for n, _, _ in steps}
+    for e in events:
+        if e["name"].startswith(prefix):
+            for n, s, t in steps:
+                if s <= e["ts"] < t:
+                    out[n] += 1
+    return out
