@@ -116,7 +116,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -149,6 +149,9 @@ SPIKE = 3.0
 MIN_SHARE = 0.01
 #: recompute utilisation (% of its wall time the GPU is busy) above which it is GPU-bound
 GPU_BOUND_PCT = 50.0
+#: the estimated peak (bytes) with these extra bytes per region kept from forward to
+#: recompute (:func:`_peak_model`)
+PeakOf = Callable[[dict[str, float]], float]
 #: default cost of selective checkpointing's dispatch mode per intercepted op, in us
 #: (NOTE [ The price of selective checkpointing ])
 DISPATCH_OVERHEAD_US = 30.0
@@ -426,7 +429,7 @@ def _blocks(analysis: Analysis, device: str, *, gpu: bool = False) -> pd.DataFra
                          "kept_bytes": [kept[r] for r in order]})
 
 
-def _peak_model(analysis: Analysis, device: str, peak_bytes: float) -> Any:
+def _peak_model(analysis: Analysis, device: str, peak_bytes: float) -> PeakOf:
     """``peak_of(extra_by_region) -> bytes``: the estimated peak when each region keeps
     ``extra`` more bytes (per step) from the end of its first forward run to the start
     of its recompute in the same step, on top of the trace's own live bytes (NOTE
@@ -472,7 +475,7 @@ def _peak_model(analysis: Analysis, device: str, peak_bytes: float) -> Any:
     return peak_of
 
 
-def _alternatives(blocks: pd.DataFrame, step_ms: float, peak_of: Any) -> pd.DataFrame:
+def _alternatives(blocks: pd.DataFrame, step_ms: float, peak_of: PeakOf) -> pd.DataFrame:
     """Estimated points of the whole-block policies from the full-checkpointing trace:
     ``full``, ``every_<k>`` for k = 2..n (blocks 0, k, 2k ... checkpointed) and ``none``:
     ``policy``, ``est_step_ms`` (the trace's step minus the recompute of the blocks left
