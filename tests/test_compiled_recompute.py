@@ -364,3 +364,36 @@ def test_step_option_reports_compiled_figures_of_that_step_only():
         "separated", 1, pytest.approx(0.190))
     assert (two["status"], two["backward_calls"], two["recompute_wall_ms"]) == (
         "not_separable", 1, 0.0)
+
+
+def test_step_option_keeps_only_that_steps_compiled_notes():
+    """GIVEN two steps, the second's compiled backward not separable WHEN one step is
+    analysed (--step) THEN the notes are that step's: step 1 has no 'not separable'
+    note, step 2 has it; the whole trace has it too."""
+    b = TraceBuilder().meta(ckprof=metadata())
+    compiled_step(b, 1, 0)
+    compiled_step(b, 2, 1000, key="funknown00000000key")
+    trace = b.to_trace()
+
+    def not_separable(a):
+        return [n for n in a.to_dict()["notes"] if "not separable" in n]
+
+    assert not_separable(analyze(trace))
+    assert not_separable(analyze(trace, step=1)) == []
+    assert not_separable(analyze(trace, step=2))
+
+
+def test_launches_on_another_thread_with_a_colliding_packed_id_are_not_counted():
+    """GIVEN a fused interval on (pid 1, tid 5) and a launch on (pid 0, tid 1000008) --
+    the same number under a pid*1000003+tid packing -- WHEN the GPU time launched in the
+    interval is summed THEN only the launch on the interval's own thread counts."""
+    import pandas as pd
+
+    from ckprof.analysis.compiled_recompute import _gpu_ns_launched_in
+
+    ev = pd.DataFrame({
+        "kind": pd.Categorical(["cpu_op", "runtime", "runtime", "kernel", "kernel"]),
+        "pid": [1, 1, 0, 0, 0], "tid": [5, 5, 1_000_008, 7, 7],
+        "ts_ns": [0, 10, 20, 100, 200], "dur_ns": [1000, 5, 5, 30, 50],
+        "correlation": [-1, 1, 2, 1, 2]})
+    assert _gpu_ns_launched_in(ev, [(0, 0, 1000)]) == 30.0

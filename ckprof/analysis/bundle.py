@@ -72,17 +72,33 @@ def analyze(trace: Trace, recompute_detection: str = "auto", step: int | None = 
     check_recompute_detection(recompute_detection)
     phases = find_phases(trace, recompute_detection=recompute_detection)
     if step is not None:
-        phases = _only_step(phases, step, trace.path)
+        phases = _only_step(trace, phases, step)
     else:
         phases = _drop_partial_step(phases, trace)
     if variant is not None:
         phases = _only_variant(trace, phases, variant)
-    if (step is not None or variant is not None) and phases.compiled.status != "none":
-        # its figures for those steps only
-        phases = dataclasses.replace(phases, compiled=find_compiled_recompute(trace, phases.steps))
     time = attribute_time(trace, phases)
     memory = peak_memory_by_phase(trace, phases)
     return Analysis(trace=trace, phases=phases, time=time, memory=memory, step=step, variant=variant)
+
+
+def _keep_steps(trace: Trace, phases: PhaseTable, keep: set[int],
+                note: str | None = None) -> PhaseTable:
+    """``phases`` with only the steps in ``keep`` (steps, segments, recompute), and the
+    recompute inside compiled backward graphs measured again over those steps, its notes
+    replacing the whole trace's (one filter for --step, --variant and a partial step)."""
+    pick = lambda df: df[df["step"].isin(keep)].reset_index(drop=True)  # noqa: E731
+    out = dataclasses.replace(phases, steps=pick(phases.steps), segments=pick(phases.segments),
+                              recompute=pick(phases.recompute))
+    notes = list(phases.notes)
+    if phases.compiled.status != "none":  # its figures and notes for those steps only
+        compiled = find_compiled_recompute(trace, out.steps)
+        old = set(phases.compiled.notes)
+        notes = [n for n in notes if n not in old] + list(compiled.notes)
+        out = dataclasses.replace(out, compiled=compiled)
+    if note is not None:
+        notes.append(note)
+    return dataclasses.replace(out, notes=tuple(notes))
 
 
 def _only_variant(trace: Trace, phases: PhaseTable, variant: str) -> PhaseTable:
@@ -97,27 +113,19 @@ def _only_variant(trace: Trace, phases: PhaseTable, variant: str) -> PhaseTable:
         have = ", ".join(dict.fromkeys(tags.loc[~tags["excluded"], "variant"].tolist())) or "none"
         raise NotCapturedError(f"no step of variant {variant!r} (variants: {have})", path=trace.path,
                                hint="Pick one of those with --variant")
-    pick = lambda df: df[df["step"].isin(keep)].reset_index(drop=True)  # noqa: E731
-    return dataclasses.replace(phases, steps=pick(phases.steps), segments=pick(phases.segments),
-                               recompute=pick(phases.recompute))
+    return _keep_steps(trace, phases, keep)
 
 
-def _only_step(phases: PhaseTable, step: int, path: str) -> PhaseTable:
+def _only_step(trace: Trace, phases: PhaseTable, step: int) -> PhaseTable:
     steps = phases.steps
     if step not in set(steps["step"].tolist()):
         have = ", ".join(str(s) for s in steps["step"].tolist()) or "none"
         raise NotCapturedError(
             f"step {step} is not in the trace (steps: {have})",
-            path=path,
+            path=trace.path,
             hint="Pick one of those with --step, or leave --step out",
         )
-    keep = lambda df: df[df["step"] == step].reset_index(drop=True)  # noqa: E731
-    return dataclasses.replace(
-        phases,
-        steps=keep(phases.steps),
-        segments=keep(phases.segments),
-        recompute=keep(phases.recompute),
-    )
+    return _keep_steps(trace, phases, {step})
 
 
 def _drop_partial_step(phases: PhaseTable, trace: Trace) -> PhaseTable:
@@ -127,19 +135,12 @@ def _drop_partial_step(phases: PhaseTable, trace: Trace) -> PhaseTable:
     partial = (trace.ckprof or {}).get("partial_step") if isinstance(trace.ckprof, dict) else None
     if not isinstance(partial, int) or isinstance(partial, bool):
         return phases
-    steps = phases.steps["step"]
-    if partial not in set(steps.tolist()) or len(steps) < 2:
+    steps = set(phases.steps["step"].tolist())
+    if partial not in steps or len(steps) < 2:
         return phases
-    keep = lambda df: df[df["step"] != partial].reset_index(drop=True)  # noqa: E731
     note = (f"step {partial} was still running when the capture stopped: left out "
             f"(--step {partial} shows it)")
-    return dataclasses.replace(
-        phases,
-        steps=keep(phases.steps),
-        segments=keep(phases.segments),
-        recompute=keep(phases.recompute),
-        notes=(*phases.notes, note),
-    )
+    return _keep_steps(trace, phases, steps - {partial}, note)
 
 
 @dataclass(frozen=True)

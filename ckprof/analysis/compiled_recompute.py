@@ -104,12 +104,13 @@ def _gpu_ns_launched_in(ev: pd.DataFrame, intervals: list[tuple[int, int, int]]
         return 0.0
     corr = ev["correlation"].to_numpy(dtype=np.int64)
     ts = ev["ts_ns"].to_numpy(dtype=np.int64)
-    thread = (ev["pid"].to_numpy(dtype=np.int64) * 1_000_003
-              + ev["tid"].to_numpy(dtype=np.int64))
+    pid = ev["pid"].to_numpy(dtype=np.int64)
+    tid = ev["tid"].to_numpy(dtype=np.int64)
     rt = np.flatnonzero((kind == "runtime").to_numpy() & (corr >= 0))
     chosen = np.zeros(len(rt), dtype=bool)
-    for row, s, e in intervals:
-        chosen |= (thread[rt] == thread[row]) & (ts[rt] >= s) & (ts[rt] < e)
+    for row, s, e in intervals:  # same thread: pid and tid compared apart (64-bit ids)
+        chosen |= ((pid[rt] == pid[row]) & (tid[rt] == tid[row])
+                   & (ts[rt] >= s) & (ts[rt] < e))
     ids = np.unique(corr[rt[chosen]])
     hit = np.isin(corr[gpu], ids)
     return float(ev["dur_ns"].to_numpy(dtype=np.int64)[gpu][hit].sum())

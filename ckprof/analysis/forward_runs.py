@@ -65,6 +65,7 @@ import re
 import numpy as np
 import pandas as pd
 
+from ckprof.analysis.intervals import thread_ids
 from ckprof.analysis.phases import (
     EVAL_PREFIX,
     _kind_mask,
@@ -162,8 +163,8 @@ class _Tree:
         ops = np.flatnonzero(self.is_op & (self.seq >= 0) & ~self.is_eval)
         if len(ops) == 0:
             return lo, hi
-        key = self.pid[ops] * 1_000_003 + self.tid[ops]
-        want = pid * 1_000_003 + tid
+        ids = thread_ids(np.concatenate([self.pid[ops], pid]), np.concatenate([self.tid[ops], tid]))
+        key, want = ids[:len(ops)], ids[len(ops):]
         for k in np.unique(want):
             mine = ops[key == k]                 # sorted by ts (events are)
             t = self.ts[mine]
@@ -352,8 +353,8 @@ def link_recompute_names(occ: pd.DataFrame, trace: Trace, runs: pd.DataFrame, *,
     r_hi = runs["seq_hi"].to_numpy(dtype=np.int64)
     r_st = runs["start_ns"].to_numpy(dtype=np.int64)
     r_first = runs["first_run"].to_numpy(dtype=bool)
-    r_key = runs["pid"].to_numpy(dtype=np.int64) * 1_000_003 + runs["tid"].to_numpy(
-        dtype=np.int64)
+    r_pid = runs["pid"].to_numpy(dtype=np.int64)
+    r_tid = runs["tid"].to_numpy(dtype=np.int64)
     r_name = runs["region"].to_numpy(dtype=object)
     names = occ["region"].to_numpy(dtype=object).copy()
     linked = np.zeros(len(occ), dtype=bool)
@@ -363,9 +364,8 @@ def link_recompute_names(occ: pd.DataFrame, trace: Trace, runs: pd.DataFrame, *,
             continue
         mine = np.flatnonzero(node == row)
         mine = mine[np.argsort(start[mine], kind="stable")]
-        key = int(tr.pid[row]) * 1_000_003 + int(tr.tid[row])
         ok = (r_lo >= 0) & (r_lo <= seq) & (seq <= r_hi) & (r_st < start[mine[0]])
-        ok &= r_first | (r_key == key)
+        ok &= r_first | ((r_pid == tr.pid[row]) & (r_tid == tr.tid[row]))
         chain = np.flatnonzero(ok)                # runs sorted by start: outermost first
         if len(chain) == 0:
             continue
