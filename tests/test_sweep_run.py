@@ -234,3 +234,16 @@ def test_cli_sweep_bad_options_exit_2(args, needle):
 def test_parse_bytes_matches_cli_budget():
     """GIVEN the CLI's budget text WHEN parsed by the library THEN the same bytes."""
     assert parse_bytes("1GiB") == 2**30 and not math.isnan(parse_bytes("0.5GiB"))
+
+
+def test_cli_sweep_confirms_an_advised_policy(tmp_path):
+    """GIVEN --policy advised:<ops> (its text is not its name, 'advised') WHEN the sweep
+    recommends it under a budget and --confirm runs it THEN the confirmation finds the
+    policy by name instead of parsing 'advised' (which needs its ops)."""
+    args = ["sweep", "--model", f"{__name__}:make_tuple", "--policy", "advised:addmm+mm",
+            "--steps", "1", "--rounds", "1", "--warmup", "0", "--isolation", "inline",
+            "--memory-budget", "1MiB", "--optimizer", "sgd", "--confirm", "--batch-size", "4",
+            "-o", str(tmp_path / "f.png")]
+    res = CliRunner().invoke(cli, args)
+    assert res.exit_code == 0, res.output
+    assert re.search(r"(Confirmed by running it|Not confirmed): advised at batch \d+", res.output), res.output

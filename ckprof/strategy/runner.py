@@ -483,10 +483,9 @@ def sweep(
     if policies is not None:
         from ckprof.strategy.policies import resolve_policies
 
-        resolve_policies(policies)  # names checked (unique, known) before any run
+        policies = resolve_policies(policies)  # parsed once; names checked before any run
     portable = all(_portable(x) for x in (make_model, make_batch, loss_fn)) and all(
-        isinstance(p, str) or getattr(p, "kind", "") != "custom" or bool(getattr(p, "spec", ""))
-        for p in (policies or ()))
+        p.kind != "custom" or bool(p.spec) for p in (policies or ()))
     if isolation == "process" and not portable:
         raise CkprofError(
             "isolation='process' needs importable factories and policies",
@@ -503,7 +502,7 @@ def sweep(
     base_spec: dict[str, Any] = {
         "make_model": make_model, "make_batch": make_batch, "loss_fn": loss_fn,
         "policies": None if policies is None else [
-            (getattr(p, "spec", "") or p) if not inline else p for p in policies],
+            (p.spec or p) if not inline else p for p in policies],
         "steps": steps, "rounds": rounds, "warmup": warmup, "device": device, "blocks": blocks,
         "out_dir": str(root), "optimizer": optimizer, "threads": threads,
     }
@@ -554,8 +553,10 @@ def sweep(
 
             from ckprof.strategy.policies import parse_policy
 
-            chosen = next((p for p in (policies or ()) if getattr(p, "name", p) == rec.policy), rec.policy)
-            policy = chosen if not isinstance(chosen, str) else parse_policy(chosen)
+            # by name: a policy's text (advised:mm+addmm) is not its name (advised)
+            policy = next((p for p in (policies or ()) if p.name == rec.policy), None)
+            if policy is None:  # the built-in set
+                policy = parse_policy(rec.policy)
             largest = int(runs["batch_size"].max())
             if rec.batch_size > FAR * largest:
                 conf: dict[str, Any] = {
