@@ -128,6 +128,7 @@ from ckprof.report.text import (
     check_format,
     format_bytes,
     format_ms,
+    jsonable,
     markdown_table,
     records,
     text_table,
@@ -246,21 +247,17 @@ class Advice:
             "device": self.device,
             "cost_basis": self.cost_basis,
             "budget_bytes": self.budget_bytes,
-            "threshold_ms_per_mib": _num(self.threshold_ms_per_mib),
+            "threshold_ms_per_mib": jsonable(self.threshold_ms_per_mib),
             "save_ops": list(self.save_ops),
             "sweep_policy": self.sweep_spec,
             "recommended": self.recommended,
             "alternatives": (records(self.alternatives, digits=6)
                              if self.alternatives is not None else []),
-            "estimate": {k: _num(v) for k, v in self.estimate.items()},
+            "estimate": {k: jsonable(v) for k, v in self.estimate.items()},
             "ops": records(self.table, digits=6),
             "code": self.code(),
             "notes": list(self.notes),
         }
-
-
-def _num(x: float) -> float | None:
-    return None if x is None or (isinstance(x, float) and (math.isnan(x) or math.isinf(x))) else x
 
 
 def advised_policy(save_ops: Sequence[str], name: str = ADVISED) -> Policy:
@@ -380,7 +377,7 @@ def _dispatched_per_step(analysis: Analysis) -> float:
     rows = calls[(calls["phase"] == "recompute")
                  | ((calls["phase"] == "forward") & (calls["region"] != ""))]["event"]
     n = int((seq[rows.to_numpy(dtype=np.int64)] >= 0).sum())
-    return n / max(int(analysis.phases.steps["step"].nunique()), 1)
+    return n / max(analysis.step_count, 1)
 
 
 def _is_candidate(op: str) -> bool:
@@ -394,7 +391,7 @@ def _blocks(analysis: Analysis, device: str, *, gpu: bool = False) -> pd.DataFra
     and ``kept_bytes`` (per step, the bytes its recompute
     allocated on ``device`` that are still live when the occurrence ends: what autograd
     keeps of it for backward, which an unchecked block keeps from forward on)."""
-    n_steps = max(int(analysis.phases.steps["step"].nunique()), 1)
+    n_steps = max(analysis.step_count, 1)
     occ = analysis.phases.recompute
     regions = analysis.time.regions
     if occ.empty or regions.empty:
@@ -441,7 +438,7 @@ def _peak_model(analysis: Analysis, device: str, peak_bytes: float) -> PeakOf:
     tl = tl[(tl["device"] == device) & tl["step"].isin(set(analysis.phases.steps["step"]))]
     if runs is None or runs.empty or occ.empty or tl.empty:
         return lambda extra: peak_bytes + float(sum(extra.values()))
-    first = runs[runs["first_run"]] if "first_run" in runs.columns else runs
+    first = runs[runs["first_run"]]
     fwd_end = first.groupby(["step", "region"])["end_ns"].max()
     rec_start = occ.groupby(["step", "region"])["start_ns"].min()
     win = pd.concat([fwd_end.rename("from_ns"), rec_start.rename("to_ns")], axis=1,
@@ -577,7 +574,8 @@ def advise(analysis: Analysis, none: Analysis | None = None, *, budget_bytes: in
     notes: list[str] = []
     calls = analysis.ops.calls
     calls = calls[calls["phase"] == "recompute"].reset_index(drop=True)
-    n_steps = max(int(analysis.phases.recompute["step"].nunique()), 1)
+    # every figure is per analysed step (an A/B trace recomputes in half of them only)
+    n_steps = max(analysis.step_count, 1)
     if calls.empty:
         raise NotCapturedError(
             "no recompute found in the trace, so there is nothing to advise on",
@@ -587,7 +585,7 @@ def advise(analysis: Analysis, none: Analysis | None = None, *, budget_bytes: in
         _check(none, "the trace without checkpointing")
         fwd = _forward_kept(none, _device(none, dev if dev in set(none.memory_table()["device"])
                                           else None))
-        n_none = max(int(none.phases.steps["step"].nunique()), 1)
+        n_none = max(none.step_count, 1)
         saved_by_op = fwd / n_none
         notes.append("bytes from the trace without checkpointing: what each op type keeps "
                      "alive at the end of forward, inside and outside the checkpointed blocks "
@@ -595,9 +593,8 @@ def advise(analysis: Analysis, none: Analysis | None = None, *, budget_bytes: in
         by_region: dict[str, dict[str, float]] | None = None  # not known: peaks add up
     else:
         fwd = _outputs(analysis, dev, "forward")
-        n_fwd = max(int(analysis.phases.steps["step"].nunique()), 1)
-        saved_by_op = fwd.groupby("op")["bytes"].sum() / n_fwd
-        by_region = _per_region(fwd, n_fwd)
+        saved_by_op = fwd.groupby("op")["bytes"].sum() / n_steps
+        by_region = _per_region(fwd, n_steps)
         if fwd.empty:
             rec = _outputs(analysis, dev, "recompute")
             saved_by_op = rec.groupby("op")["bytes"].sum() / n_steps
@@ -612,7 +609,6 @@ def advise(analysis: Analysis, none: Analysis | None = None, *, budget_bytes: in
     name_of = pd.Series(calls["op"].to_numpy(), index=calls["event"].to_numpy())
     owner_op = np.where(owner >= 0, name_of.reindex(owner).to_numpy(dtype=object), calls["op"])
     use_gpu = bool(analysis.has_gpu) and float(calls["gpu_ns"].sum()) > 0
-    util = float("nan")
     if use_gpu:
         # NOTE [ GPU-bound or launch-bound ]: recompute costs GPU time only when the GPU is
         # busy during it; a launch-bound recompute costs the CPU time of its ops
@@ -659,7 +655,7 @@ def advise(analysis: Analysis, none: Analysis | None = None, *, budget_bytes: in
 
     peak = analysis.memory_table()
     peak_bytes = float(peak.loc[peak["device"] == dev, "peak_bytes"].max())
-    step_ms = analysis.step_total_ns / 1e6 / max(analysis.step_count, 1)
+    step_ms = analysis.step_total_ns / 1e6 / n_steps
     peak_of = _peak_model(analysis, dev, peak_bytes)
 
     def sac_peak(ops: Sequence[str]) -> float:
@@ -673,8 +669,7 @@ def advise(analysis: Analysis, none: Analysis | None = None, *, budget_bytes: in
                 extra[region] = extra.get(region, 0.0) + b
         return peak_of(extra)
     save = np.zeros(len(table), dtype=bool)
-    why = np.where(table["candidate"], "", "")
-    why = np.array(why, dtype=object)
+    why = np.full(len(table), "", dtype=object)
     chosen: list[str] = []
     for i, r in enumerate(table.itertuples(index=False)):
         if not r.candidate:
@@ -718,10 +713,10 @@ def advise(analysis: Analysis, none: Analysis | None = None, *, budget_bytes: in
         why = np.where(save, "worth saving alone, but not the dispatch overhead", why)
         save[:] = False
     gain = float(table.loc[save, "cost_ms"].sum())
-    est_peak = sac_peak(list(table.loc[save, "op"])) if save.any() else peak_bytes
+    est_step = step_ms - gain + (overhead_ms if save.any() else 0.0)
+    est_peak = sac_peak(list(table.loc[save, "op"]))
     alternatives = _alternatives(blocks, step_ms, peak_of)
-    recommended, note = _recommend(alternatives, save.any(), step_ms - gain + overhead_ms,
-                                   est_peak, budget_bytes)
+    recommended, note = _recommend(alternatives, save.any(), est_step, est_peak, budget_bytes)
     if note:
         notes.append(note)
     rank = np.where(table["candidate"], np.cumsum(table["candidate"].to_numpy()), 0)
@@ -729,9 +724,7 @@ def advise(analysis: Analysis, none: Analysis | None = None, *, budget_bytes: in
                          decision=np.where(save, "save", "recompute"), why=why)
     table = table[list(TABLE_COLUMNS)]
     save_ops = tuple(op_name(op) for op in table.loc[table["decision"] == "save", "op"])
-    cost_total = float(table.loc[table["decision"] == "save", "cost_ms"].sum())
-    estimate = {"step_ms": step_ms, "peak_bytes": peak_bytes,
-                "est_step_ms": step_ms - cost_total + (overhead_ms if save_ops else 0.0),
+    estimate = {"step_ms": step_ms, "peak_bytes": peak_bytes, "est_step_ms": est_step,
                 "est_peak_bytes": est_peak, "recompute_ms": total_cost,
                 "dispatch_overhead_ms": overhead_ms, "dispatched_ops": float(dispatched),
                 "blocks_recompute_ms": block_ms, "blocks_kept_bytes": block_bytes}
