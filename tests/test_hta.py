@@ -224,15 +224,20 @@ def test_hta_objects_are_not_mutated(amd_hta: tuple[Any, pd.DataFrame, Path, lis
 
 @pytest.mark.shared_traces
 def test_with_counters_output_is_not_read_as_a_rank(tmp_path: Path) -> None:
-    """GIVEN a folder where HTA once wrote rank0_with_counters.json.gz next to the trace
+    """GIVEN a folder where HTA once wrote rank0_with_counters.json.gz next to the trace,
+    and a ckprof capture wrote its memory timeline (rank0.raw.json.gz)
     WHEN ckprof opens it with HTA
-    THEN only the real trace is loaded (one rank), not HTA's own output as another."""
+    THEN only the real trace is loaded (one rank), not those as others."""
+    import gzip
+
     _need_hta()
     src = SHARED / AMD
     if not src.is_file():
         pytest.skip("../shared/traces not present")
     shutil.copy(src, tmp_path / "rank0.json.gz")
     shutil.copy(src, tmp_path / "rank0_with_counters.json.gz")
+    with gzip.open(tmp_path / "rank0.raw.json.gz", "wt") as fh:
+        fh.write("[[1000, 0, 512, 1], [2000, 2, 512, 1]]")
     ta = ckhta.open_hta(tmp_path)
     assert list(ta.t.trace_files.values()) == [str((tmp_path / "rank0.json.gz").resolve())]
 

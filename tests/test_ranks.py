@@ -378,3 +378,13 @@ def test_progress_draws_only_on_a_terminal():
     bytes_bar = Progress(3 << 20, unit="MiB", scale=1 << 20, enabled=False)
     bytes_bar.update(1 << 20)
     assert "1/3 MiB" in bytes_bar.render()
+
+
+def test_a_failure_keeps_the_first_line_of_a_multi_line_error():
+    """GIVEN an error whose message runs over several lines (one with a control
+    character) WHEN it becomes a rank failure record THEN the message is its first line
+    only, escaped, not every line joined into one."""
+    from ckprof.integrations.ranks import failed_result
+
+    r = failed_result("r0.json", RuntimeError("first\tline\nsecond line\nthird"))
+    assert r.message == "RuntimeError: first\\tline"

@@ -79,8 +79,6 @@ class PhaseMemory:
     notes: tuple[str, ...] = ()
 
 
-#: The former name of :class:`PhaseMemory` (kept so existing code keeps working).
-MemoryReport = PhaseMemory
 
 
 def _empty(cols: dict[str, object]) -> pd.DataFrame:

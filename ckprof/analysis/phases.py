@@ -68,7 +68,6 @@ _STEP_PREFIX = "ProfilerStep#"
 #: a step longer than a day is implausible (a clock or writer error): noted
 LONG_STEP_NS = 24 * 3600 * 10**9
 _RECOMPUTE_FN_RE = re.compile(r"checkpoint\.py\(\d+\): recompute_fn$")
-_MODULE_PREFIX = "nn.Module: "
 _LEGACY_NODE_RE = re.compile(r"(?:^|::)[A-Z]\w*Backward\d*$|^torch::autograd::AccumulateGrad$")
 _OPTIMIZER_PREFIXES = ("Optimizer.step#", "Optimizer.zero_grad#")
 _DATALOADER_PREFIX = "enumerate(DataLoader)#"

@@ -293,13 +293,8 @@ def env_rank() -> tuple[int, int]:
     environment (torchrun, SLURM-style ``RANK`` / ``WORLD_SIZE``), else (0, 1)."""
     from ckprof.capture.metadata import distributed_rank
 
-    rank, world, initialised = distributed_rank()
-    if initialised:
-        return rank, world
-    try:
-        return int(os.environ.get("RANK", "0")), max(1, int(os.environ.get("WORLD_SIZE", "1")))
-    except ValueError:
-        return 0, 1
+    rank, world, _known = distributed_rank()
+    return rank, world
 
 
 class RunSession:

@@ -110,7 +110,6 @@ __all__ = ["Capture", "CaptureWarning", "capture", "phase", "profile_step"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-_graph_task_id = torch._C._current_graph_task_id
 _RECORDING = (ProfilerAction.RECORD, ProfilerAction.RECORD_AND_SAVE)
 _NEVER = 1 << 62
 

@@ -59,7 +59,6 @@ class FrameworkProfiler:
         self._windows = 0
         self._seen_paths = 0
         self._seen_errors = 0
-        self._reported: list[str] = []
 
     @property
     def trace_paths(self) -> list[Path]:
@@ -166,5 +165,4 @@ class FrameworkProfiler:
                 lines.append(self.analysis.rstrip("\n"))
             except CkprofError as err:
                 lines.append(f"ckprof: error: {err}")
-        self._reported += paths
         self.log("\n".join(lines))

@@ -55,6 +55,7 @@ from ckprof.errors import (
     TraceNotFoundError,
 )
 from ckprof.report.text import check_format, markdown_table, records, text_table
+from ckprof.trace.load import find_trace_files
 from ckprof.trace.markers import PHASES
 from ckprof.trace.model import GPU_KINDS
 
@@ -163,11 +164,9 @@ def _trace_files(path: Path) -> list[Path]:
                                  hint="Give a trace file or a directory of per-rank traces")
     if path.is_file():
         return [path]
-    files = sorted(
-        p for p in path.iterdir()
-        if p.is_file() and (p.name.endswith(".json") or p.name.endswith(".json.gz"))
-        and "_with_counters" not in p.name and not p.name.startswith(".")
-    )
+    # sniffed like every directory ckprof reads: never HTA's *_with_counters outputs,
+    # ckprof's own (annotated copies, memory timelines) or other JSON
+    files = find_trace_files(path)
     if not files:
         raise TraceNotFoundError("directory holds no .json or .json.gz trace", path=str(path),
                                  hint="Point at the folder tensorboard_trace_handler wrote")

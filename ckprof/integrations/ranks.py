@@ -191,8 +191,8 @@ def analyze_rank_file(path: str, recompute_detection: str = "auto") -> RankResul
 def failed_result(path: str | os.PathLike[str], err: BaseException) -> RankResult:
     """The one-line failure record of a file (a CkprofError's own message; other
     exceptions prefixed with their type)."""
-    text = printable(str(err).strip()).splitlines()
-    message = text[0] if text else repr(err)
+    lines = str(err).strip().splitlines()  # split first: printable escapes the newlines
+    message = printable(lines[0]) if lines else repr(err)
     if not isinstance(err, CkprofError):
         message = f"{type(err).__name__}: {message}"
     code = err.exit_code if isinstance(err, CkprofError) else 1

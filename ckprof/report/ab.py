@@ -19,7 +19,7 @@ from ckprof.report.text import (
     markdown_table,
     text_table,
 )
-from ckprof.trace.markers import AB_OFF, PHASES
+from ckprof.trace.markers import PHASES
 
 __all__ = ["ab_headline", "ab_html_section", "ab_markdown_lines", "ab_table", "ab_text_lines"]
 
@@ -168,10 +168,3 @@ def ab_html_section(ab: ABResult, figure_html: str = "") -> str:
         + (f'<ul class="notes">{notes}</ul>' if notes else "")
         + "</section>"
     )
-
-
-def baseline_label(ab: ABResult) -> str:
-    """'off' for a checkpointing A/B, else the tagged baseline (or the first variant)."""
-    if ab.baseline:
-        return ab.baseline
-    return str(ab.variants["variant"].iloc[0]) if len(ab.variants) else AB_OFF

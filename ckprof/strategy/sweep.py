@@ -647,12 +647,6 @@ def _f(x: Any, spec: str = ",.1f", suffix: str = "") -> str:
     return f"{x:{spec}}{suffix}"
 
 
-def _blocks_short(blocks: str) -> str:
-    """'4/4 blocks, save matmul/attn' -> '4/4 sel'; '2/4 blocks (every 2)' -> '2/4'."""
-    first = str(blocks).split(" ")[0] if blocks else "—"
-    return f"{first} sel" if "save" in str(blocks) or "op policy" in str(blocks) else first
-
-
 def _spread(r: Any) -> str:
     """IQR as ± half-width relative to the median."""
     if not r.step_ms or math.isnan(r.step_ms):

@@ -156,7 +156,6 @@ class Columns:
     n_memory: int = 0
     #: events skipped, by reason ("ts is missing or not a number" -> count)
     skipped: dict[str, int] = field(default_factory=dict)
-    legacy_hint: bool = False
 
     def add_events(self, **cols: np.ndarray) -> None:
         n = len(cols["ts_ns"])

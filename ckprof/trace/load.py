@@ -236,10 +236,9 @@ def _load_file(p: Path, shown: str, salvage: bool, workers: int | None) -> Trace
     result: tuple[Columns, dict, str] | None
     events_seen = 0
     try:
-        result = _read_fast_file(reader, workers)
-    except NeedsCarefulReader as odd:  # anything unexpected: start over with the careful reader
+        result = _read_fast_file(reader, workers, size)
+    except NeedsCarefulReader:  # anything unexpected: start over with the careful reader
         result = None
-        events_seen = odd.events_seen
     except Blank:
         raise EmptyTraceError("the file holds nothing but whitespace", path=shown,
                               hint="Capture the trace again; the profiler wrote nothing"
@@ -284,10 +283,11 @@ def _release_free_memory() -> None:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
-def _read_fast_file(reader: _source.BlockReader, workers: int | None) -> tuple[Columns, dict, str]:
+def _read_fast_file(reader: _source.BlockReader, workers: int | None,
+                    total: int) -> tuple[Columns, dict, str]:
+    """``total``: the (estimated) uncompressed size, for the progress bar."""
     if _is_blank(reader):
         raise Blank()
-    total = reader.file_bytes if not reader.compressed else reader.estimated_size_bytes()
     # a bar on stderr for long loads, only when stderr is a terminal (ckprof.trace.progress)
     with Progress(total, unit="MB", scale=1e6, label=f"reading {reader.path.name}",
                   enabled=None if total >= PROGRESS_MIN_BYTES else False) as bar:
@@ -375,8 +375,9 @@ def _is_blank(reader: _source.BlockReader) -> bool:
     """True when the input holds nothing but JSON whitespace: one streaming pass that
     stops at the first other byte (the first byte of any real trace), in constant
     memory; ``bytes.strip`` runs at memory speed, so 2 GB of blanks take seconds."""
-    if reader.compressed:
-        blocks = reader.blocks()
+    if reader.compressed:  # small blocks: a real trace is decided by its first 64 KiB
+        blocks = _source.BlockReader(reader.path, block_bytes=1 << 16,
+                                     max_bytes=reader.max_bytes).blocks()
         try:
             return all(not block.strip(_BLANKS) for block in blocks)
         finally:

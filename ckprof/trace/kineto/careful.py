@@ -272,8 +272,7 @@ def _reaches_end(text: str, err: json.JSONDecodeError) -> bool:
     return err.pos >= end or err.msg.startswith("Unterminated string")
 
 
-def read_careful(data: bytes, *, path: str, salvage: bool,
-                 damaged_note: str | None = None) -> tuple[Columns, dict, str, list[str]]:
+def read_careful(data: bytes, *, path: str, salvage: bool) -> tuple[Columns, dict, str, list[str]]:
     """Decode ``data`` (the whole, possibly damaged, JSON text) the careful way.
 
     Returns ``(columns, metadata, source_format, notes)``. Raises TraceFormatError /
@@ -325,8 +324,6 @@ def read_careful(data: bytes, *, path: str, salvage: bool,
         raise
     rows.finish()
     notes.extend(rows.notes)
-    if damaged_note:
-        notes.insert(0, damaged_note)
     if not rows.in_events:
         raise TraceFormatError("is JSON but not a trace: it has no 'traceEvents' list",
                                path=path, hint="Pass a Chrome/Kineto trace written by "

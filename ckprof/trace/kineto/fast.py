@@ -54,11 +54,7 @@ __all__ = ["Blank", "NeedsCarefulReader", "prefetch", "read_fast"]
 
 
 class NeedsCarefulReader(Exception):
-    """The fast reader met something it does not handle; use the careful reader.
-    ``events_seen``: events it had decoded by then (sizes the careful reader's memory
-    guard; 0 when unknown)."""
-
-    events_seen = 0
+    """The fast reader met something it does not handle; use the careful reader."""
 
 
 class Blank(Exception):
@@ -666,8 +662,7 @@ def read_fast(blocks: Iterator[bytes] | None, *, chunk_bytes: int,
 THREAD_PIECE_BYTES = 8 * 1024 * 1024
 
 
-def _run_threads(win: _Window, pattern: bytes, workers: int, cols: Columns,
-                 piece_bytes: int | None = None) -> None:
+def _run_threads(win: _Window, pattern: bytes, workers: int, cols: Columns) -> None:
     """The pieces of a mapped file scanned natively by ``workers`` threads (the scanner
     runs without the GIL), merged in file order; a piece the scanner refuses is read
     here with msgspec (and, if need be, the careful rules), like the sequential loop."""
@@ -675,8 +670,8 @@ def _run_threads(win: _Window, pattern: bytes, workers: int, cols: Columns,
     from concurrent.futures import ThreadPoolExecutor
 
     scan = _native.scan
-    ranges = _parallel_cuts(win, pattern, piece_bytes or THREAD_PIECE_BYTES)
-    if len(ranges) < 2 or scan is None:
+    ranges = _parallel_cuts(win, pattern, THREAD_PIECE_BYTES)
+    if len(ranges) < 2:
         return
     buf = win.buf
     todo = iter(ranges)

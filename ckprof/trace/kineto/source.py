@@ -9,9 +9,10 @@ what happened after the last block, and the loader decides (salvage or error).
 # - Only regular files are opened (:func:`check_input_file`): opening a FIFO with no
 #   writer blocks forever, a character device never ends. Symbolic links are followed;
 #   a loop or a dangling link gets its own message.
-# - Plain files are read with ``read()``, never memory-mapped: a mapped file that
-#   another process truncates kills the reader with SIGBUS (a signal Python cannot
-#   turn into an exception). A file that shrinks while read just ends early.
+# - This module reads plain files with ``read()``. The fast loader maps big plain
+#   files instead, under a read lease that turns a truncation into an error, not a
+#   SIGBUS (NOTE [ Mapped reads and truncation ] in ckprof/trace/load.py). A file
+#   that shrinks while read here just ends early.
 # - A gzip file may hold several members (``cat a.gz b.gz``, pigz, log shippers): the
 #   stream is every member's data in order; zero padding between members is skipped.
 #   After a member ends, the bytes that follow it are ``unused_data`` ONLY (zlib keeps
