@@ -20,11 +20,15 @@ import sys
 import types
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from ckprof.errors import CkprofError, UsageError
 from ckprof.report.text import FORMATS
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ckprof.analysis import Analysis
 
 __all__ = ["ScriptTarget", "parse_command", "run"]
 
@@ -363,13 +367,21 @@ def _report(outcome: object, session: object, out_dir: Path, key: str, rank: int
     if not paths:
         return
     try:
+        from ckprof.analysis import load
         from ckprof.integrations.summary import render_traces
 
         with _suppress():
             sys.stdout.flush()
-        click.echo(render_traces(paths, fmt, label=str(out_dir)), nl=False)
+        first = None
+        if report and len(paths) == 1:  # read once for the summary and the report
+            from ckprof.report.tables import render
+
+            first = load(paths[0])
+            click.echo(render(first, fmt), nl=False)
+        else:
+            click.echo(render_traces(paths, fmt, label=str(out_dir)), nl=False)
         if report:
-            _write_report(paths[0])
+            _write_report(Path(paths[0]), first or load(paths[0]))
         elif fmt == "table":
             first = Path(paths[0])
             click.echo("\nNext:\n"
@@ -387,22 +399,23 @@ def _stem_of(path: Path) -> str:
     return path.stem
 
 
-def _write_report(trace: str) -> None:
-    """The HTML report of ``trace``, next to it (``<stem>.report.html``, never over a file)."""
-    from ckprof.analysis import load
-    from ckprof.errors import OutputExistsError
+def _write_report(path: Path, analysis: Analysis) -> None:
+    """The HTML report of ``analysis`` (the trace at ``path``), next to it
+    (``<stem>[-k].report.html``, never over a file)."""
+    import uuid
+
     from ckprof.report.html import render_report
-    from ckprof.report.output import write_new_file
+    from ckprof.report.output import encode_text, link_to_free_name
     from ckprof.strategy.advice import advice_section
 
-    path = Path(trace)
-    analysis = load(path)
-    page = render_report(analysis, sections=(advice_section(analysis),)).encode("utf-8")
-    for k in range(100):
-        target = path.with_name(f"{_stem_of(path)}{f'-{k}' if k else ''}.report.html")
-        try:
-            out = write_new_file(target, page)
-        except OutputExistsError:
-            continue
-        _say(f"HTML report: {out}")
+    page = encode_text(render_report(analysis, sections=(advice_section(analysis),)))
+    tmp = path.with_name(f".{_stem_of(path)}.{uuid.uuid4().hex[:8]}.report-tmp.html")
+    try:
+        tmp.write_bytes(page)
+        out = link_to_free_name(tmp, path.parent, _stem_of(path), ".report.html")
+    except OSError as err:
+        _say(f"HTML report not written: {err}")
         return
+    finally:
+        tmp.unlink(missing_ok=True)
+    _say(f"HTML report: {out}")

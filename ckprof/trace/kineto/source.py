@@ -10,8 +10,8 @@ what happened after the last block, and the loader decides (salvage or error).
 #   writer blocks forever, a character device never ends. Symbolic links are followed;
 #   a loop or a dangling link gets its own message.
 # - This module reads plain files with ``read()``. The fast loader maps big plain
-#   files instead, under a read lease that turns a truncation into an error, not a
-#   SIGBUS (NOTE [ Mapped reads and truncation ] in ckprof/trace/load.py). A file
+#   files instead, only under a read lease that makes a truncating writer wait, so
+#   no SIGBUS (NOTE [ Mapped reads and truncation ] in ckprof/trace/load.py). A file
 #   that shrinks while read here just ends early.
 # - A gzip file may hold several members (``cat a.gz b.gz``, pigz, log shippers): the
 #   stream is every member's data in order; zero padding between members is skipped.
