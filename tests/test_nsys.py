@@ -460,3 +460,19 @@ def test_any_export_satisfies_the_trace_contract(tmp_path: Path, run) -> None:
     assert (par["tid"].to_numpy() == cpu["tid"].to_numpy()).all()
     assert (ev.loc[cpu.index, "depth"].to_numpy() == par["depth"].to_numpy() + 1).all()
     assert np.all(ev.loc[ev["parent"] == -1, "depth"] == 0)
+
+
+def test_names_with_control_characters_are_escaped_like_kineto_names() -> None:
+    """GIVEN events assembled by a reader (as the nsys reader does), one name holding a
+    newline and a lone surrogate WHEN finished THEN the name is escaped exactly as the
+    Kineto loader escapes it, so it stays one line in every table."""
+    from ckprof._text import printable
+    from ckprof.trace._build import finish_events
+
+    raw = "aten::mm\nx\ud800"
+    frame = pd.DataFrame({"name": [raw, "aten::add"], "cat": ["cpu_op", "cpu_op"],
+                          "kind": ["cpu_op", "cpu_op"], "pid": [1, 1], "tid": [1, 1],
+                          "ts_ns": [0, 10], "dur_ns": [5, 5], "correlation": [-1, -1]})
+    out = finish_events(frame)
+    assert out["name"].tolist() == [printable(raw), "aten::add"]
+    assert "\n" not in out["name"].iloc[0]

@@ -339,7 +339,8 @@ _TREE_OF_KIND = np.array([-1 if k in _GPU_SIDE else (1 if k == "python_function"
 
 def finish_events(frame: pd.DataFrame, *, tie: np.ndarray | None = None) -> pd.DataFrame:
     """The finishing step for readers that assemble an event DataFrame themselves
-    (the Nsight Systems reader): the same sort and tree as :func:`build_trace`.
+    (the Nsight Systems reader): the same sort, tree and escaped names as
+    :func:`build_trace`.
 
     ``frame`` has the columns name, cat, kind (a KINDS value), pid, tid, ts_ns, dur_ns,
     correlation and optionally seq. Rows are sorted by ``(ts_ns, -dur_ns, tie)``
@@ -358,8 +359,8 @@ def finish_events(frame: pd.DataFrame, *, tie: np.ndarray | None = None) -> pd.D
     tid = rows["tid"].to_numpy(dtype=np.int64)
     parent, depth = _tree(kind, pid, tid, ts, ts + dur, _TREE_OF_KIND)
     out = pd.DataFrame({
-        "name": pd.Categorical(rows["name"].astype(str)),
-        "cat": pd.Categorical(rows["cat"].astype(str)),
+        "name": _printable_categorical(rows["name"]),
+        "cat": _printable_categorical(rows["cat"]),
         "kind": pd.Categorical.from_codes(kind, categories=list(KINDS)),
         "pid": pid, "tid": tid, "ts_ns": ts, "dur_ns": dur,
         "correlation": rows["correlation"].to_numpy(dtype=np.int64),
@@ -388,6 +389,16 @@ def _time_order(ts: np.ndarray, dur: np.ndarray) -> np.ndarray:
     sub = np.lexsort((-dur[order[idx]], run))  # stable: file order within equal keys
     order[idx] = order[idx][sub]
     return order
+def _printable_categorical(values: pd.Series) -> pd.Categorical:
+    """``values`` as a categorical whose categories are escaped like
+    :func:`build_trace`'s names (:func:`_printable_values`)."""
+    import pandas as pd
+
+    cat = pd.Categorical(values.astype(str))
+    cats, changed = _printable_values([str(c) for c in cat.categories])
+    return pd.Categorical.from_codes(cat.codes, categories=cats) if changed else cat
+
+
 def _printable_values(values: list[str]) -> tuple[list[str], int]:
     """Interned strings with control characters and lone surrogates escaped
     (``ckprof._text.printable``): a name can then go into a text table, a one-line
