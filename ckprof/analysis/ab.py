@@ -53,6 +53,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
+from ckprof.analysis.intervals import step_of
 from ckprof.trace.markers import AB_OFF, AB_ON, OOM_VARIANT, PHASES, VARIANT_PREFIX
 from ckprof.trace.model import Trace
 
@@ -84,17 +85,12 @@ def _from_ranges(trace: Trace, steps: pd.DataFrame) -> dict[int, tuple[str, bool
               & ev["kind"].astype(str).isin(["user_annotation", "cpu_op"]).to_numpy()]
     if rows.empty:
         return {}
-    starts = steps["start_ns"].to_numpy(dtype=np.int64)
-    ends = steps["end_ns"].to_numpy(dtype=np.int64)
-    ids = steps["step"].to_numpy(dtype=np.int64)
-    ts = rows["ts_ns"].to_numpy(dtype=np.int64)
-    idx = np.searchsorted(starts, ts, side="right") - 1
+    in_step = step_of(rows["ts_ns"].to_numpy(dtype=np.int64), steps)
     out: dict[int, tuple[str, bool]] = {}
-    for i, t, name in zip(idx.tolist(), ts.tolist(), rows["name"].astype(str).tolist(), strict=True):
-        if i < 0 or t >= ends[i]:
+    for step, name in zip(in_step.tolist(), rows["name"].astype(str).tolist(), strict=True):
+        if step < 0:
             continue  # outside every step
         variant = name[len(VARIANT_PREFIX):]
-        step = int(ids[i])
         have, oom = out.get(step, ("", False))
         if variant == OOM_VARIANT:
             out[step] = (have, True)

@@ -50,6 +50,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from ckprof.analysis.intervals import mask_names, name_codes, step_of
 from ckprof.trace.model import GPU_KINDS, Trace
 
 __all__ = ["CALL_PREFIX", "COMPILED_BACKWARD", "CompiledRecompute", "find_compiled_recompute"]
@@ -116,24 +117,11 @@ def _gpu_ns_launched_in(ev: pd.DataFrame, intervals: list[tuple[int, int, int]]
     return float(ev["dur_ns"].to_numpy(dtype=np.int64)[gpu][hit].sum())
 
 
-def _step_mask(starts: np.ndarray, steps: pd.DataFrame) -> np.ndarray:
-    s = steps["start_ns"].to_numpy(dtype=np.int64)
-    e = steps["end_ns"].to_numpy(dtype=np.int64)
-    idx = np.searchsorted(s, starts, side="right") - 1
-    ok = idx >= 0
-    ok[ok] = starts[ok] < e[idx[ok]]
-    return ok
-
-
 def _compiled_backwards(ev: pd.DataFrame, cats: np.ndarray, codes: np.ndarray
                         ) -> tuple[np.ndarray, np.ndarray, list[str | None]]:
     """``CompiledFunctionBackward`` rows, the ``## Call CompiledFxGraph`` row each runs
     (-1 when the trace has none: torch < 2.5) and that call's graph key (or None)."""
-    is_bw = np.fromiter((str(c) == COMPILED_BACKWARD for c in cats), dtype=bool,
-                        count=len(cats))
-    valid = codes >= 0
-    bw_mask = np.zeros(len(codes), dtype=bool)
-    bw_mask[valid] = is_bw[codes[valid]]
+    bw_mask = mask_names(codes, cats, lambda c: str(c) == COMPILED_BACKWARD)
     bw_rows = np.flatnonzero(bw_mask & (ev["kind"] == "cpu_op").to_numpy())
     if len(bw_rows) == 0:
         return bw_rows, bw_rows, []
@@ -261,18 +249,12 @@ def find_compiled_recompute(trace: Trace, steps: pd.DataFrame) -> CompiledRecomp
     ev = trace.events
     if len(ev) == 0:
         return CompiledRecompute()
-    names = ev["name"]
-    if isinstance(names.dtype, pd.CategoricalDtype):
-        codes = names.cat.codes.to_numpy()
-        cats = names.cat.categories.astype(str).to_numpy(dtype=object)
-    else:
-        cat = pd.Categorical(names.astype(str))
-        codes, cats = np.asarray(cat.codes), np.asarray(cat.categories, dtype=object)
+    codes, cats = name_codes(ev)
     bw_rows, call_rows, keys = _compiled_backwards(ev, cats, codes)
     ts = ev["ts_ns"].to_numpy(dtype=np.int64)
     end = ts + ev["dur_ns"].to_numpy(dtype=np.int64)
     if len(bw_rows):
-        inside = _step_mask(ts[bw_rows], steps)
+        inside = step_of(ts[bw_rows], steps) >= 0
         bw_rows, call_rows = bw_rows[inside], call_rows[inside]
         keys = [k for k, ok in zip(keys, inside, strict=True) if ok]
     if len(bw_rows) == 0:

@@ -65,15 +65,13 @@ import re
 import numpy as np
 import pandas as pd
 
+from ckprof.analysis.intervals import kind_mask as _kind_mask
+from ckprof.analysis.intervals import mask_names as _mask_names
+from ckprof.analysis.intervals import name_codes as _names
+from ckprof.analysis.intervals import nearest_above as _nearest_above
+from ckprof.analysis.intervals import step_of as _step_of
 from ckprof.analysis.intervals import thread_ids
-from ckprof.analysis.phases import (
-    EVAL_PREFIX,
-    _kind_mask,
-    _mask_names,
-    _names,
-    _nearest_above,
-    _step_of,
-)
+from ckprof.analysis.phases import EVAL_PREFIX
 from ckprof.trace.markers import CHECKPOINT_PREFIX
 from ckprof.trace.model import Trace
 

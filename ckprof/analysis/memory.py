@@ -46,7 +46,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from ckprof.analysis.phases import PhaseTable, nearest_marked_ancestor
+from ckprof.analysis.intervals import nearest_above
+from ckprof.analysis.phases import PhaseTable
 from ckprof.trace.capture_metadata import clean_ckprof_metadata
 from ckprof.trace.markers import PHASES, ZERO_GRAD
 from ckprof.trace.model import Trace
@@ -234,9 +235,9 @@ def innermost_op_rows(ev: pd.DataFrame, pid: np.ndarray, tid: np.ndarray,
     # at or before t rules out every ancestor with the same end at once (a million
     # identical events nest a million deep: NOTE [ Ancestor queries ] in phases).
     rows_n = np.arange(len(ts))
-    op_at = np.where(is_op, rows_n, nearest_marked_ancestor(parent, is_op))
+    op_at = np.where(is_op, rows_n, nearest_above(parent, is_op))
     run_top_mark = (parent < 0) | (end[np.maximum(parent, 0)] != end)
-    run_top = np.where(run_top_mark, rows_n, nearest_marked_ancestor(parent, run_top_mark))
+    run_top = np.where(run_top_mark, rows_n, nearest_above(parent, run_top_mark))
     pending = j >= 0
     while pending.any():
         p = np.flatnonzero(pending)

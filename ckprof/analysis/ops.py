@@ -80,7 +80,8 @@ import numpy as np
 import pandas as pd
 
 from ckprof.analysis.attribution import TimeAttribution
-from ckprof.analysis.phases import PhaseTable, nearest_marked_ancestor
+from ckprof.analysis.intervals import mask_names, name_codes, nearest_above
+from ckprof.analysis.phases import PhaseTable
 from ckprof.trace.markers import CHECKPOINT_PREFIX, PHASES
 from ckprof.trace.model import Trace
 
@@ -161,14 +162,6 @@ class OpTable:
     notes: tuple[str, ...] = ()
 
 
-def _category_names(ev: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
-    col = ev["name"]
-    if isinstance(col.dtype, pd.CategoricalDtype):
-        return col.cat.codes.to_numpy(), col.cat.categories.astype(str).to_numpy(dtype=object)
-    cat = pd.Categorical(col.astype(str))
-    return np.asarray(cat.codes), np.asarray(cat.categories, dtype=object)
-
-
 def _strip_aten(name: str) -> str:
     return name[len("aten::"):] if name.startswith("aten::") else name
 
@@ -179,18 +172,16 @@ def op_context(trace: Trace) -> OpContext:
     time ], NOTE [ One call per op ] and NOTE [ Who allocated a block ]."""
     ev = trace.events
     n = len(ev)
-    codes, cats = _category_names(ev)
+    codes, cats = name_codes(ev)
     kind = ev["kind"].astype(str).to_numpy(dtype=object) if n else np.empty(0, dtype=object)
     parent = ev["parent"].to_numpy(dtype=np.int64)
     dur = ev["dur_ns"].to_numpy(dtype=np.int64)
     rows_n = np.arange(n, dtype=np.int64)
     is_op = kind == "cpu_op"
     safe_codes = np.maximum(codes, 0)
-    valid = codes >= 0
 
     def by_name(pred) -> np.ndarray:
-        hit = np.fromiter((bool(pred(str(c))) for c in cats), dtype=bool, count=len(cats))
-        return (hit[safe_codes] & valid) if len(cats) else np.zeros(n, dtype=bool)
+        return mask_names(codes, cats, lambda c: pred(str(c)))
 
     is_pdm = is_op & by_name(lambda c: c == PYTHON_DISPATCH)
     is_factory = is_op & by_name(lambda c: c in FACTORY_OPS)
@@ -198,7 +189,7 @@ def op_context(trace: Trace) -> OpContext:
     norm_codes, _ = pd.factorize(pd.Index([_strip_aten(str(c)) for c in cats], dtype=object))
     norm = norm_codes[safe_codes] if len(cats) else np.zeros(n, dtype=np.int64)
     # checkpoint region: the innermost checkpoint range at or above the row
-    ck_at = np.where(is_ck, rows_n, nearest_marked_ancestor(parent, is_ck))
+    ck_at = np.where(is_ck, rows_n, nearest_above(parent, is_ck))
     regions = np.array(["", *[str(c)[len(CHECKPOINT_PREFIX):] for c in cats]], dtype=object)
     checkpoint_region = regions[np.where(ck_at >= 0, codes[np.maximum(ck_at, 0)] + 1, 0)] \
         if n else np.empty(0, dtype=object)
@@ -220,8 +211,8 @@ def op_context(trace: Trace) -> OpContext:
         canon = new
     # allocations: an allocator helper gives its memory to the nearest enclosing op that
     # is not one; a frame or duplicate row to its call
-    op_above = nearest_marked_ancestor(parent, is_op)
-    owner_row = np.where(is_factory, nearest_marked_ancestor(parent, is_op & ~is_factory),
+    op_above = nearest_above(parent, is_op)
+    owner_row = np.where(is_factory, nearest_above(parent, is_op & ~is_factory),
                          rows_n)
     orphan = is_factory & (owner_row < 0)   # helpers with no other op above: the outermost
     if orphan.any():

@@ -35,7 +35,13 @@ import pandas as pd
 
 from ckprof.analysis.compiled_recompute import CompiledRecompute, find_compiled_recompute
 from ckprof.analysis.detection import RECOMPUTE_DETECTIONS, check_recompute_detection
+from ckprof.analysis.intervals import kind_mask as _kind_mask
 from ckprof.analysis.intervals import lexicographic_score, thread_ids
+from ckprof.analysis.intervals import mask_names as _mask_names
+from ckprof.analysis.intervals import name_codes as _names
+from ckprof.analysis.intervals import nearest_above as _nearest_above
+from ckprof.analysis.intervals import outermost_above as _outermost_above
+from ckprof.analysis.intervals import step_of as _step_of
 from ckprof.errors import EmptyTraceError, NotCapturedError
 from ckprof.trace.markers import (
     BACKWARD,
@@ -141,65 +147,6 @@ class PhaseTable:
 # helpers
 # ---------------------------------------------------------------------------------
 
-def _names(ev: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
-    """(codes per row, category strings): string tests run once per distinct name."""
-    col = ev["name"]
-    if isinstance(col.dtype, pd.CategoricalDtype):
-        return col.cat.codes.to_numpy(), col.cat.categories.astype(str).to_numpy(dtype=object)
-    cat = pd.Categorical(col.astype(str))
-    return np.asarray(cat.codes), np.asarray(cat.categories, dtype=object)
-
-
-def _mask_names(codes: np.ndarray, cats: np.ndarray, pred,
-                among: np.ndarray | None = None) -> np.ndarray:
-    """Rows whose name satisfies ``pred``, tested once per distinct name; with ``among``
-    only those rows (and only the names they use are tested: a trace with a million
-    distinct op names does not run every marker test a million times)."""
-    out = np.zeros(len(codes), dtype=bool)
-    valid = codes >= 0 if among is None else (codes >= 0) & among
-    used = np.flatnonzero(np.bincount(codes[valid], minlength=len(cats)))
-    hit = np.zeros(len(cats), dtype=bool)
-    hit[used] = np.fromiter((bool(pred(c)) for c in cats[used]), dtype=bool, count=len(used))
-    out[valid] = hit[codes[valid]]
-    return out
-
-
-def _kind_mask(ev: pd.DataFrame, *kinds: str) -> np.ndarray:
-    return ev["kind"].isin(kinds).to_numpy()  # categorical: tests categories, not rows
-
-
-def _nearest_above(parent: np.ndarray, hit: np.ndarray) -> np.ndarray:
-    """Per row, the nearest strict ancestor with ``hit`` (-1 when none).
-
-    Pointer jumping: every row's pointer skips to its pointer's pointer until it rests
-    on a hit or a root, so the work is O(n log depth) whatever the depth (a chain of a
-    million nested duplicates takes ~20 vectorised rounds, not a million)."""
-    up = parent.copy()
-    live = np.flatnonzero(up >= 0)
-    live = live[~hit[up[live]]]
-    while len(live):
-        up[live] = up[up[live]]
-        live = live[up[live] >= 0]
-        live = live[~hit[up[live]]]
-    return up
-
-
-def _outermost_above(parent: np.ndarray, hit: np.ndarray) -> np.ndarray:
-    """Per row, the outermost strict ancestor with ``hit`` (-1 when none)."""
-    top = _nearest_above(parent, hit)
-    while True:  # climb hit -> hit, doubling (each hit row's pointer moves too)
-        live = np.flatnonzero(top >= 0)
-        nxt = top[top[live]]
-        move = nxt >= 0
-        if not move.any():
-            return top
-        top[live[move]] = nxt[move]
-
-
-#: the public name of :func:`_nearest_above` (the memory stage uses it too)
-nearest_marked_ancestor = _nearest_above
-
-
 def _empty_recompute() -> pd.DataFrame:
     return pd.DataFrame({
         "step": pd.Series([], dtype="int64"), "region": pd.Series([], dtype=object),
@@ -300,16 +247,6 @@ def _note_long_steps(steps: pd.DataFrame, notes: list[str]) -> None:
         notes.append(f"{len(long)} step(s) last longer than a day (step "
                      f"{int(steps['step'].iloc[i])}: {dur[i] / 3.6e12:,.0f} h): implausible; "
                      "check the trace's timestamps")
-
-
-def _step_of(starts: np.ndarray, steps: pd.DataFrame) -> np.ndarray:
-    """Step number whose [start, end) contains each instant, -1 when none."""
-    s = steps["start_ns"].to_numpy(dtype=np.int64)
-    e = steps["end_ns"].to_numpy(dtype=np.int64)
-    idx = np.searchsorted(s, starts, side="right") - 1
-    ok = idx >= 0
-    ok[ok] = starts[ok] < e[idx[ok]]
-    return np.where(ok, steps["step"].to_numpy(dtype=np.int64)[np.maximum(idx, 0)], -1)
 
 
 # ---------------------------------------------------------------------------------

@@ -21,6 +21,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from ckprof.analysis.intervals import step_of
 from ckprof.analysis.phases import PhaseTable
 from ckprof.trace.markers import PHASE_PREFIX, phase_of_user_marker
 from ckprof.trace.model import Trace
@@ -97,16 +98,11 @@ def user_phase_time(trace: Trace, phases: PhaseTable) -> pd.DataFrame:
     o_start = other["start_ns"].to_numpy(dtype=np.int64)
     o_end = other["end_ns"].to_numpy(dtype=np.int64)
     steps = phases.steps
-    s_start = steps["start_ns"].to_numpy(dtype=np.int64)
-    s_end = steps["end_ns"].to_numpy(dtype=np.int64)
 
     order = np.argsort(start, kind="stable")
     start, end, label = start[order], end[order], label[order]
     totals = _innermost_other_time(start, end, label, o_start, o_end)
-    in_step = np.zeros(len(start), dtype=bool)
-    if len(s_start):
-        k = np.searchsorted(s_start, start, side="right") - 1
-        in_step = (k >= 0) & (start < s_end[np.maximum(k, 0)])
+    in_step = step_of(start, steps) >= 0
     counts = pd.Series(in_step.astype(np.int64)).groupby(label).sum()
     out = pd.DataFrame({
         "name": sorted(set(label.tolist())),
