@@ -53,13 +53,12 @@ Contract::
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
 
-from ckprof.analysis.memory import PhaseMemory, innermost_op_rows
+from ckprof.analysis.memory import PhaseMemory, innermost_op_rows, raw_levels
 from ckprof.analysis.ops import OpContext, op_context
 from ckprof.analysis.phases import PhaseTable
 from ckprof.trace.markers import PHASES
@@ -193,23 +192,6 @@ def _parts_at(at: np.ndarray, owner: np.ndarray, b: np.ndarray, phase: np.ndarra
     return out
 
 
-def _raw_levels(trace: Trace, device: str, ta: np.ndarray, b: np.ndarray,
-                absolute: bool, baseline: int) -> tuple[np.ndarray, int]:
-    """(counter level before the unseen-free correction, baseline used) for one device,
-    exactly as :mod:`ckprof.analysis.memory` computes it (NOTE [ Memory levels ])."""
-    if (ta < 0).any():
-        return baseline + np.cumsum(b), baseline
-    meta = trace.ckprof.get("memory_baseline") if isinstance(trace.ckprof, Mapping) else None
-    dev_meta = meta.get(device) if isinstance(meta, Mapping) else None
-    counter_absolute = (bool(dev_meta["counter_absolute"])
-                        if isinstance(dev_meta, Mapping) and "counter_absolute" in dev_meta
-                        else device != "cpu")
-    counter_start = int(ta[0] - b[0])
-    if counter_absolute:
-        return ta.copy(), counter_start
-    return baseline + (ta - counter_start), baseline
-
-
 def memory_composition(trace: Trace, phases: PhaseTable, memory: PhaseMemory,
                        context: OpContext | None = None) -> MemoryComposition:
     """Block lifetimes, the make-up of every peak, and live bytes by origin over time
@@ -282,9 +264,7 @@ def memory_composition(trace: Trace, phases: PhaseTable, memory: PhaseMemory,
             "free_ts_ns": np.where(fr >= 0, ts_all[rows[np.maximum(fr, 0)]], -1),
             "origin_step": step[a_rows], "origin_phase": phase[a_rows],
             "origin_region": region[a_rows], "op": op[a_rows], "op_event": op_row[a_rows]}))
-        absolute = bool(memory.absolute.get(device, False))
-        raw, base = _raw_levels(trace, device, ta_all[rows], b, absolute,
-                                int(memory.baseline_bytes.get(device, 0)))
+        raw, base, _absolute, _filled = raw_levels(trace, device, ta_all[rows], b)
         level = level_all[rows]
         seen = base + np.cumsum(b)
         unseen = raw - level                  # the memory stage's correction (>= 0)

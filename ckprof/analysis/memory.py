@@ -103,29 +103,48 @@ def _baseline_meta(trace: Trace, device: str) -> Mapping[str, object] | None:
     return _device_meta(trace, "memory_baseline", device)
 
 
+def raw_levels(trace: Trace, device: str, ta: np.ndarray, b: np.ndarray
+               ) -> tuple[np.ndarray, int, bool, int]:
+    """One device's levels before the unseen-free correction (NOTE [ Memory levels ]),
+    for events in time order: ``(levels, level when profiling started, counter_absolute,
+    events whose counter was filled in)``; -1 for the last when no event has one (a
+    legacy trace: levels are the running sum of 'Bytes'). The memory and composition
+    stages both start from this."""
+    meta = _baseline_meta(trace, device)
+    base = int(meta.get("bytes", 0)) if meta is not None else 0  # type: ignore[call-overload]
+    missing = ta < 0
+    if missing.all():
+        return base + np.cumsum(b), base, False, -1
+    filled = int(missing.sum())
+    if filled:
+        ta = _fill_counter(ta, b, missing)
+    if meta is not None and "counter_absolute" in meta:
+        counter_absolute = bool(meta["counter_absolute"])
+    else:
+        counter_absolute = device != "cpu"
+    counter_start = int(ta[0] - b[0])
+    if counter_absolute:
+        return ta.copy(), counter_start, True, filled
+    return base + (ta - counter_start), base, False, filled
+
+
 def _levels(trace: Trace, device: str, ta: np.ndarray, b: np.ndarray,
             notes: list[str], ts: np.ndarray) -> tuple[np.ndarray, int, bool]:
     """(levels, baseline_bytes, absolute) for one device's events in time order."""
     meta = _baseline_meta(trace, device)
     base = int(meta.get("bytes", 0)) if meta is not None else 0  # type: ignore[call-overload]
-    missing = ta < 0
-    if missing.any() and not missing.all():
-        ta = _fill_counter(ta, b, missing)
-        notes.append(f"{device}: {int(missing.sum())} of {len(ta)} [memory] events lack a usable "
+    levels, _start, counter_absolute, filled = raw_levels(trace, device, ta, b)
+    if filled > 0:
+        notes.append(f"{device}: {filled} of {len(ta)} [memory] events lack a usable "
                      "'Total Allocated' (missing, NaN or not an integer): their levels are "
                      "carried from the nearest event with one, plus 'Bytes'")
-    elif missing.any():
+    elif filled < 0:
         notes.append(f"{device}: events lack 'Total Allocated' (legacy trace): levels rebuilt "
                      "as the running sum of 'Bytes'"
                      + ("" if meta else ", relative to profiling start"))
-        return base + np.cumsum(b), base, meta is not None
-    if meta is not None and "counter_absolute" in meta:
-        counter_absolute = bool(meta["counter_absolute"])
-    else:
-        counter_absolute = device != "cpu"
+        return levels, base, meta is not None
     if counter_absolute:
-        return ta.copy(), base, True
-    counter_start = int(ta[0] - b[0])
+        return levels, base, True
     if meta is None:
         if trace.ckprof:
             notes.append(f"{device}: memory is relative to profiling start: ckprof captured "
@@ -135,10 +154,8 @@ def _levels(trace: Trace, device: str, ta: np.ndarray, b: np.ndarray,
             notes.append(f"{device}: memory is relative to profiling start (no baseline "
                          "recorded; capture with ckprof to include memory live before "
                          "profiling)")
-    levels = base + (ta - counter_start)
-    if meta is not None:
-        levels = _correct_unseen_frees(trace, device, ts, levels, notes)
-    return levels, base, meta is not None
+        return levels, base, False
+    return _correct_unseen_frees(trace, device, ts, levels, notes), base, True
 
 
 def _fill_counter(ta: np.ndarray, b: np.ndarray, missing: np.ndarray) -> np.ndarray:
