@@ -63,7 +63,7 @@ import numpy as np
 import pandas as pd
 
 from ckprof._text import printable
-from ckprof.errors import CkprofError, OptionalDependencyError, TraceNotFoundError
+from ckprof.errors import CkprofError, OptionalDependencyError, TraceNotFoundError, UsageError
 from ckprof.report.text import (
     MISSING,
     check_format,
@@ -387,14 +387,20 @@ def default_workers(n_files: int) -> int:
     return max(1, min(_cores(), n_files))
 
 
+def _check_engine(engine: str) -> None:
+    if engine not in ENGINES:
+        raise UsageError(f"unknown engine {engine!r}", hint=f"Choose one of {', '.join(ENGINES)}")
+
+
 def clamp_workers(requested: int | None, files: Sequence[Path],
                   notes: list[str] | None = None) -> int:
     """Worker processes for ``files``: ``requested`` (default: one per core), never more
     than the cores, the files, or what memory holds -- the largest traces (started
     first) at about 1x their uncompressed size each plus :data:`WORKER_BASE_BYTES`.
-    ``notes`` says when a request was lowered. Raises ValueError for ``requested < 1``."""
+    ``notes`` says when a request was lowered. Raises UsageError (a ValueError) for ``requested < 1``."""
     if requested is not None and requested < 1:
-        raise ValueError(f"workers must be at least 1, not {requested}")
+        raise UsageError(f"workers must be at least 1, not {requested}",
+                         hint="Pass --workers 1 or more, or leave it out (one per core)")
     cores = _cores()
     n = cores if requested is None else requested
     reason = ""
@@ -458,8 +464,7 @@ def analyze_directory(
     if not directory.is_dir():
         raise TraceNotFoundError("not a directory", path=str(directory),
                                  hint="Pass a directory holding one trace file per rank")
-    if engine not in ENGINES:
-        raise CkprofError(f"unknown engine {engine!r}", hint=f"Choose one of {', '.join(ENGINES)}")
+    _check_engine(engine)  # a usage error first, before looking for files
     files = _list_files(directory, recursive)
     if not files:
         raise TraceNotFoundError("no trace files (*.json, *.json.gz, nsys *.sqlite) in this directory", path=str(directory),
@@ -482,8 +487,7 @@ def analyze_files(
     """Analyse the trace files ``paths`` (ranks of one job, or repeated runs of one rank:
     ``RankSummary.kind`` says which) with the same engines as :func:`analyze_directory`.
     ``label`` names them in the headline (default: their folder, or "N files")."""
-    if engine not in ENGINES:
-        raise CkprofError(f"unknown engine {engine!r}", hint=f"Choose one of {', '.join(ENGINES)}")
+    _check_engine(engine)
     files = [Path(p) for p in paths]
     if not files:
         raise TraceNotFoundError("no trace files given", hint="Pass one or more trace files")

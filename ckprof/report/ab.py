@@ -7,15 +7,14 @@ report and ``ckprof compare`` call them whenever a trace has A/B steps.
 
 from __future__ import annotations
 
-import math
 from html import escape
-from typing import Any
 
 from ckprof.analysis.ab import ABResult
 from ckprof.report.text import (
     format_bytes,
     format_ms,
     format_signed_pct,
+    is_missing,
     markdown_table,
     text_table,
 )
@@ -25,10 +24,6 @@ __all__ = ["ab_headline", "ab_html_section", "ab_markdown_lines", "ab_table", "a
 
 _SHORT = {"forward": "fwd", "backward": "bwd", "recompute": "recompute", "optimizer": "optim",
           "other": "other"}
-
-
-def _nan(x: Any) -> bool:
-    return x is None or (isinstance(x, float) and math.isnan(x))
 
 
 def ab_headline(ab: ABResult) -> list[str]:
@@ -42,7 +37,7 @@ def ab_headline(ab: ABResult) -> list[str]:
             n_off = int(ab.variants.set_index("variant").loc[d.baseline, "steps"])
             profiled = (f"{format_ms(d.candidate_step_ms, digits=1)} ms on vs "
                         f"{format_ms(d.baseline_step_ms, digits=1)} ms off, median of {n_on} / {n_off} steps")
-            if not _nan(d.unprofiled_cost_pct):
+            if not is_missing(d.unprofiled_cost_pct):
                 u_on, u_off = d.unprofiled_steps
                 lines.append(
                     f"Checkpointing cost: {format_signed_pct(d.unprofiled_cost_pct)} step time (measured without "
@@ -54,11 +49,11 @@ def ab_headline(ab: ABResult) -> list[str]:
             if d.within_noise:
                 lines.append("  within step-to-step noise (the IQRs overlap): the sign is not established; "
                              "capture more active steps")
-            share = ("" if _nan(d.recompute_share_pct) or d.within_noise
+            share = ("" if is_missing(d.recompute_share_pct) or d.within_noise
                      else f" ({d.recompute_share_pct:.0f}% of the cost"
-                          + (", both under the profiler)" if not _nan(d.unprofiled_cost_pct) else ")"))
+                          + (", both under the profiler)" if not is_missing(d.unprofiled_cost_pct) else ")"))
             lines.append(f"  of which re-running forward: {format_signed_pct(d.recompute_pct)}{share}")
-            if _nan(d.saving_bytes):
+            if is_missing(d.saving_bytes):
                 lines.append("Checkpointing saving: not measured (no memory events)")
             else:
                 word = "saving" if d.saving_bytes >= 0 else "saving (negative: uses more)"
@@ -152,12 +147,11 @@ def ab_html_section(ab: ABResult, figure_html: str = "") -> str:
     headers, rows = ab_table(ab)
     mh, mrows = _memory_rows(ab)
 
-    def table(hs: list[str], rs: list[list[str]]) -> str:
-        th = "".join(f'<th class="{"l" if i == 0 else ""}">{escape(h)}</th>' for i, h in enumerate(hs))
-        body = "".join(
-            "<tr>" + "".join(f'<td class="{"l" if i == 0 else ""}">{escape(c)}</td>' for i, c in enumerate(r))
-            + "</tr>" for r in rs)
-        return f"<table><thead><tr>{th}</tr></thead><tbody>{body}</tbody></table>"
+    from ckprof.report.html import table_html
+
+    def table(hs: list[str], rs: list[list[str]]) -> str:  # first column left, the rest right
+        return table_html([(h, "l" if i == 0 else "r") for i, h in enumerate(hs)],
+                          [[escape(c) for c in r] for r in rs])
 
     notes = "".join(f"<li>{escape(n)}</li>" for n in ab.notes)
     return (
