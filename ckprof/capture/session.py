@@ -190,6 +190,9 @@ class Capture:
         self.trace_paths: list[Path] = []
         self.memory_timeline_paths: list[Path] = []
         self.errors: list[str] = []
+        #: windows whose trace could not be written (each also warned, in ``errors``)
+        self.trace_write_failures = 0
+        self._start_failed = False  # torch.profiler could not start (warned)
         self.step_index = 0
         self.finished = False
         self.no_trace_reason = ""
@@ -548,6 +551,7 @@ class Capture:
             prof.start()
         except Exception as err:
             self._release_noise()
+            self._start_failed = True
             self._warn(f"could not start torch.profiler for window {window}: {err}")
             return
         self._prof = prof
@@ -757,8 +761,8 @@ class Capture:
 
     def _already_warned_cause(self) -> bool:
         """The reason nothing was written was warned about when it happened."""
-        return self._warned and (self._skipped_other_profiler or any(
-            "not written" in e or "could not start" in e for e in self.errors))
+        return self._warned and (self._skipped_other_profiler or self._start_failed
+                                 or self.trace_write_failures > 0)
 
     def first_active_step(self) -> int:
         """The first step the schedule records (skip_first + wait + warmup)."""
@@ -789,7 +793,7 @@ class Capture:
             return (f"step() was never called, so no step was completed ({plan}). Call "
                     "cap.step() once per training step (after optimizer.step()), or use "
                     "@ckprof.profile_step or `ckprof run`")
-        if self.step_index < first + 1 and not any("not written" in e for e in self.errors):
+        if self.step_index < first + 1 and not self.trace_write_failures:
             return (f"only {self.step_index} step(s) completed but {plan}, so at least "
                     f"{first + 1} are needed ({first + s['active']} for a full window). Run "
                     "more steps, or lower wait/warmup")
@@ -808,6 +812,7 @@ class Capture:
             path = write_trace(prof, self.out_dir, self._stem(), gzip=self.gzip,
                                 metadata=metadata)
         except Exception as err:
+            self.trace_write_failures += 1
             self._warn(
                 f"{self.out_dir}: trace of window {self._window} not written "
                 f"({type(err).__name__}: {err}). Training continues; check that the "

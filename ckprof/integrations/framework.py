@@ -59,6 +59,7 @@ class FrameworkProfiler:
         self._windows = 0
         self._seen_paths = 0
         self._seen_errors = 0
+        self._seen_failures = 0
 
     @property
     def trace_paths(self) -> list[Path]:
@@ -123,10 +124,11 @@ class FrameworkProfiler:
         cap = self.session.capture
         new_paths = [str(p) for p in cap.trace_paths[self._seen_paths:]]
         new_errors = cap.errors[self._seen_errors:]
-        if not new_paths and not any("not written" in e for e in new_errors):
-            return
+        if not new_paths and cap.trace_write_failures == self._seen_failures:
+            return  # no window ended here
         self._seen_paths = len(cap.trace_paths)
         self._seen_errors = len(cap.errors)
+        self._seen_failures = cap.trace_write_failures
         from ckprof.capture.run import (
             RunOutcome,
             env_rank,
