@@ -136,7 +136,7 @@ def run_demo(out_dir: str | os.PathLike[str], *, steps: int = 3, checkpointing: 
         for _ in range(wait + warmup + steps):
             session.run_step(train_step)
     if not session.trace_paths:
-        reason = "; ".join(session.errors) or "the profiler produced no trace"
+        reason = session.no_trace_reason or "the profiler produced no trace"
         raise CaptureError(f"no trace written ({reason})", path=str(out_dir),
                            hint="Check that the directory is writable")
     return session.trace_paths[-1]

@@ -392,9 +392,8 @@ class RunSession:
 
     def _why_nothing(self, error: BaseException | None) -> str:
         cap = self.capture
-        s = self.schedule
         first = cap.first_active_step()
-        span = (f"steps {first}-{first + s['active'] - 1}" if s["active"] > 1 else f"step {first}")
+        span = cap.window_span()
         detector = self.detector
         if detector is not None and detector.optimizer_steps == 0 and not cap._skipped_other_profiler:
             seen = "the model ran forward but " if detector.forward_passes else ""

@@ -769,6 +769,11 @@ class Capture:
         s = self.schedule
         return s["skip_first"] + s["wait"] + s["warmup"]
 
+    def window_span(self) -> str:
+        """The steps the schedule's first window records: ``step N`` or ``steps N-M``."""
+        first, active = self.first_active_step(), self.schedule["active"]
+        return f"steps {first}-{first + active - 1}" if active > 1 else f"step {first}"
+
     def explain_no_trace(self) -> str:
         """Why this capture wrote no trace, in one sentence with what to do ("" when it
         wrote one or has not stopped)."""
@@ -776,10 +781,8 @@ class Capture:
             return ""
         s = self.schedule
         first = self.first_active_step()
-        span = (f"steps {first}-{first + s['active'] - 1}" if s["active"] > 1
-                else f"step {first}")
         plan = (f"the schedule (skip_first={s['skip_first']}, wait={s['wait']}, "
-                f"warmup={s['warmup']}, active={s['active']}) records {span}")
+                f"warmup={s['warmup']}, active={s['active']}) records {self.window_span()}")
         if self._skipped_other_profiler:
             return ("another torch profiler was recording, so ckprof skipped its window(s). "
                     "Stop the other profiler or remove ckprof.capture")

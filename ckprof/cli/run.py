@@ -181,11 +181,8 @@ def run(ctx: click.Context, out_dir: Path, steps: str | None, wait: int | None, 
     session = RunSession(out_dir, schedule=schedule, detect_steps=True, with_stack=with_stack,
                          nsys=nsys, memory_timeline=memory_timeline, ab=ab)
     if rank == 0:
-        first = session.capture.first_active_step()
-        last = first + schedule["active"] - 1
-        span = f"step {first}" if last == first else f"steps {first}-{last}"
         more = "" if schedule.get("repeat", 1) == 1 else " (repeating)"
-        _say(f"profiling {span}{more} of {target.target} into {out_dir}/"
+        _say(f"profiling {session.capture.window_span()}{more} of {target.target} into {out_dir}/"
              + (f" ({world} ranks)" if world > 1 else ""))
     code, error = _run_script(target, session)
     outcome = session.finish(error=error)
