@@ -395,3 +395,22 @@ def test_instrument_reaches_composable_checkpoint() -> None:
         counts = marker_counts(lambda: model(x).sum().backward())
     assert composable._checkpoint_without_reentrant_generator is original
     assert counts == expected()
+
+
+def test_a_module_imported_while_instrumented_is_unbound_after() -> None:
+    """GIVEN the composable checkpoint module imported for the first time INSIDE
+    instrument_checkpointing (it binds torch's generator by name, then the patched one)
+    WHEN the instrumentation ends THEN its global is torch's generator again."""
+    import importlib
+    import sys
+
+    pytest.importorskip("torch.distributed._composable.checkpoint_activation")
+    name = "torch.distributed._composable.checkpoint_activation"
+    saved = sys.modules.pop(name)
+    try:
+        with ckprof.instrument_checkpointing():
+            fresh = importlib.import_module(name)
+            assert fresh._checkpoint_without_reentrant_generator is regions._patched_generator
+        assert fresh._checkpoint_without_reentrant_generator is regions._ORIG_GENERATOR
+    finally:
+        sys.modules[name] = saved

@@ -378,3 +378,40 @@ def test_missing_module_is_a_usage_error(tmp_path: Path) -> None:
     """GIVEN -m with a module that does not exist WHEN run THEN exit 2 naming it."""
     result = CliRunner().invoke(cli, ["run", "--out", str(tmp_path / "t"), "-m", "no_such_module_ckprof"])
     assert result.exit_code == 2 and "no_such_module_ckprof" in result.output
+
+
+COMPILED = """
+import sys, torch
+torch.set_num_threads(1)
+net = torch.nn.Sequential(torch.nn.Linear(16, 16), torch.nn.GELU(), torch.nn.Linear(16, 1))
+model = torch.compile(net, backend="eager")
+opt = torch.optim.SGD(net.parameters(), lr=0.01)
+x = torch.randn(4, 16)
+for i in range(int(sys.argv[1])):
+    opt.zero_grad()
+    model(x).sum().backward()
+    opt.step()
+"""
+
+
+def test_run_on_a_compiled_model_registers_no_global_module_hook(tmp_path: Path) -> None:
+    """GIVEN a script training a torch.compile'd model WHEN `ckprof run` profiles it
+    THEN torch does not warn about global module hooks (the step detector watches module
+    calls through the capture's stand-in for nn.Module.__call__, not a global hook),
+    and every profiled step has exactly one forward range."""
+    import warnings
+
+    out = tmp_path / "out"
+    original = torch.nn.Module.__call__
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = _run(["--steps", "1:3", "--out", str(out), str(_script(tmp_path, COMPILED)), "5"])
+    assert result.exit_code == 0, result.output
+    assert not [w for w in caught if "global hooks" in str(w.message)]
+    (trace,) = out.glob("*.pt.trace.json.gz")
+    counts = ranges_per_step(_trace_json(trace), "ckprof::forward")
+    assert counts and set(counts.values()) == {1}, counts
+    from torch.nn.modules import module as nn_module
+
+    assert not nn_module._has_any_global_hook()
+    assert torch.nn.Module.__call__ is original  # the stand-in is gone after the run

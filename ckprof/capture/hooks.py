@@ -13,8 +13,8 @@ step. :data:`LIVE` holds the markers of the one capture running in this process.
 #           when backward starts, the optimizer or zero_grad runs, a ckprof.phase
 #           opens or closes, or the step ends. The first call is seen by a stand-in
 #           for nn.Module.__call__ (no global module hook: torch.compile would warn),
-#           removed while a forward range is open and during backward and re-armed
-#           when they close. Code that torch.compile traces may call our hooks and
+#           :class:`ModuleCallWatch`, shared with ``ckprof run``'s step detector and
+#           removed while nobody listens (a forward range open, backward running). Code that torch.compile traces may call our hooks and
 #           patched functions: they return at once under torch.compiler.is_compiling(),
 #           so a compile during a window makes the same graph as without ckprof
 #           (compiled code runs no Python hooks afterwards).
@@ -52,7 +52,7 @@ from ckprof.trace.markers import (
     sanitize_region,
 )
 
-__all__ = ["LIVE", "LIVE_LOCK", "PhaseMarkers", "phase"]
+__all__ = ["LIVE", "LIVE_LOCK", "MODULE_CALLS", "ModuleCallWatch", "PhaseMarkers", "phase"]
 
 _graph_task_id = torch._C._current_graph_task_id
 # dynamo traces hooks and patched functions called inside compiled code: they must be
@@ -60,6 +60,57 @@ _graph_task_id = torch._C._current_graph_task_id
 # Python per call anyway). Constant-folded to True while tracing, ~0.1 us otherwise.
 _compiling = torch.compiler.is_compiling
 
+
+
+class ModuleCallWatch:
+    """The one stand-in for ``nn.Module.__call__`` that capture uses to see module calls
+    (NOTE [ Phase markers ]: not a global module hook, which torch.compile warns about
+    and fires twice). Listeners ``f(module, args)`` are armed and disarmed by their
+    owners; the stand-in is in place exactly while one is armed. A call runs the armed
+    listeners by priority, lowest first, including one armed by an earlier listener of
+    the same call (``ckprof run``'s step detector ends a step, the capture's markers then
+    open the next step's forward on that same call). Nothing runs while dynamo traces."""
+
+    def __init__(self) -> None:
+        self._armed: dict[Callable[[Any, Any], None], int] = {}
+        self._standin: Any = None
+
+    def arm(self, listener: Callable[[Any, Any], None], priority: int) -> None:
+        self._armed[listener] = priority
+        if self._standin is None:
+            self._install()
+
+    def disarm(self, listener: Callable[[Any, Any], None]) -> None:
+        self._armed.pop(listener, None)
+        if not self._armed and self._standin is not None:
+            standin, self._standin = self._standin, None
+            if torch.nn.Module.__call__ is standin:
+                torch.nn.Module.__call__ = standin._ckprof_original  # type: ignore[method-assign]
+
+    def _install(self) -> None:
+        original = torch.nn.Module.__call__
+        watch = self
+
+        def module_call(module: torch.nn.Module, *args: Any, **kwargs: Any) -> Any:
+            if watch._standin is module_call and not _compiling():
+                called: set[Any] = set()
+                while True:  # by priority; one armed meanwhile runs too
+                    todo = [f for f in sorted(watch._armed, key=watch._armed.__getitem__)
+                            if f not in called]
+                    if not todo:
+                        break
+                    called.add(todo[0])
+                    todo[0](module, args)
+            return original(module, *args, **kwargs)
+
+        module_call._ckprof_original = original  # type: ignore[attr-defined]
+        torch.nn.Module.__call__ = module_call  # type: ignore[method-assign]
+        self._standin = module_call
+
+
+#: the module-call watch of this process; priorities: the step detector, then markers
+MODULE_CALLS = ModuleCallWatch()
+STEP_DETECTOR_PRIORITY, MARKERS_PRIORITY = 0, 1
 
 
 class PhaseMarkers:
@@ -74,31 +125,22 @@ class PhaseMarkers:
         self._opt_depth = 0
         self._handles: list[Any] = []
         self._saved: list[tuple[Any, str, Any]] = []
-        self._forward_hook: Any = None
+        self._armed = False
 
     # -- the forward "pre-hook" is armed only while no forward range is open. It is a
-    # stand-in for nn.Module.__call__, not a global module hook: a global hook sends
-    # EVERY module call through torch's slow path (~1.6 us each) and makes
-    # torch.compile(module) warn and fire it twice; the stand-in sees the first module
-    # call of the step (outside any compiled frame) and puts torch's __call__ back.
+    # listener of MODULE_CALLS, not a global module hook: a global hook sends EVERY
+    # module call through torch's slow path (~1.6 us each) and makes
+    # torch.compile(module) warn and fire it twice; the watch sees the first module call
+    # of the step (outside any compiled frame) and puts torch's __call__ back.
     def _arm(self) -> None:
-        if self._forward_hook is None and self.installed:
-            original = torch.nn.Module.__call__
-            markers = self
-
-            def first_module_call(module: torch.nn.Module, *args: Any, **kwargs: Any) -> Any:
-                if markers._forward_hook is first_module_call:  # not once disarmed
-                    markers._on_forward_pre(module, args)
-                return original(module, *args, **kwargs)
-
-            first_module_call._ckprof_original = original  # type: ignore[attr-defined]
-            torch.nn.Module.__call__ = first_module_call  # type: ignore[method-assign]
-            self._forward_hook = first_module_call
+        if not self._armed and self.installed:
+            self._armed = True
+            MODULE_CALLS.arm(self._on_forward_pre, MARKERS_PRIORITY)
 
     def _disarm(self) -> None:
-        hook, self._forward_hook = self._forward_hook, None
-        if hook is not None and torch.nn.Module.__call__ is hook:
-            torch.nn.Module.__call__ = hook._ckprof_original  # type: ignore[method-assign]
+        if self._armed:
+            self._armed = False
+            MODULE_CALLS.disarm(self._on_forward_pre)
 
     # -- state
     def _open(self, kind: str, name: str) -> None:
@@ -132,13 +174,6 @@ class PhaseMarkers:
             NAMES.occurrences.clear()
             self._open("forward", FORWARD)
             self._disarm()
-
-    def begin_forward(self, module: torch.nn.Module) -> None:
-        """Open the forward range for ``module`` now (a driver that ended a step inside
-        a global forward pre-hook calls this: a hook registered meanwhile would only run
-        from the next module call on)."""
-        if self.installed:
-            self._on_forward_pre(module, ())
 
     def _on_optimizer_pre(self, optimizer: Any, args: Any, kwargs: Any) -> None:
         if _compiling() or not self._mine():

@@ -536,6 +536,11 @@ class _Instrumentation:
         for owner, attr, value in reversed(self._saved):
             setattr(owner, attr, value)
         self._saved = []
+        # a module imported WHILE patched bound the patched generator by name: unbind it
+        for name in _GENERATOR_IMPORTERS:
+            module = sys.modules.get(name)
+            if getattr(module, "_checkpoint_without_reentrant_generator", None) is _patched_generator:
+                module._checkpoint_without_reentrant_generator = _ORIG_GENERATOR  # type: ignore[union-attr]
 
 
 _INSTRUMENT = _Instrumentation()

@@ -22,7 +22,8 @@ callbacks decide what to say.
 # ``ckprof run`` cannot ask the script to call step(), so a training step ends when its
 # optimizer step(s) end. Signals, all on the thread that started the run:
 #   F = a module forward outside autograd's backward (recompute is not F), at most one
-#       hook call per step: the global forward pre-hook is armed only until it fires;
+#       listener call per step: armed on MODULE_CALLS (capture/hooks.py, no global
+#       module hook) only until it fires;
 #   O = the end of an OUTERMOST optimizer.step (torch.optim's global post hook;
 #       an optimizer stepping another one counts once).
 # A step ends at the O that completes the step's run of optimizer steps after an F.
@@ -58,7 +59,7 @@ from typing import Any
 
 import torch
 
-from ckprof.capture.hooks import LIVE
+from ckprof.capture.hooks import MODULE_CALLS, STEP_DETECTOR_PRIORITY
 from ckprof.capture.regions import instrument_checkpointing
 from ckprof.capture.session import Capture
 from ckprof.errors import UsageError
@@ -122,7 +123,7 @@ class StepDetector:
         self._forward_seen = False
         self._due = 0
         self._depth = 0
-        self._hook: Any = None
+        self._armed = False
         self._handles: list[Any] = []
         self._wrapped: dict[type, Any] = {}
         self._saved_patch: Any = None
@@ -171,16 +172,15 @@ class StepDetector:
         self._wrapped = {}
         self.installed = False
 
-    def _arm(self) -> None:
-        if self._hook is None and self.installed:
-            from torch.nn.modules.module import register_module_forward_pre_hook
-
-            self._hook = register_module_forward_pre_hook(self._on_forward_pre)
+    def _arm(self) -> None:  # the step's first forward, seen like the markers see it
+        if not self._armed and self.installed:
+            self._armed = True
+            MODULE_CALLS.arm(self._on_forward_pre, STEP_DETECTOR_PRIORITY)
 
     def _disarm(self) -> None:
-        hook, self._hook = self._hook, None
-        if hook is not None:
-            hook.remove()
+        if self._armed:
+            self._armed = False
+            MODULE_CALLS.disarm(self._on_forward_pre)
 
     def _wrap_class(self, cls: type) -> None:
         original = cls.__dict__.get("step")
@@ -208,7 +208,7 @@ class StepDetector:
             return
         if self._depth == 0:
             if self._due:
-                self._boundary(module)
+                self._boundary()
             if self._run:
                 self.expected = self._run
         elif self._run:
@@ -238,16 +238,11 @@ class StepDetector:
             self._due = _AT_ONCE if self._run >= self.expected else _FORWARD_AT_NEXT
         self._arm()
 
-    def _boundary(self, module: Any = None) -> None:
+    def _boundary(self) -> None:
         self._due = 0
         self._forward_seen = False
         self.steps += 1
-        self.on_boundary()
-        if module is not None:
-            # the capture may have (re)installed its phase markers inside this hook call:
-            # their forward pre-hook would only run from the next module call on
-            for markers in list(LIVE):
-                markers.begin_forward(module)
+        self.on_boundary()  # markers armed here still see this module call (MODULE_CALLS)
         self._arm()
 
     def flush(self) -> None:
