@@ -77,6 +77,12 @@ def analyze(trace: Trace, recompute_detection: str = "auto", step: int | None = 
         phases = _drop_partial_step(phases, trace)
     if variant is not None:
         phases = _only_variant(trace, phases, variant)
+    return _with_phases(trace, phases, step, variant)
+
+
+def _with_phases(trace: Trace, phases: PhaseTable, step: int | None,
+                 variant: str | None) -> Analysis:
+    """attribution -> memory on phases already found (and filtered)."""
     time = attribute_time(trace, phases)
     memory = peak_memory_by_phase(trace, phases)
     return Analysis(trace=trace, phases=phases, time=time, memory=memory, step=step, variant=variant)
@@ -153,6 +159,13 @@ class Analysis:
     memory: PhaseMemory
     step: int | None = None
     variant: str | None = None
+
+    def only_variant(self, variant: str) -> Analysis:
+        """The steps of one A/B variant (``on`` / ``off``, or a sweep policy), from this
+        analysis's phases: like ``analyze(trace, variant=...)`` without finding the
+        phases again. Raises NotCapturedError as that does."""
+        return _with_phases(self.trace, _only_variant(self.trace, self.phases, variant),
+                            self.step, variant)
 
     @functools.cached_property
     def ab(self) -> ABResult | None:

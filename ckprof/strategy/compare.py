@@ -369,7 +369,6 @@ def compare_variants(run: Any, baseline: str = "off", candidate: str = "on",
     checkpointing costs and buys. Raises NotCapturedError when the trace has no A/B."""
     import dataclasses
 
-    from ckprof.analysis import analyze
     from ckprof.errors import NotCapturedError
 
     whole = _as_analysis(run, recompute_detection)
@@ -377,8 +376,8 @@ def compare_variants(run: Any, baseline: str = "off", candidate: str = "on",
         raise NotCapturedError(
             "the trace has no A/B steps to compare", path=str(whole.trace.path),
             hint="Give two traces, or capture one with ckprof.capture(..., ab=True)")
-    a = analyze(whole.trace, recompute_detection=recompute_detection, variant=baseline)
-    b = analyze(whole.trace, recompute_detection=recompute_detection, variant=candidate)
+    a = whole.only_variant(baseline)   # the phases found once, split by variant
+    b = whole.only_variant(candidate)
     c = compare(a, b, recompute_detection=recompute_detection)
     path = str(whole.trace.path)
     return dataclasses.replace(
