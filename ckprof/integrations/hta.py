@@ -54,6 +54,7 @@ from ckprof.errors import (
     OptionalDependencyError,
     TraceNotFoundError,
 )
+from ckprof.integrations.ranks import rank_from_metadata, usable_rank
 from ckprof.report.text import check_format, markdown_table, records, text_table
 from ckprof.trace.load import find_trace_files
 from ckprof.trace.markers import PHASES
@@ -174,14 +175,10 @@ def _trace_files(path: Path) -> list[Path]:
 
 
 def _rank_of(trace: Trace, fallback: int) -> int:
-    """``distributedInfo.rank``, else ckprof's capture metadata ``rank``, else ``fallback``."""
-    for source in (trace.metadata.get("distributedInfo") if trace.metadata else None, trace.ckprof):
-        rank = source.get("rank") if isinstance(source, Mapping) else None
-        if isinstance(rank, int) and not isinstance(rank, bool) and 0 <= rank < 2**63:
-            return rank
-        if isinstance(rank, str) and rank.isascii() and rank.isdigit() and len(rank) <= 18:
-            return int(rank)
-    return fallback
+    """``distributedInfo.rank``, else ckprof's capture metadata ``rank`` (the rule of
+    :func:`ckprof.integrations.ranks.rank_from_metadata`), else ``fallback``."""
+    rank, _source = rank_from_metadata(trace.metadata or {}, trace.ckprof)
+    return fallback if rank is None else rank
 
 
 def _load_ckprof(files: list[Path], recompute_detection: str) -> dict[int, Analysis]:
@@ -244,7 +241,8 @@ def _rank_from_text(path: Path, fallback: int) -> int:
             m = _RANK_RE.search(fh.read(1 << 20))
     except (OSError, EOFError):
         return fallback
-    return int(m.group(1)) if m else fallback
+    rank = usable_rank(m.group(1).decode("ascii")) if m else None
+    return fallback if rank is None else rank
 
 
 # --------------------------------------------------------------------------- labels

@@ -118,7 +118,10 @@ class RankResult:
     notes: tuple[str, ...] = ()
 
 
-def _usable_rank(value: Any) -> int | None:
+def usable_rank(value: Any) -> int | None:
+    """``value`` as a rank (0..2^63-1): an int, or a string of ASCII digits; else None."""
+    if isinstance(value, str) and value.isascii() and value.isdigit():
+        value = int(value)
     if type(value) is int and 0 <= value <= _RANK_MAX:
         return value
     return None
@@ -134,7 +137,7 @@ def rank_from_metadata(metadata: Any, ckprof_meta: Any,
     for source, holder in sources:
         if not hasattr(holder, "get") or "rank" not in holder:
             continue
-        rank = _usable_rank(holder.get("rank"))
+        rank = usable_rank(holder.get("rank"))
         if rank is not None:
             return rank, source
         if notes is not None:
