@@ -332,26 +332,11 @@ def _sequence_recompute(ev, codes, cats) -> pd.DataFrame:
     return occ[["region", "start_ns", "end_ns"]]
 
 
-def _stack_marks(parent: np.ndarray, depth: np.ndarray, is_rf: np.ndarray,
-                 is_mod: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(outermost recompute_fn frames, each row's outermost recompute_fn at or above or
-    -1, whether a module frame lies above the row, up to that recompute_fn frame)."""
-    n = len(parent)
-    outer_rf = _outermost_above(parent, is_rf)    # outermost recompute_fn strictly above
-    top_rf = is_rf & (outer_rf < 0)
-    near_rf = np.where(outer_rf >= 0, outer_rf, np.where(is_rf, np.arange(n), -1))
-    mod = _nearest_above(parent, is_mod)  # (the recompute_fn frame itself included)
-    mod_above = (outer_rf >= 0) & (mod >= 0) & (depth[np.maximum(mod, 0)]
-                                                 >= depth[np.maximum(outer_rf, 0)])
-    return top_rf, near_rf, mod_above
-
-
 def _stack_recompute(ev, codes, cats) -> pd.DataFrame:
     parent = ev["parent"].to_numpy(dtype=np.int64)
-    depth = ev["depth"].to_numpy(dtype=np.int64)
     is_py = _kind_mask(ev, "python_function")
     is_rf = _mask_names(codes, cats, lambda c: bool(_RECOMPUTE_FN_RE.search(c)), is_py)
-    top_rf, _near_rf, _ = _stack_marks(parent, depth, is_rf, np.zeros(len(is_rf), dtype=bool))
+    top_rf = is_rf & (_outermost_above(parent, is_rf) < 0)  # outermost recompute_fn frames
     rf_rows = np.flatnonzero(top_rf)
     ts = ev["ts_ns"].to_numpy(dtype=np.int64)
     end = ts + ev["dur_ns"].to_numpy(dtype=np.int64)
