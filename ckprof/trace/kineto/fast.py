@@ -527,6 +527,18 @@ def _merge_piece(cols: Columns, piece: dict[str, Any]) -> None:
 _WORKER_MAPS: dict[str, mmap.mmap] = {}
 
 
+def _decode_or_careful(win: _Window, start: int, stop: int, cols: Columns, *,
+                       native: bool = True) -> None:
+    """:func:`_decode_in_place`, else that piece by the careful rules (the text ids it
+    interned first are given back): the fallback ladder of every piece reader."""
+    ids_before = cols.ids.snapshot()
+    try:
+        _decode_in_place(win, start, stop, cols, native=native)
+    except NeedsCarefulReader:
+        cols.ids.restore(ids_before)
+        _careful_piece(bytes(win.buf[start:stop]), cols)
+
+
 def _decode_range(path: str, start: int, stop: int) -> dict[str, Any] | str:
     """Worker: decode ``[start, stop)`` of the file; a str result is an NeedsCarefulReader reason."""
     gc.disable()
@@ -535,13 +547,8 @@ def _decode_range(path: str, start: int, stop: int) -> dict[str, Any] | str:
         if mm is None:
             with open(path, "rb") as f:
                 mm = _WORKER_MAPS[path] = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)
-        win = _Window(None, mm)
         cols = Columns()
-        try:
-            _decode_in_place(win, start, stop, cols)
-        except NeedsCarefulReader:
-            cols = Columns()
-            _careful_piece(bytes(mm[start:stop]), cols)
+        _decode_or_careful(_Window(None, mm), start, stop, cols)
         mm.madvise(mmap.MADV_DONTNEED, (start // mmap.PAGESIZE) * mmap.PAGESIZE,
                    stop - (start // mmap.PAGESIZE) * mmap.PAGESIZE)
         return _piece_result(cols)
@@ -693,12 +700,7 @@ def _run_threads(win: _Window, pattern: bytes, workers: int, cols: Columns) -> N
                 submit()
                 if result is not None and (isinstance(result, str)
                                            or not _ingest_scanned(result, cols)):
-                    ids_before = cols.ids.snapshot()
-                    try:
-                        _decode_in_place(win, start, stop, cols, native=False)
-                    except NeedsCarefulReader:
-                        cols.ids.restore(ids_before)
-                        _careful_piece(bytes(buf[start:stop]), cols)
+                    _decode_or_careful(win, start, stop, cols, native=False)
                 win.consumed(stop)
         except BaseException:
             for _, _, fut in pending:
@@ -745,15 +747,10 @@ def _read_piece(buf: bytes, start: int, stop: int, cols: Columns, win: _Window) 
     msgspec, else the careful rules. Progress is reported to ``win``."""
     s, e = _trim(buf, start, stop)
     if e > s and not _scan_into(buf, s, e, cols):
-        piece = _Window(iter(()), None)
+        piece = _Window(iter(()), None)  # a writable copy: the decoder brackets it in place
         piece.buf = bytearray(buf[start:stop])
         piece.end, piece.eof = len(piece.buf), True
-        ids_before = cols.ids.snapshot()
-        try:
-            _decode_in_place(piece, 0, piece.end, cols, native=False)
-        except NeedsCarefulReader:
-            cols.ids.restore(ids_before)
-            _careful_piece(bytes(buf[start:stop]), cols)
+        _decode_or_careful(piece, 0, piece.end, cols, native=False)
     if win.on_consumed is not None:
         win.on_consumed(stop - start)
 
