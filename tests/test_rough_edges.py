@@ -286,3 +286,22 @@ def test_capture_memory_timeline_feeds_plot_categories(tmp_path: Path) -> None:
     result = invoke(["plot", str(trace), "--kind", "categories", "-o", str(out)])
     assert result.exit_code == 0, result.output
     assert out.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_memory_timeline_from_a_fifo_is_refused_not_opened(tmp_path):
+    """GIVEN a FIFO named like a memory timeline WHEN it is read THEN a typed error at
+    once (opening a FIFO with no writer would block forever); a damaged gzip one is a
+    TraceFormatError too."""
+    import os
+
+    from ckprof.errors import TraceFormatError
+    from ckprof.trace.memory_timeline import read_memory_timeline
+
+    fifo = tmp_path / "run.raw.json.gz"
+    os.mkfifo(fifo)
+    with pytest.raises(TraceFormatError):
+        read_memory_timeline(fifo)
+    bad = tmp_path / "bad.raw.json.gz"
+    bad.write_bytes(b"\x1f\x8b\x08\x00" + b"\x00" * 20)
+    with pytest.raises(TraceFormatError):
+        read_memory_timeline(bad)

@@ -11,7 +11,6 @@ Errors: :class:`~ckprof.errors.TraceFormatError` when the file is not such a tim
 
 from __future__ import annotations
 
-import gzip
 import json
 import os
 from pathlib import Path
@@ -58,12 +57,20 @@ def read_memory_timeline(path: str | os.PathLike[str]) -> pd.DataFrame:
     ``[ts_ns, action, nbytes, category_index]`` (plain or gzip). Returns a NEW
     DataFrame ``ts_ns, category, bytes`` sorted by time (category names from
     :data:`MEMORY_CATEGORIES`). Raises :class:`TraceFormatError` when it is not one."""
+    from ckprof.trace.kineto import source as _source
+    from ckprof.trace.load import ANNOTATE_BYTES_PER_BYTE, max_stream_bytes
+
     p = Path(path)
-    try:
-        raw_bytes = p.read_bytes()
-        if raw_bytes[:2] == b"\x1f\x8b":
-            raw_bytes = gzip.decompress(raw_bytes)
+    _source.check_input_file(p)  # a FIFO or device is never opened
+    try:  # read like a trace: gzip by its magic bytes, counted against memory as it grows
+        reader = _source.BlockReader(p, max_bytes=max_stream_bytes(ANNOTATE_BYTES_PER_BYTE))
+        raw_bytes = reader.read_all()
+        if reader.problem is not None:
+            raise ValueError(f"the gzip stream is {reader.problem}")
         rows = json.loads(raw_bytes)
+    except _source.DecompressedTooLarge as err:
+        raise TraceFormatError(f"the memory timeline expands past what memory holds ({err})",
+                               path=str(p), hint="Re-export a shorter window") from None
     except (OSError, ValueError, EOFError) as err:
         raise TraceFormatError(f"cannot read the memory timeline ({err})", path=str(p),
                                hint="Re-export it with prof.export_memory_timeline(path.raw.json.gz)") from err
