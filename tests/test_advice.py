@@ -5,7 +5,6 @@ end-to-end run of the advised policy."""
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from collections import defaultdict
 from pathlib import Path
@@ -482,7 +481,7 @@ def test_report_page_has_the_advice(full_trace, tmp_path):
     for op in adv.table.loc[adv.table["rank"] > 0, "op"]:
         assert f">{op}<" in section
     a = load(full_trace)
-    no_memory = analyze(dataclasses.replace(a.trace, memory=a.trace.memory.iloc[0:0]))
+    no_memory = analyze(a.trace.with_frames(memory=a.trace.memory.iloc[0:0]))
     assert "No advice: " in advice_section(no_memory)
 
 

@@ -13,6 +13,7 @@ from support.builders import TraceBuilder
 from ckprof.analysis.attribution import attribute_time
 from ckprof.analysis.phases import find_phases
 from ckprof.trace.markers import PHASES
+from ckprof.trace.table import Table
 
 US = 1000
 
@@ -179,10 +180,10 @@ def test_self_check_catches_broken_numbers(marked):
     _, _, a = marked
     walls = a.by_step.assign(wall_ns=a.by_step["wall_ns"] + np.arange(len(a.by_step)))
     with pytest.raises(AssertionError, match="step durations"):
-        dataclasses.replace(a, by_step=walls).self_check()
+        dataclasses.replace(a, by_step_table=Table.from_frame(walls)).self_check()
     twice = a.gpu_events.iloc[np.r_[0, np.arange(len(a.gpu_events))]]
     with pytest.raises(AssertionError, match="twice"):
-        dataclasses.replace(a, gpu_events=twice).self_check()
+        dataclasses.replace(a, gpu_events_table=Table.from_frame(twice)).self_check()
 
 
 def test_duplicate_correlation_takes_earliest_launch():
@@ -202,9 +203,9 @@ def test_step_filter_keeps_only_that_step(marked):
     """GIVEN phases restricted to one step (as Analysis does for --step) WHEN
     attributed THEN only that step's kernels count and the checks hold."""
     t, ph, _ = marked
-    one = dataclasses.replace(ph, steps=ph.steps[ph.steps["step"] == 2],
-                              segments=ph.segments[ph.segments["step"] == 2].reset_index(drop=True),
-                              recompute=ph.recompute[ph.recompute["step"] == 2])
+    one = dataclasses.replace(ph, steps_table=ph.steps_table.take(ph.steps_table["step"] == 2),
+                              segments_table=ph.segments_table.take(ph.segments_table["step"] == 2),
+                              recompute_table=ph.recompute_table.take(ph.recompute_table["step"] == 2))
     a = attribute_time(t, one)
     assert set(a.gpu_events["step"]) == {2}
     assert a.regions["count"].tolist() == [1]

@@ -262,7 +262,6 @@ def test_memory_timeline_one_step_and_one_line_per_device(gpu_analysis):
 def with_memory_noise(trace, n_pairs: int):
     """The same trace with ``n_pairs`` extra 64-byte alloc/free pairs spread over
     its first forward (memory table rebuilt per the Trace contract)."""
-    import dataclasses
 
     import pandas as pd
 
@@ -286,7 +285,7 @@ def with_memory_noise(trace, n_pairs: int):
         "bytes": both["bytes"].to_numpy(np.int64),
         "addr": np.full(n, -1, dtype=np.int64),
     })
-    out = dataclasses.replace(trace, memory=new_mem)
+    out = trace.with_frames(memory=new_mem)
     out.check()
     return out
 

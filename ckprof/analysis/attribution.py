@@ -35,6 +35,7 @@ import pandas as pd
 from ckprof.analysis.phases import PhaseTable
 from ckprof.trace.markers import PHASES
 from ckprof.trace.model import GPU_KINDS, Trace
+from ckprof.trace.table import Table, frame_of
 
 __all__ = ["TimeAttribution", "attribute_time"]
 
@@ -43,15 +44,21 @@ __all__ = ["TimeAttribution", "attribute_time"]
 class TimeAttribution:
     """Where the time of each step went. See the module docstring."""
 
-    by_step: pd.DataFrame
-    totals: pd.DataFrame
-    regions: pd.DataFrame
-    gpu_events: pd.DataFrame
+    by_step_table: Table
+    totals_table: Table
+    regions_table: Table
+    gpu_events_table: Table
     has_gpu: bool
     recompute_overhead_pct: float
     notes: tuple[str, ...] = ()
     #: the steps attributed (``step``, ``start_ns``, ``end_ns``), for self_check
-    steps: pd.DataFrame | None = None
+    steps_table: Table | None = None
+
+    by_step = frame_of("by_step_table")
+    totals = frame_of("totals_table")
+    regions = frame_of("regions_table")
+    gpu_events = frame_of("gpu_events_table")
+    steps = frame_of("steps_table")
 
     def self_check(self) -> None:
         """Assert the invariants: phase wall times add up to each step, every GPU
@@ -182,11 +189,12 @@ def _gpu_attribution(trace: Trace, phases: PhaseTable, notes: list[str]) -> pd.D
 def _forward_wall(trace: Trace, phases: PhaseTable) -> pd.Series:
     """Summed duration of each region's FIRST runs in the analysed steps (NOTE [ Forward
     runs ] in ckprof.forward_runs): checkpoint markers, else checkpoint() frames."""
-    runs = phases.forward_runs
-    if runs is None:
+    if phases.forward_runs_table is None:
         from ckprof.analysis.forward_runs import find_forward_runs
 
-        runs = find_forward_runs(trace, phases.steps)
+        runs = find_forward_runs(trace, phases.steps).to_frame()
+    else:
+        runs = phases.forward_runs
     keep = runs["first_run"].to_numpy(dtype=bool) & runs["step"].isin(
         phases.steps["step"]).to_numpy()
     first = runs[keep]
@@ -250,6 +258,9 @@ def attribute_time(trace: Trace, phases: PhaseTable) -> TimeAttribution:
     rc_total = int(totals.loc[totals["phase"] == "recompute", "wall_ns"].sum())
     denom = step_total - rc_total
     pct = rc_total / denom * 100.0 if len(steps) and denom > 0 else float("nan")
-    return TimeAttribution(by_step=by_step, totals=totals, regions=regions,
-                           gpu_events=gpu_events, has_gpu=has_gpu,
-                           recompute_overhead_pct=float(pct), notes=tuple(notes), steps=steps)
+    return TimeAttribution(by_step_table=Table.from_frame(by_step),
+                           totals_table=Table.from_frame(totals),
+                           regions_table=Table.from_frame(regions),
+                           gpu_events_table=Table.from_frame(gpu_events), has_gpu=has_gpu,
+                           recompute_overhead_pct=float(pct), notes=tuple(notes),
+                           steps_table=Table.from_frame(steps))

@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from ckprof.analysis.ab import ABResult, ab_result, step_variants
@@ -50,6 +51,7 @@ from ckprof.errors import NotCapturedError, UsageError
 from ckprof.trace.load import load_trace
 from ckprof.trace.markers import PHASES
 from ckprof.trace.model import Trace
+from ckprof.trace.table import Table
 
 __all__ = ["Analysis", "analyze", "load"]
 
@@ -93,9 +95,12 @@ def _keep_steps(trace: Trace, phases: PhaseTable, keep: set[int],
     """``phases`` with only the steps in ``keep`` (steps, segments, recompute), and the
     recompute inside compiled backward graphs measured again over those steps, its notes
     replacing the whole trace's (one filter for --step, --variant and a partial step)."""
-    pick = lambda df: df[df["step"].isin(keep)].reset_index(drop=True)  # noqa: E731
-    out = dataclasses.replace(phases, steps=pick(phases.steps), segments=pick(phases.segments),
-                              recompute=pick(phases.recompute))
+    def pick(table: Table) -> Table:
+        return table.take(np.isin(table["step"], np.fromiter(keep, dtype=np.int64, count=len(keep))))
+
+    out = dataclasses.replace(phases, steps_table=pick(phases.steps_table),
+                              segments_table=pick(phases.segments_table),
+                              recompute_table=pick(phases.recompute_table))
     notes = list(phases.notes)
     if phases.compiled.status != "none":  # its figures and notes for those steps only
         compiled = find_compiled_recompute(trace, out.steps)

@@ -52,6 +52,7 @@ import pandas as pd
 
 from ckprof.analysis.intervals import mask_names, name_codes, step_of
 from ckprof.trace.model import GPU_KINDS, Trace
+from ckprof.trace.table import Table, frame_of
 
 __all__ = ["CALL_PREFIX", "COMPILED_BACKWARD", "CompiledRecompute", "find_compiled_recompute"]
 
@@ -63,9 +64,9 @@ _AB_HINT = ("measure the full cost A/B instead: capture the same compiled model 
             "without checkpointing and run `ckprof compare` on the two traces")
 
 
-def _empty(columns: tuple[str, ...]) -> pd.DataFrame:
-    return pd.DataFrame({c: pd.Series([], dtype=object if c == "region" else "int64")
-                         for c in columns})
+def _empty(columns: tuple[str, ...]) -> Table:
+    return Table({c: np.empty(0, dtype=object if c == "region" else np.int64) for c in columns},
+                 {"region": "object"})
 
 
 @dataclass(frozen=True)
@@ -73,14 +74,18 @@ class CompiledRecompute:
     """Recompute found inside compiled backward graphs (see the module docstring)."""
 
     status: str = "none"
-    pieces: pd.DataFrame = field(default_factory=lambda: _empty(("region", "start_ns",
-                                                                 "end_ns", "call")))
-    occurrences: pd.DataFrame = field(default_factory=lambda: _empty(("region", "start_ns",
-                                                                      "end_ns")))
-    fused: pd.DataFrame = field(default_factory=lambda: _empty(("region", "start_ns",
-                                                                "end_ns")))
+    pieces_table: Table = field(default_factory=lambda: _empty(("region", "start_ns",
+                                                                "end_ns", "call")))
+    occurrences_table: Table = field(default_factory=lambda: _empty(("region", "start_ns",
+                                                                     "end_ns")))
+    fused_table: Table = field(default_factory=lambda: _empty(("region", "start_ns",
+                                                               "end_ns")))
     summary: Mapping[str, Any] = field(default_factory=dict)
     notes: tuple[str, ...] = ()
+
+    pieces = frame_of("pieces_table")
+    occurrences = frame_of("occurrences_table")
+    fused = frame_of("fused_table")
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready figures (``status`` ``none`` with zeros when nothing was compiled)."""
@@ -390,5 +395,7 @@ def find_compiled_recompute(trace: Trace, steps: pd.DataFrame) -> CompiledRecomp
         "kernel_events_expected": int(expected_visible),
         "kernel_events_found": int(found_visible),
     }
-    return CompiledRecompute(status=status, pieces=pieces_df, occurrences=occ,
-                             fused=fused_df, summary=summary, notes=tuple(notes))
+    return CompiledRecompute(status=status, pieces_table=Table.from_frame(pieces_df),
+                             occurrences_table=Table.from_frame(occ),
+                             fused_table=Table.from_frame(fused_df), summary=summary,
+                             notes=tuple(notes))

@@ -3,7 +3,7 @@ every recompute detection method.
 
 Contract::
 
-    find_forward_runs(trace, steps) -> pd.DataFrame
+    find_forward_runs(trace, steps) -> Table
     link_recompute_names(occ, trace, runs) -> pd.DataFrame
 
 ``find_forward_runs`` returns one row per run of a checkpointed callable, sorted by
@@ -74,6 +74,7 @@ from ckprof.analysis.intervals import thread_ids
 from ckprof.analysis.phases import EVAL_PREFIX
 from ckprof.trace.markers import CHECKPOINT_PREFIX
 from ckprof.trace.model import Trace
+from ckprof.trace.table import Table
 
 __all__ = ["RUN_COLUMNS", "find_forward_runs", "link_recompute_names", "recompute_frame_names"]
 
@@ -296,9 +297,14 @@ def _number_repeats(runs: pd.DataFrame) -> pd.DataFrame:
     return runs.assign(region=region)
 
 
-def find_forward_runs(trace: Trace, steps: pd.DataFrame, *, _tree: _Tree | None = None
-                      ) -> pd.DataFrame:
+def find_forward_runs(trace: Trace, steps: pd.DataFrame | Table, *, _tree: _Tree | None = None
+                      ) -> Table:
     """Runs of checkpointed regions (see the module docstring and NOTE [ Forward runs ])."""
+    return Table.from_frame(_find_forward_runs(trace, steps, _tree=_tree))
+
+
+def _find_forward_runs(trace: Trace, steps: pd.DataFrame | Table, *, _tree: _Tree | None = None
+                       ) -> pd.DataFrame:
     if len(trace.events) == 0:
         return _empty_runs()
     tr = _tree or _Tree(trace)

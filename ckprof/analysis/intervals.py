@@ -1,5 +1,8 @@
 """Small shared helpers over event columns for the analysis stages (numpy only).
 
+Each takes a :class:`~ckprof.trace.table.Table` (``trace.event_table``) or a DataFrame
+(``trace.events``) alike: columns are read with ``np.asarray(table[name])``.
+
 - :func:`thread_ids`: one dense integer per (pid, tid) pair;
 - :func:`lexicographic_score`: several small non-negative integer keys packed into one
   int64 that orders like the tuple of keys;
@@ -14,9 +17,14 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pandas as pd
+
+from ckprof.trace.table import Table, factorize
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 __all__ = ["kind_mask", "lexicographic_score", "mask_names", "name_codes", "nearest_above",
            "outermost_above", "step_of", "thread_ids", "union_length"]
@@ -29,10 +37,7 @@ def thread_ids(pid: np.ndarray, tid: np.ndarray) -> np.ndarray:
     so no arithmetic packing of the pair is safe; the pair is factorised instead."""
     pid = np.asarray(pid, dtype=np.int64)
     tid = np.asarray(tid, dtype=np.int64)
-    if len(pid) == 0:
-        return np.empty(0, dtype=np.int64)
-    pairs = pd.MultiIndex.from_arrays([pid, tid])
-    return pd.factorize(pairs)[0].astype(np.int64)
+    return factorize(pid, tid)[0]
 
 
 def lexicographic_score(keys: Sequence[np.ndarray], bounds: Sequence[int]) -> np.ndarray:
@@ -56,6 +61,8 @@ def union_length(group: np.ndarray, start: np.ndarray, end: np.ndarray) -> pd.Se
     (integer ns in, int64 out, indexed by group, sorted). Exact: each interval adds
     the part of it that starts after every earlier-starting interval of its group
     ended."""
+    import pandas as pd
+
     group = np.asarray(group)
     start = np.asarray(start, dtype=np.int64)
     end = np.asarray(end, dtype=np.int64)
@@ -77,8 +84,13 @@ def union_length(group: np.ndarray, start: np.ndarray, end: np.ndarray) -> pd.Se
     return pd.Series(total, index=pd.Index(uniques), dtype="int64")
 
 
-def name_codes(ev: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+def name_codes(ev: Table | pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
     """(codes per row, category strings): string tests run once per distinct name."""
+    if isinstance(ev, Table):
+        coded = ev.coded("name")
+        return coded.codes, coded.categories
+    import pandas as pd
+
     col = ev["name"]
     if isinstance(col.dtype, pd.CategoricalDtype):
         return col.cat.codes.to_numpy(), col.cat.categories.astype(str).to_numpy(dtype=object)
@@ -100,8 +112,11 @@ def mask_names(codes: np.ndarray, cats: np.ndarray, pred,
     return out
 
 
-def kind_mask(ev: pd.DataFrame, *kinds: str) -> np.ndarray:
-    return ev["kind"].isin(kinds).to_numpy()  # categorical: tests categories, not rows
+def kind_mask(ev: Table | pd.DataFrame, *kinds: str) -> np.ndarray:
+    """Rows of one of ``kinds`` (tested once per category, not per row)."""
+    if isinstance(ev, Table):
+        return ev.coded("kind").isin(kinds)
+    return ev["kind"].isin(kinds).to_numpy()
 
 
 def nearest_above(parent: np.ndarray, hit: np.ndarray) -> np.ndarray:
@@ -132,11 +147,12 @@ def outermost_above(parent: np.ndarray, hit: np.ndarray) -> np.ndarray:
         top[live[move]] = nxt[move]
 
 
-def step_of(starts: np.ndarray, steps: pd.DataFrame) -> np.ndarray:
-    """Step number whose [start, end) contains each instant, -1 when none."""
-    s = steps["start_ns"].to_numpy(dtype=np.int64)
-    e = steps["end_ns"].to_numpy(dtype=np.int64)
+def step_of(starts: np.ndarray, steps: Any) -> np.ndarray:
+    """Step number whose [start, end) contains each instant, -1 when none (``steps``:
+    a Table or DataFrame with ``step``, ``start_ns``, ``end_ns`` sorted by start)."""
+    s = np.asarray(steps["start_ns"], dtype=np.int64)
+    e = np.asarray(steps["end_ns"], dtype=np.int64)
     idx = np.searchsorted(s, starts, side="right") - 1
     ok = idx >= 0
     ok[ok] = starts[ok] < e[idx[ok]]
-    return np.where(ok, steps["step"].to_numpy(dtype=np.int64)[np.maximum(idx, 0)], -1)
+    return np.where(ok, np.asarray(steps["step"], dtype=np.int64)[np.maximum(idx, 0)], -1)

@@ -51,6 +51,7 @@ from ckprof.analysis.phases import PhaseTable
 from ckprof.trace.capture_metadata import clean_ckprof_metadata
 from ckprof.trace.markers import PHASES, ZERO_GRAD
 from ckprof.trace.model import Trace
+from ckprof.trace.table import Table, frame_of
 
 __all__ = ["NO_MEMORY_REASON", "PhaseMemory", "innermost_op_rows", "peak_memory_by_phase"]
 
@@ -70,14 +71,18 @@ _TIMELINE_COLUMNS = {"ts_ns": "int64", "device": object, "allocated_bytes": "int
 class PhaseMemory:
     """Memory levels over time and peaks per phase. See the module docstring."""
 
-    timeline: pd.DataFrame
-    peaks: pd.DataFrame
-    peaks_total: pd.DataFrame
+    timeline_table: Table
+    peaks_table: Table
+    peaks_total_table: Table
     baseline_bytes: Mapping[str, int] = field(default_factory=dict)
     absolute: Mapping[str, bool] = field(default_factory=dict)
     captured: bool = False
     reason: str = ""
     notes: tuple[str, ...] = ()
+
+    timeline = frame_of("timeline_table")
+    peaks = frame_of("peaks_table")
+    peaks_total = frame_of("peaks_total_table")
 
 
 
@@ -270,9 +275,10 @@ def peak_memory_by_phase(trace: Trace, phases: PhaseTable) -> PhaseMemory:
     """Allocated bytes per device over time and the peak of every step x phase (pure)."""
     mem = trace.memory
     if len(mem) == 0:
-        return PhaseMemory(timeline=_empty(_TIMELINE_COLUMNS), peaks=_empty(_PEAK_COLUMNS),
-                            peaks_total=_empty(_PEAK_COLUMNS)[
-                                ["phase", "device", "peak_bytes", "step", "at_ts_ns", "at_op"]],
+        return PhaseMemory(timeline_table=Table.from_frame(_empty(_TIMELINE_COLUMNS)),
+                            peaks_table=Table.from_frame(_empty(_PEAK_COLUMNS)),
+                            peaks_total_table=Table.from_frame(_empty(_PEAK_COLUMNS)[
+                                ["phase", "device", "peak_bytes", "step", "at_ts_ns", "at_op"]]),
                             captured=False, reason=NO_MEMORY_REASON,
                             notes=(NO_MEMORY_REASON,))
     notes: list[str] = []
@@ -347,6 +353,8 @@ def peak_memory_by_phase(trace: Trace, phases: PhaseTable) -> PhaseMemory:
                    .drop(columns=["_neg", "_p"])
                    [["phase", "device", "peak_bytes", "step", "at_ts_ns", "at_op"]]
                    .reset_index(drop=True))
-    return PhaseMemory(timeline=timeline, peaks=peaks, peaks_total=peaks_total,
+    return PhaseMemory(timeline_table=Table.from_frame(timeline),
+                        peaks_table=Table.from_frame(peaks),
+                        peaks_total_table=Table.from_frame(peaks_total),
                         baseline_bytes=baseline, absolute=absolute, captured=True,
                         reason="", notes=tuple(notes))

@@ -56,6 +56,7 @@ from ckprof.trace.markers import (
     phase_of_user_marker,
 )
 from ckprof.trace.model import GPU_KINDS, Trace
+from ckprof.trace.table import Table, frame_of
 
 __all__ = [
     "EVAL_PREFIX",
@@ -104,19 +105,26 @@ _LAYER_RULES, _LAYER_MARKERS, _LAYER_RECOMPUTE = 0, 1, 2
 
 @dataclass(frozen=True)
 class PhaseTable:
-    """Steps, the phase timeline of each step, and recompute occurrences."""
+    """Steps, the phase timeline of each step, and recompute occurrences (tables in
+    ``*_table`` fields; ``steps``, ``segments``, ``recompute``, ``forward_runs`` are
+    their DataFrames, built on first use)."""
 
-    steps: pd.DataFrame
-    segments: pd.DataFrame
-    recompute: pd.DataFrame
+    steps_table: Table
+    segments_table: Table
+    recompute_table: Table
     recompute_found_by: str
     notes: tuple[str, ...] = ()
     phase_source: str = "rules"
     #: runs of checkpointed regions (ckprof.analysis.forward_runs.find_forward_runs), None when
     #: built by hand
-    forward_runs: pd.DataFrame | None = None
+    forward_runs_table: Table | None = None
     #: recompute inside torch.compile'd backward graphs (ckprof/analysis/compiled_recompute.py)
     compiled: CompiledRecompute = field(default_factory=CompiledRecompute)
+
+    steps = frame_of("steps_table")
+    segments = frame_of("segments_table")
+    recompute = frame_of("recompute_table")
+    forward_runs = frame_of("forward_runs_table")
 
     def lookup(self, ts_ns: np.ndarray | pd.Series | list[int]) -> tuple[
             np.ndarray, np.ndarray, np.ndarray]:
@@ -624,7 +632,7 @@ def find_phases(trace: Trace, recompute_detection: str = "auto") -> PhaseTable:
     from ckprof.analysis import forward_runs as _runs
 
     tree = _runs._Tree(trace)
-    runs = _runs.find_forward_runs(trace, steps, _tree=tree)
+    runs = _runs.find_forward_runs(trace, steps, _tree=tree).to_frame()
     if method in ("stack", "sequence") and len(occ):
         occ = _runs.link_recompute_names(occ, trace, runs, _tree=tree)
         linked = occ["linked"].to_numpy(dtype=bool)
@@ -728,9 +736,10 @@ def find_phases(trace: Trace, recompute_detection: str = "auto") -> PhaseTable:
     segments = _tile_steps(steps, arrays)
     unknown = set(segments["phase"]) - set(PHASES)
     assert not unknown, f"phases outside PHASES: {unknown}"
-    return PhaseTable(steps=steps.reset_index(drop=True), segments=segments,
-                      recompute=recompute.reset_index(drop=True), recompute_found_by=found,
-                      notes=tuple(notes), phase_source=phase_source, forward_runs=runs,
+    return PhaseTable(steps_table=Table.from_frame(steps), segments_table=Table.from_frame(segments),
+                      recompute_table=Table.from_frame(recompute), recompute_found_by=found,
+                      notes=tuple(notes), phase_source=phase_source,
+                      forward_runs_table=None if runs is None else Table.from_frame(runs),
                       compiled=compiled)
 
 

@@ -34,7 +34,8 @@ import numpy as np
 from ckprof._text import printable
 from ckprof.trace import _native
 from ckprof.trace.capture_metadata import clean_ckprof_metadata
-from ckprof.trace.model import EVENT_COLUMNS, KINDS, Trace
+from ckprof.trace.model import EVENT_COLUMNS, KINDS, MEMORY_COLUMNS, Trace
+from ckprof.trace.table import Coded, Table, factorize
 
 if TYPE_CHECKING:  # imported by the functions that build frames: reading needs no pandas
     import pandas as pd
@@ -198,35 +199,26 @@ def _concat(parts: list[np.ndarray], dtype: str) -> np.ndarray:
     return np.concatenate(parts).astype(dtype, copy=False)
 
 
-def _categorical(codes: np.ndarray, values: list[str]) -> pd.Categorical:
-    """Categorical over the values that occur, categories in first-seen order."""
-    import pandas as pd
-
+def _coded(codes: np.ndarray, values: list[str]) -> Coded:
+    """Coded column over the values that occur, categories in first-seen order."""
     used = np.zeros(len(values), dtype=bool)
     used[codes] = True
     if used.all():
-        return pd.Categorical.from_codes(codes.astype(np.int32, copy=False),
-                                         categories=pd.Index(values, dtype=object))
+        return Coded(codes.astype(np.int32, copy=False), np.array(values, dtype=object))
     remap = np.cumsum(used) - 1
     kept = [v for v, u in zip(values, used, strict=True) if u]
-    return pd.Categorical.from_codes(remap[codes].astype(np.int32, copy=False),
-                                     categories=pd.Index(kept, dtype=object))
+    return Coded(remap[codes].astype(np.int32, copy=False), np.array(kept, dtype=object))
 
 
 def _group_ids(tree: np.ndarray, pid: np.ndarray, tid: np.ndarray) -> np.ndarray:
     """Dense ids for (tree, pid, tid) triples (vectorised)."""
-    import pandas as pd
-
-    pid_codes, pid_u = pd.factorize(pid)
-    tid_codes, tid_u = pd.factorize(tid)
-    key = (tree.astype(np.int64) * (len(pid_u) + 1) + pid_codes) * (len(tid_u) + 1) + tid_codes
-    return pd.factorize(key)[0].astype(np.int64)
+    return factorize(tree.astype(np.int64), pid, tid)[0]
 
 
-def _sorted_categorical(codes: np.ndarray, values: list[str]) -> pd.Categorical:
-    """Categorical with sorted categories (stable whatever order the readers met them)."""
+def _sorted_coded(codes: np.ndarray, values: list[str]) -> Coded:
+    """Coded column with sorted categories (stable whatever order the readers met them)."""
     rank = np.argsort(np.argsort(np.array(values, dtype=object))) if values else np.empty(0)
-    return _categorical(rank[codes].astype(np.int64) if len(codes) else codes, sorted(values))
+    return _coded(rank[codes].astype(np.int64) if len(codes) else codes, sorted(values))
 
 
 def _tree_loop(group: np.ndarray, ts: np.ndarray, end: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -418,6 +410,13 @@ def _printable_values(values: list[str]) -> tuple[list[str], int]:
     return out, changed
 
 
+#: the pandas dtypes of ``Trace.events`` / ``Trace.memory`` (model.py) for Table.to_frame;
+#: names, categories and devices keep object categories, kinds pandas' own
+_EVENT_DTYPES = {**EVENT_COLUMNS, "name": ("category", "object"), "cat": ("category", "object"),
+                 "kind": ("category", "str")}
+_MEMORY_DTYPES = {**MEMORY_COLUMNS, "device": ("category", "object")}
+
+
 def _take(parts: list[np.ndarray], order: np.ndarray) -> np.ndarray:
     """Concatenate chunk arrays, reorder them, and let the chunks go (bounded memory)."""
     whole = _concat(parts, "int64")
@@ -430,8 +429,6 @@ def build_trace(cols: Columns, *, path: str, metadata: Mapping[str, Any], source
     """Sort, classify and nest the decoded columns; return the finished Trace.
 
     Consumes ``cols`` (its chunk arrays are released as the columns are assembled)."""
-    import pandas as pd
-
     ts = _concat(cols.ev["ts_ns"], "int64")
     dur = _concat(cols.ev["dur_ns"], "int64")
     cols.ev["ts_ns"].clear()
@@ -453,9 +450,9 @@ def build_trace(cols: Columns, *, path: str, metadata: Mapping[str, Any], source
     parent, depth = _tree(kind, pid, tid, ts, ts + dur, _TREE_OF_KIND)
 
     data = {
-        "name": _categorical(_take(cols.ev["name"], order), names),
-        "cat": _categorical(cat, cats),
-        "kind": pd.Categorical.from_codes(kind, categories=list(KINDS)),
+        "name": _coded(_take(cols.ev["name"], order), names),
+        "cat": _coded(cat, cats),
+        "kind": Coded(kind.astype(np.int32), np.array(KINDS, dtype=object)),
         "pid": pid, "tid": tid, "ts_ns": ts, "dur_ns": dur,
         "correlation": _take(cols.ev["correlation"], order),
         "external_id": _take(cols.ev["external_id"], order),
@@ -463,23 +460,23 @@ def build_trace(cols: Columns, *, path: str, metadata: Mapping[str, Any], source
         "parent": parent, "depth": depth,
     }
     del cat, kind, pid, tid, ts, dur, parent, depth, order
-    events = pd.DataFrame({k: data.pop(k) for k in EVENT_COLUMNS}, copy=False)
+    events = Table({k: data.pop(k) for k in EVENT_COLUMNS}, _EVENT_DTYPES)
 
     mts = _concat(cols.mem["ts_ns"], "int64")
     morder = np.argsort(mts, kind="stable")
-    memory = pd.DataFrame({
+    memory = Table({
         "ts_ns": mts[morder],
-        "device": _sorted_categorical(_take(cols.mem["device"], morder), cols.devices.values),
+        "device": _sorted_coded(_take(cols.mem["device"], morder), cols.devices.values),
         **{k: _take(cols.mem[k], morder)
            for k in ("pid", "tid", "total_allocated_bytes", "total_reserved_bytes", "bytes",
                      "addr")},
-    }, copy=False)
+    }, _MEMORY_DTYPES)
 
     ck, ck_notes = clean_ckprof_metadata(metadata.get("ckprof"))  # input like any other
     notes.extend(ck_notes)
     for reason, count in sorted(cols.skipped.items()):
         notes.append(f"skipped {count} event{'s' if count != 1 else ''}: {reason}")
-    return Trace(path=path, events=events, memory=memory, metadata=dict(metadata), ckprof=ck,
+    return Trace(path=path, event_table=events, memory_table=memory, metadata=dict(metadata), ckprof=ck,
                  source_format=source_format,
                  thread_names={k: printable(v) for k, v in cols.ids.names.items()},
                  notes=tuple(notes))

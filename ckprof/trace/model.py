@@ -46,11 +46,14 @@ can be rebuilt (:mod:`ckprof.analysis.composition`).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-if TYPE_CHECKING:  # pandas is imported where it is used: the loader reads without it
+from ckprof.trace.table import Table
+
+if TYPE_CHECKING:  # pandas is imported where it is used: reading and analysing need none
     import pandas as pd
 
 __all__ = ["EVENT_COLUMNS", "KINDS", "MEMORY_COLUMNS", "Trace"]
@@ -99,11 +102,16 @@ MEMORY_COLUMNS: dict[str, str] = {
 
 @dataclass(frozen=True)
 class Trace:
-    """A loaded trace. See the module docstring for the column contract."""
+    """A loaded trace. See the module docstring for the column contract.
+
+    The columns are held as :class:`~ckprof.trace.table.Table` (``event_table``,
+    ``memory_table``: what the stages read, NOTE [ Tables, not DataFrames, inside the
+    stages ]); ``events`` and ``memory`` are the same columns as DataFrames, built on
+    first use."""
 
     path: str
-    events: pd.DataFrame
-    memory: pd.DataFrame
+    event_table: Table
+    memory_table: Table
     metadata: Mapping[str, Any] = field(default_factory=dict)
     ckprof: Mapping[str, Any] | None = None
     #: "kineto" | "kineto-legacy" | "chrome-array" | "nsys-sqlite"
@@ -113,17 +121,42 @@ class Trace:
     #: things the loader noticed and the user should know (salvage counts, dropped events)
     notes: tuple[str, ...] = ()
 
+    @classmethod
+    def from_frames(cls, path: str, events: pd.DataFrame, memory: pd.DataFrame,
+                    **fields: Any) -> Trace:
+        """A Trace from event and memory DataFrames (readers that assemble frames,
+        test builders)."""
+        return cls(path=path, event_table=Table.from_frame(events),
+                   memory_table=Table.from_frame(memory), **fields)
+
+    def with_frames(self, *, events: pd.DataFrame | None = None,
+                    memory: pd.DataFrame | None = None) -> Trace:
+        """A copy with new event and/or memory frames."""
+        from dataclasses import replace
+
+        return replace(
+            self,
+            event_table=self.event_table if events is None else Table.from_frame(events),
+            memory_table=self.memory_table if memory is None else Table.from_frame(memory))
+
+    @functools.cached_property
+    def events(self) -> pd.DataFrame:
+        """``event_table`` as a DataFrame (built once; do not modify it)."""
+        return self.event_table.to_frame()
+
+    @functools.cached_property
+    def memory(self) -> pd.DataFrame:
+        """``memory_table`` as a DataFrame (built once; do not modify it)."""
+        return self.memory_table.to_frame()
+
     @property
     def has_gpu(self) -> bool:
-        return bool(self.events["kind"].isin(GPU_KINDS).any())
+        return bool(self.event_table.coded("kind").isin(GPU_KINDS).any())
 
     @property
     def has_markers(self) -> bool:
-        import pandas as pd
-
-        names = self.events["name"]
-        cats = names.cat.categories if hasattr(names, "cat") else pd.Index(names.unique())
-        return bool(cats.astype(str).str.startswith("ckprof::").any())
+        names = self.event_table.coded("name")
+        return any(str(c).startswith("ckprof::") for c in names.categories.tolist())
 
     def check(self) -> None:
         """Assert the column contract (used by tests and by alternative readers)."""

@@ -264,10 +264,10 @@ def _read(con: sqlite3.Connection, path: str) -> Trace:
     memory, mem_notes = _read_memory(con, schema, runtime_raw)
     notes.extend(mem_notes)
     metadata = {"nsys": {"tables": sorted(schema.tables), **_export_meta(con, schema)}}
-    return Trace(
-        path=path,
-        events=events,
-        memory=memory,
+    return Trace.from_frames(
+        path,
+        events,
+        memory,
         metadata=metadata,
         ckprof=None,
         source_format="nsys-sqlite",

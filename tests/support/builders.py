@@ -370,7 +370,7 @@ def trace_from_chrome(obj: Mapping[str, Any] | list[Any], *, path: str = "<memor
     for col, dtype in MEMORY_COLUMNS.items():
         mem[col] = mem[col].astype(dtype)
     ck = meta.get("ckprof")
-    return Trace(path=path, events=df, memory=mem, metadata=meta,
+    return Trace.from_frames(path, df, mem, metadata=meta,
                  ckprof=ck if isinstance(ck, Mapping) else None,
                  source_format="kineto-legacy" if legacy else "kineto",
                  thread_names=names, notes=())
