@@ -318,17 +318,17 @@ def find_compiled_recompute(trace: Trace, steps: pd.DataFrame) -> CompiledRecomp
                 fused.append((region, s, e, row))
 
     pieces_df = (pd.DataFrame(pieces, columns=["region", "start_ns", "end_ns", "call"])
-                 if pieces else _empty(("region", "start_ns", "end_ns", "call")))
+                 if pieces else _empty(("region", "start_ns", "end_ns", "call")).to_frame())
     pieces_df = pieces_df.astype({"start_ns": "int64", "end_ns": "int64", "call": "int64",
                                   "region": object})
     fused_df = (pd.DataFrame([f[:3] for f in fused], columns=["region", "start_ns", "end_ns"])
-                if fused else _empty(("region", "start_ns", "end_ns")))
+                if fused else _empty(("region", "start_ns", "end_ns")).to_frame())
     fused_df = fused_df.astype({"start_ns": "int64", "end_ns": "int64", "region": object})
     occ = (pieces_df.groupby(["call", "region"], as_index=False, sort=False)
            .agg(start_ns=("start_ns", "min"), end_ns=("end_ns", "max"))
            .sort_values("start_ns", kind="stable")[["region", "start_ns", "end_ns"]]
            .reset_index(drop=True)) if len(pieces_df) else _empty(("region", "start_ns",
-                                                                     "end_ns"))
+                                                                     "end_ns")).to_frame()
 
     total = known_calls + unknown_calls
     fused_gpu = _gpu_ns_launched_in(ev, [(r, s, e) for _, s, e, r in fused])
