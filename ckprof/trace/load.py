@@ -71,7 +71,11 @@ from ckprof.trace.kineto.fast import Blank, NeedsCarefulReader, prefetch, read_f
 from ckprof.trace.model import Trace
 from ckprof.trace.progress import Progress
 
-__all__ = ["find_rank_candidates", "find_trace_files", "is_trace_path", "load_trace"]
+#: the first bytes of every sqlite database (Nsight Systems ``nsys export --type sqlite``)
+SQLITE_MAGIC = b"SQLite format 3\x00"
+
+__all__ = ["SQLITE_MAGIC", "find_rank_candidates", "find_trace_files", "is_nsys_sqlite",
+           "is_trace_path", "load_trace"]
 
 #: bytes of JSON text the fast reader decodes at once
 CHUNK_BYTES = 24 * 1024 * 1024
@@ -106,6 +110,22 @@ CAREFUL_TEXT_BYTES_PER_BYTE = 2.5
 CAREFUL_BYTES_PER_EVENT = 250
 ANNOTATE_BYTES_PER_BYTE = 4.5
 FIXED_OVERHEAD_BYTES = 96 * 1024 * 1024
+
+
+def is_nsys_sqlite(path: str | os.PathLike[str]) -> bool:
+    """True when ``path`` is a readable file starting with the sqlite magic bytes.
+
+    Never raises, never opens what is not a regular file: a missing file, a directory,
+    a FIFO or an unreadable file is ``False``
+    (the JSON loader then reports what is wrong with it).
+    """
+    try:
+        if not stat.S_ISREG(os.stat(path).st_mode):  # a FIFO would block in open()
+            return False
+        with open(path, "rb") as fh:
+            return fh.read(len(SQLITE_MAGIC)) == SQLITE_MAGIC
+    except (OSError, ValueError):
+        return False
 
 
 def _too_large(path: str, needed: int, size_bytes: int, available: int, what: str,
@@ -178,9 +198,9 @@ def load_trace(path: str | os.PathLike[str], *, salvage: bool = False,
                               hint="Pass one of the files")
         p = found[0]
         shown = str(p)
-    from ckprof.trace.nsys import is_nsys_sqlite, load_nsys
+    if is_nsys_sqlite(p):  # the nsys reader (and pandas) only for an nsys export
+        from ckprof.trace.nsys import load_nsys
 
-    if is_nsys_sqlite(p):
         return load_nsys(p)
     _source.check_input_file(p, shown)  # never open a FIFO or a device: they can block
     try:
@@ -524,8 +544,6 @@ def find_rank_candidates(directory: str | os.PathLike[str], *, recursive: bool =
     for f in _entries(_directory(directory), recursive):
         name = f.name
         if include_nsys and name.endswith(".sqlite"):
-            from ckprof.trace.nsys import is_nsys_sqlite
-
             if f.is_file() and is_nsys_sqlite(f):
                 found.append(f)
             continue
@@ -559,11 +577,6 @@ def find_trace_files(directory: str | os.PathLike[str], *, recursive: bool = Fal
     Raises TraceNotFoundError when ``directory`` is not a directory."""
     found = []
     for f in _entries(_directory(directory), recursive):
-        if _is_candidate_name(f.name) and f.is_file() and _looks_like_trace(f):
+        if (_is_candidate_name(f.name) and f.is_file() and _looks_like_trace(f)) or (include_nsys and f.name.endswith(".sqlite") and f.is_file() and is_nsys_sqlite(f)):
             found.append(f)
-        elif include_nsys and f.name.endswith(".sqlite") and f.is_file():
-            from ckprof.trace.nsys import is_nsys_sqlite
-
-            if is_nsys_sqlite(f):
-                found.append(f)
     return sorted(found)

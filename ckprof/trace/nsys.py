@@ -39,7 +39,6 @@ from __future__ import annotations
 import os
 import re
 import sqlite3
-import stat
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -49,6 +48,7 @@ import pandas as pd
 
 from ckprof.errors import EmptyTraceError, TraceFormatError, TraceNotFoundError
 from ckprof.trace._build import finish_events
+from ckprof.trace.load import SQLITE_MAGIC, is_nsys_sqlite
 from ckprof.trace.markers import NVTX_DOMAIN, PREFIX
 from ckprof.trace.model import (
     MEMORY_COLUMNS,
@@ -105,7 +105,6 @@ __all__ = [
 #   same with tid 0. correlationId is unique per process only: with several processes
 #   ckprof offsets it by (process index << 32) so launches never pair across processes.
 
-SQLITE_MAGIC = b"SQLite format 3\x00"
 
 EVENT_NVTX_DOMAIN_CREATE = 75
 #: NVTX_EVENTS.eventType values that are ranges (push/pop and start/end, NVTX and NVTXT)
@@ -133,22 +132,6 @@ REQUIRED_COLUMNS: dict[str, tuple[str, ...]] = {
     "CUPTI_ACTIVITY_KIND_MEMSET": ("start", "end", "deviceId", "streamId", "correlationId"),
     "CUDA_GPU_MEMORY_USAGE_EVENTS": ("start", "deviceId", "bytes", "memoryOperationType"),
 }
-
-
-def is_nsys_sqlite(path: str | os.PathLike[str]) -> bool:
-    """True when ``path`` is a readable file starting with the sqlite magic bytes.
-
-    Never raises, never opens what is not a regular file: a missing file, a directory,
-    a FIFO or an unreadable file is ``False``
-    (the JSON loader then reports what is wrong with it).
-    """
-    try:
-        if not stat.S_ISREG(os.stat(path).st_mode):  # a FIFO would block in open()
-            return False
-        with open(path, "rb") as fh:
-            return fh.read(len(SQLITE_MAGIC)) == SQLITE_MAGIC
-    except (OSError, ValueError):
-        return False
 
 
 def load_nsys(path: str | os.PathLike[str]) -> Trace:
