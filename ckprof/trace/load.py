@@ -577,6 +577,8 @@ def find_trace_files(directory: str | os.PathLike[str], *, recursive: bool = Fal
     Raises TraceNotFoundError when ``directory`` is not a directory."""
     found = []
     for f in _entries(_directory(directory), recursive):
-        if (_is_candidate_name(f.name) and f.is_file() and _looks_like_trace(f)) or (include_nsys and f.name.endswith(".sqlite") and f.is_file() and is_nsys_sqlite(f)):
+        json_trace = _is_candidate_name(f.name) and f.is_file() and _looks_like_trace(f)
+        nsys = include_nsys and f.name.endswith(".sqlite") and f.is_file() and is_nsys_sqlite(f)
+        if json_trace or nsys:
             found.append(f)
     return sorted(found)
