@@ -4,6 +4,10 @@ Contract::
 
     find_compiled_recompute(trace, steps) -> CompiledRecompute
 
+Every table is a :class:`~ckprof.trace.table.Table` (``pieces_table`` ...; ``pieces``
+... are the same as DataFrames, built on first use): ``region`` an object column of str,
+every other column int64.
+
 - ``pieces``: ``region``, ``start_ns``, ``end_ns``, ``call`` (row of the ``## Call
   CompiledFxGraph`` event): the stretches of a compiled backward that run recomputed
   forward work only, in time order. They are what the phase timeline labels
@@ -19,7 +23,8 @@ Contract::
   ``not_separable`` (compiled backward present, no record at all).
 - ``summary`` (JSON-ready dict) and ``notes``.
 
-Only numpy/pandas here: importable and testable without torch.
+Only numpy here (no pandas, NOTE [ Tables, not DataFrames, inside the stages ] in
+ckprof/trace/table.py): importable and testable without torch.
 
 # NOTE [ Matching compiled kernel calls ]
 # The capture records, per compiled backward graph (keyed by its FX graph cache key,
@@ -43,16 +48,18 @@ from __future__ import annotations
 
 import bisect
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pandas as pd
 
-from ckprof.analysis.intervals import mask_names, name_codes, step_of
+from ckprof.analysis.intervals import kind_mask, mask_names, name_codes, step_of
 from ckprof.trace.model import GPU_KINDS, Trace
-from ckprof.trace.table import Table, frame_of
+from ckprof.trace.table import Table, factorize, frame_of
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 __all__ = ["CALL_PREFIX", "COMPILED_BACKWARD", "CompiledRecompute", "find_compiled_recompute"]
 
@@ -64,9 +71,34 @@ _AB_HINT = ("measure the full cost A/B instead: capture the same compiled model 
             "without checkpointing and run `ckprof compare` on the two traces")
 
 
-def _empty(columns: tuple[str, ...]) -> Table:
-    return Table({c: np.empty(0, dtype=object if c == "region" else np.int64) for c in columns},
-                 {"region": "object"})
+def _span_table(columns: tuple[str, ...], rows: Sequence[tuple[Any, ...]] = ()) -> Table:
+    """A new Table of ``rows`` (tuples in ``columns`` order; none: an empty table):
+    ``region`` an object column of str (pinned ``object`` in its DataFrame), every other
+    column int64."""
+    values = list(zip(*rows, strict=True)) if rows else [()] * len(columns)
+    return Table({c: np.array(v, dtype=object if c == "region" else np.int64)
+                  for c, v in zip(columns, values, strict=True)}, {"region": "object"})
+
+
+def _occurrence_table(pieces: Table) -> Table:
+    """One row per (call, region) of ``pieces``: its first piece's start and last piece's
+    end, sorted by start (stable; ties keep the order of each pair's first piece).
+
+    ``region`` is pinned ``str`` in the DataFrame when there are rows (what pandas'
+    groupby gave the key before the port), ``object`` when there are none."""
+    start_ns = np.asarray(pieces["start_ns"], dtype=np.int64)
+    end_ns = np.asarray(pieces["end_ns"], dtype=np.int64)
+    group, n = factorize(np.asarray(pieces["call"], dtype=np.int64),
+                         pieces.coded("region").codes)
+    first_ns = np.full(n, np.iinfo(np.int64).max, dtype=np.int64)
+    last_ns = np.full(n, np.iinfo(np.int64).min, dtype=np.int64)
+    np.minimum.at(first_ns, group, start_ns)
+    np.maximum.at(last_ns, group, end_ns)
+    first_row = np.unique(group, return_index=True)[1]  # groups are numbered 0..n-1
+    order = np.argsort(first_ns, kind="stable")
+    return Table({"region": np.asarray(pieces["region"], dtype=object)[first_row][order],
+                  "start_ns": first_ns[order], "end_ns": last_ns[order]},
+                 {"region": "str" if n else "object"})
 
 
 @dataclass(frozen=True)
@@ -74,12 +106,12 @@ class CompiledRecompute:
     """Recompute found inside compiled backward graphs (see the module docstring)."""
 
     status: str = "none"
-    pieces_table: Table = field(default_factory=lambda: _empty(("region", "start_ns",
-                                                                "end_ns", "call")))
-    occurrences_table: Table = field(default_factory=lambda: _empty(("region", "start_ns",
-                                                                     "end_ns")))
-    fused_table: Table = field(default_factory=lambda: _empty(("region", "start_ns",
-                                                               "end_ns")))
+    pieces_table: Table = field(default_factory=lambda: _span_table(
+        ("region", "start_ns", "end_ns", "call")))
+    occurrences_table: Table = field(default_factory=lambda: _span_table(
+        ("region", "start_ns", "end_ns")))
+    fused_table: Table = field(default_factory=lambda: _span_table(
+        ("region", "start_ns", "end_ns")))
     summary: Mapping[str, Any] = field(default_factory=dict)
     notes: tuple[str, ...] = ()
 
@@ -97,43 +129,43 @@ class CompiledRecompute:
                 "unknown_graphs": [], "kernel_events_expected": 0, "kernel_events_found": 0}
 
 
-def _gpu_ns_launched_in(ev: pd.DataFrame, intervals: list[tuple[int, int, int]]
+def _gpu_ns_launched_in(ev: Table | pd.DataFrame, intervals: list[tuple[int, int, int]]
                         ) -> float | None:
-    """GPU time of the events whose launch (runtime event with the same correlation)
-    starts inside one of ``intervals`` = (row on the launching thread, start, end);
-    None when the trace has no GPU events."""
-    kind = ev["kind"]
-    gpu = np.flatnonzero(kind.isin(GPU_KINDS).to_numpy())
+    """GPU time (ns) of the events whose launch (runtime event with the same correlation)
+    starts inside one of ``intervals`` = (row on the launching thread, start_ns, end_ns);
+    None when the trace has no GPU events. ``ev``: the event Table (or its DataFrame)."""
+    gpu = np.flatnonzero(kind_mask(ev, *GPU_KINDS))
     if len(gpu) == 0:
         return None
     if not intervals:
         return 0.0
-    corr = ev["correlation"].to_numpy(dtype=np.int64)
-    ts = ev["ts_ns"].to_numpy(dtype=np.int64)
-    pid = ev["pid"].to_numpy(dtype=np.int64)
-    tid = ev["tid"].to_numpy(dtype=np.int64)
-    rt = np.flatnonzero((kind == "runtime").to_numpy() & (corr >= 0))
+    corr = np.asarray(ev["correlation"], dtype=np.int64)
+    ts_ns = np.asarray(ev["ts_ns"], dtype=np.int64)
+    pid = np.asarray(ev["pid"], dtype=np.int64)
+    tid = np.asarray(ev["tid"], dtype=np.int64)
+    rt = np.flatnonzero(kind_mask(ev, "runtime") & (corr >= 0))
     chosen = np.zeros(len(rt), dtype=bool)
     for row, s, e in intervals:  # same thread: pid and tid compared apart (64-bit ids)
         chosen |= ((pid[rt] == pid[row]) & (tid[rt] == tid[row])
-                   & (ts[rt] >= s) & (ts[rt] < e))
+                   & (ts_ns[rt] >= s) & (ts_ns[rt] < e))
     ids = np.unique(corr[rt[chosen]])
     hit = np.isin(corr[gpu], ids)
-    return float(ev["dur_ns"].to_numpy(dtype=np.int64)[gpu][hit].sum())
+    return float(np.asarray(ev["dur_ns"], dtype=np.int64)[gpu][hit].sum())
 
 
-def _compiled_backwards(ev: pd.DataFrame, cats: np.ndarray, codes: np.ndarray
+def _compiled_backwards(ev: Table, cats: np.ndarray, codes: np.ndarray
                         ) -> tuple[np.ndarray, np.ndarray, list[str | None]]:
-    """``CompiledFunctionBackward`` rows, the ``## Call CompiledFxGraph`` row each runs
-    (-1 when the trace has none: torch < 2.5) and that call's graph key (or None)."""
+    """``CompiledFunctionBackward`` rows of the event Table ``ev``, the ``## Call
+    CompiledFxGraph`` row each runs (-1 when the trace has none: torch < 2.5) and that
+    call's graph key (or None)."""
     bw_mask = mask_names(codes, cats, lambda c: str(c) == COMPILED_BACKWARD)
-    bw_rows = np.flatnonzero(bw_mask & (ev["kind"] == "cpu_op").to_numpy())
+    bw_rows = np.flatnonzero(bw_mask & kind_mask(ev, "cpu_op"))
     if len(bw_rows) == 0:
         return bw_rows, bw_rows, []
     key_of = {i: m.group(1) for i, c in enumerate(cats) if (m := _CALL_RE.match(str(c)))}
     call_of: dict[int, int] = {}
     if key_of:
-        parent = ev["parent"].to_numpy(dtype=np.int64)
+        parent = np.asarray(ev["parent"], dtype=np.int64)
         bw_set = set(bw_rows.tolist())
         for r in np.flatnonzero(np.isin(codes, list(key_of))).tolist():
             p, hops = int(parent[r]), 0
@@ -249,17 +281,20 @@ def _ms_or_none(ns: float | None) -> float | None:
     return None if ns is None else round(ns / 1e6, 6)
 
 
-def find_compiled_recompute(trace: Trace, steps: pd.DataFrame) -> CompiledRecompute:
-    """Recompute stretches of every compiled backward in ``trace`` (see module doc)."""
-    ev = trace.events
+def find_compiled_recompute(trace: Trace, steps: Table | pd.DataFrame) -> CompiledRecompute:
+    """Recompute stretches of every compiled backward in ``trace`` whose start lies in one
+    of ``steps`` (a Table or DataFrame with ``step``, ``start_ns``, ``end_ns``, sorted by
+    start: ``PhaseTable.steps_table``); see the module docstring. Reads
+    ``trace.event_table`` (no pandas)."""
+    ev = trace.event_table
     if len(ev) == 0:
         return CompiledRecompute()
     codes, cats = name_codes(ev)
     bw_rows, call_rows, keys = _compiled_backwards(ev, cats, codes)
-    ts = ev["ts_ns"].to_numpy(dtype=np.int64)
-    end = ts + ev["dur_ns"].to_numpy(dtype=np.int64)
+    ts_ns = np.asarray(ev["ts_ns"], dtype=np.int64)
+    end_ns = ts_ns + np.asarray(ev["dur_ns"], dtype=np.int64)
     if len(bw_rows):
-        inside = step_of(ts[bw_rows], steps) >= 0
+        inside = step_of(ts_ns[bw_rows], steps) >= 0
         bw_rows, call_rows = bw_rows[inside], call_rows[inside]
         keys = [k for k, ok in zip(keys, inside, strict=True) if ok]
     if len(bw_rows) == 0:
@@ -270,12 +305,12 @@ def find_compiled_recompute(trace: Trace, steps: pd.DataFrame) -> CompiledRecomp
     graphs = graphs if isinstance(graphs, Mapping) else {}
     watched = isinstance(meta, Mapping) and bool(meta.get("watched"))
 
-    parent = ev["parent"].to_numpy(dtype=np.int64)
-    kind_ok = ev["kind"].isin(_CHILD_KINDS).to_numpy()
+    parent = np.asarray(ev["parent"], dtype=np.int64)
+    kind_ok = kind_mask(ev, *_CHILD_KINDS)
     child_rows = np.flatnonzero(np.isin(parent, call_rows[call_rows >= 0]) & kind_ok)
     by_call: dict[int, np.ndarray] = {}
     if len(child_rows):
-        order = np.lexsort((ts[child_rows], parent[child_rows]))
+        order = np.lexsort((ts_ns[child_rows], parent[child_rows]))
         child_rows = child_rows[order]
         par = parent[child_rows]
         cut = np.flatnonzero(np.diff(par)) + 1
@@ -298,8 +333,8 @@ def find_compiled_recompute(trace: Trace, steps: pd.DataFrame) -> CompiledRecomp
             keyless_used += key is not None
         rec = _record(graphs, key) if key is not None else None
         if rec is None:
-            unknown_ns += int(end[bw_row] - ts[bw_row])
-            unknown_rows.append((bw_row, int(ts[bw_row]), int(end[bw_row])))
+            unknown_ns += int(end_ns[bw_row] - ts_ns[bw_row])
+            unknown_rows.append((bw_row, int(ts_ns[bw_row]), int(end_ns[bw_row])))
             unknown_calls += 1
             if key is not None:
                 unknown_keys[key] = None
@@ -310,25 +345,15 @@ def find_compiled_recompute(trace: Trace, steps: pd.DataFrame) -> CompiledRecomp
         expected_visible += sum(1 for n in expected if n)
         found_visible += sum(1 for m in matched if m >= 0)
         for label, region, s, e in _stretches(rec["calls"], rec["regions"], matched,
-                                              ts[children], end[children],
-                                              int(ts[row]), int(end[row])):
+                                              ts_ns[children], end_ns[children],
+                                              int(ts_ns[row]), int(end_ns[row])):
             if label == "recompute":
                 pieces.append((region, s, e, row))
             else:
                 fused.append((region, s, e, row))
 
-    pieces_df = (pd.DataFrame(pieces, columns=["region", "start_ns", "end_ns", "call"])
-                 if pieces else _empty(("region", "start_ns", "end_ns", "call")).to_frame())
-    pieces_df = pieces_df.astype({"start_ns": "int64", "end_ns": "int64", "call": "int64",
-                                  "region": object})
-    fused_df = (pd.DataFrame([f[:3] for f in fused], columns=["region", "start_ns", "end_ns"])
-                if fused else _empty(("region", "start_ns", "end_ns")).to_frame())
-    fused_df = fused_df.astype({"start_ns": "int64", "end_ns": "int64", "region": object})
-    occ = (pieces_df.groupby(["call", "region"], as_index=False, sort=False)
-           .agg(start_ns=("start_ns", "min"), end_ns=("end_ns", "max"))
-           .sort_values("start_ns", kind="stable")[["region", "start_ns", "end_ns"]]
-           .reset_index(drop=True)) if len(pieces_df) else _empty(("region", "start_ns",
-                                                                     "end_ns")).to_frame()
+    pieces_table = _span_table(("region", "start_ns", "end_ns", "call"), pieces)
+    fused_table = _span_table(("region", "start_ns", "end_ns"), [f[:3] for f in fused])
 
     total = known_calls + unknown_calls
     fused_gpu = _gpu_ns_launched_in(ev, [(r, s, e) for _, s, e, r in fused])
@@ -358,8 +383,8 @@ def find_compiled_recompute(trace: Trace, steps: pd.DataFrame) -> CompiledRecomp
             "or the partitioner's own) is reported as backward and recompute figures "
             "exclude it. Capture with ckprof.capture started before the model is first "
             f"compiled, or {_AB_HINT}")
-    fused_ns = int((fused_df["end_ns"] - fused_df["start_ns"]).sum()) if len(fused_df) else 0
-    piece_ns = int((pieces_df["end_ns"] - pieces_df["start_ns"]).sum()) if len(pieces_df) else 0
+    fused_ns = int((fused_table["end_ns"] - fused_table["start_ns"]).sum())
+    piece_ns = int((pieces_table["end_ns"] - pieces_table["start_ns"]).sum())
     if known_calls:
         notes.append(
             f"recompute inside torch.compile found for {known_calls} compiled backward "
@@ -395,7 +420,6 @@ def find_compiled_recompute(trace: Trace, steps: pd.DataFrame) -> CompiledRecomp
         "kernel_events_expected": int(expected_visible),
         "kernel_events_found": int(found_visible),
     }
-    return CompiledRecompute(status=status, pieces_table=Table.from_frame(pieces_df),
-                             occurrences_table=Table.from_frame(occ),
-                             fused_table=Table.from_frame(fused_df), summary=summary,
-                             notes=tuple(notes))
+    return CompiledRecompute(status=status, pieces_table=pieces_table,
+                             occurrences_table=_occurrence_table(pieces_table),
+                             fused_table=fused_table, summary=summary, notes=tuple(notes))
