@@ -19,13 +19,17 @@ Pure numpy (reads ``trace.event_table`` and the phases' Tables); no pandas, no t
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 
 from ckprof.analysis.intervals import kind_mask, mask_names, name_codes, step_of
-from ckprof.analysis.phases import PhaseTable
 from ckprof.trace.markers import PHASE_PREFIX, phase_of_user_marker
-from ckprof.trace.model import Trace
 from ckprof.trace.table import Table
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ckprof.analysis.phases import PhaseTable
+    from ckprof.trace.model import Trace
 
 __all__ = ["user_phase_time"]
 
