@@ -13,6 +13,8 @@ from __future__ import annotations
 import gzip
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -84,6 +86,38 @@ def test_analyze_output_matches_golden(trace_dir: Path, fmt: str, suffix: str) -
     result = invoke(["analyze", "run.json", "--format", fmt], trace_dir)
     assert result.exit_code == 0, result.output
     check_golden(f"analyze_markers.{suffix}", result.stdout)
+
+
+def test_rendering_imports_no_pandas(trace_dir: Path) -> None:
+    """GIVEN analyses of the golden trace and the example traces WHEN pandas cannot be
+    imported any more THEN every format renders, the same text as before, and the
+    Analysis and report modules hold no pandas module (the reports read the Analysis's
+    Tables: NOTE [ Tables, not DataFrames, inside the stages ])."""
+    examples = Path(__file__).parents[1] / "traces" / "examples"
+    paths = [trace_dir / "run.json", *sorted(examples.glob("*.json.gz"))]
+    code = (
+        "import sys\n"
+        "import ckprof.analysis as A\n"
+        "from ckprof.report.tables import render\n"
+        f"analyses = [A.load(p) for p in {[str(p) for p in paths]!r}]\n"
+        "fmts = ('table', 'json', 'csv', 'markdown')\n"
+        "before = [render(a, f) for a in analyses for f in fmts]\n"
+        "for m in [k for k in sys.modules if k.split('.')[0] == 'pandas']:\n"
+        "    sys.modules[m] = None\n"
+        "after = [render(a, f) for a in analyses for f in fmts]\n"
+        "assert after == before\n"
+        "import ckprof.analysis.ab, ckprof.analysis.user_phases, ckprof.report.ab, ckprof.report.inside\n"
+        "for name in ('ckprof.analysis.bundle', 'ckprof.analysis.ab', 'ckprof.analysis.user_phases',\n"
+        "             'ckprof.report.tables', 'ckprof.report.text', 'ckprof.report.ab', 'ckprof.report.inside'):\n"
+        "    held = [k for k, v in vars(sys.modules[name]).items()\n"
+        "            if getattr(v, '__name__', '').split('.')[0] == 'pandas']\n"
+        "    assert not held, (name, held)  # pandas imported at module level\n"
+        "print('rendered', len(after))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=120, env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == f"rendered {4 * len(paths)}"
 
 
 def test_json_contract_values(trace_dir: Path) -> None:

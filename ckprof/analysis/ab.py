@@ -3,6 +3,7 @@
 Contract::
 
     step_variants(trace, steps) -> DataFrame          step, variant, excluded
+    step_variant_table(trace, steps) -> Table         the same as a Table (no pandas)
     ab_from_tables(variants, steps_wide, peaks, ...) -> ABResult | None   (pure tables)
     ab_result(analysis) -> ABResult | None            None when the trace has no A/B
 
@@ -26,6 +27,10 @@ holding a ``ckprof::variant::oom`` range (or listed in ``ab.excluded``) is exclu
   or None (a variant missing, e.g. every "off" step ran out of memory).
 - ``oom``: what the capture recorded about out-of-memory "off" steps; ``baseline_fits``
   False after one ("without checkpointing this step does not fit").
+
+A trace without variants is answered without pandas (:func:`step_variant_table` is
+empty, :func:`ab_result` returns None); the tables of an A/B result are DataFrames,
+pandas imported where they are built.
 
 # NOTE [ A/B figures ]
 # cost_pct = (median step "on" - median step "off") / median step "off" x 100: the
@@ -51,22 +56,19 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pandas as pd
 
-from ckprof.analysis.intervals import step_of
+from ckprof.analysis.intervals import kind_mask, mask_names, name_codes, step_of
 from ckprof.trace.markers import AB_OFF, AB_ON, OOM_VARIANT, PHASES, VARIANT_PREFIX
 from ckprof.trace.model import Trace
+from ckprof.trace.table import Table
 
 if TYPE_CHECKING:  # pragma: no cover
+    import pandas as pd
+
     from ckprof.analysis.bundle import Analysis
 
-__all__ = ["ABDiff", "ABResult", "ab_from_tables", "ab_result", "main_device", "step_variants"]
-
-_VARIANT_COLUMNS = {"step": "int64", "variant": object, "excluded": bool}
-
-
-def _empty_variants() -> pd.DataFrame:
-    return pd.DataFrame({c: pd.Series(dtype=t) for c, t in _VARIANT_COLUMNS.items()})
+__all__ = ["ABDiff", "ABResult", "ab_from_tables", "ab_result", "main_device", "step_variant_table",
+           "step_variants"]
 
 
 def _meta_ab(trace: Trace) -> Mapping[str, Any] | None:
@@ -75,19 +77,19 @@ def _meta_ab(trace: Trace) -> Mapping[str, Any] | None:
     return ab if isinstance(ab, Mapping) else None
 
 
-def _from_ranges(trace: Trace, steps: pd.DataFrame) -> dict[int, tuple[str, bool]]:
+def _from_ranges(trace: Trace, steps: Table | pd.DataFrame) -> dict[int, tuple[str, bool]]:
     """step -> (variant, has an oom range) from ``ckprof::variant::`` ranges."""
-    ev = trace.events
-    if ev.empty or steps.empty:
+    ev = trace.event_table
+    if len(ev) == 0 or len(steps) == 0:
         return {}
-    names = ev["name"].astype(str)
-    rows = ev[names.str.startswith(VARIANT_PREFIX).to_numpy()
-              & ev["kind"].astype(str).isin(["user_annotation", "cpu_op"]).to_numpy()]
-    if rows.empty:
+    codes, cats = name_codes(ev)
+    rows = np.flatnonzero(mask_names(codes, cats, lambda n: str(n).startswith(VARIANT_PREFIX),
+                                     among=kind_mask(ev, "user_annotation", "cpu_op")))
+    if len(rows) == 0:
         return {}
-    in_step = step_of(rows["ts_ns"].to_numpy(dtype=np.int64), steps)
+    in_step = step_of(np.asarray(ev["ts_ns"], dtype=np.int64)[rows], steps)
     out: dict[int, tuple[str, bool]] = {}
-    for step, name in zip(in_step.tolist(), rows["name"].astype(str).tolist(), strict=True):
+    for step, name in zip(in_step.tolist(), cats[codes[rows]].tolist(), strict=True):
         if step < 0:
             continue  # outside every step
         variant = name[len(VARIANT_PREFIX):]
@@ -99,11 +101,12 @@ def _from_ranges(trace: Trace, steps: pd.DataFrame) -> dict[int, tuple[str, bool
     return out
 
 
-def step_variants(trace: Trace, steps: pd.DataFrame) -> pd.DataFrame:
-    """``step``, ``variant``, ``excluded`` for the steps of ``steps`` that carry a
-    variant (empty frame when none does). See the module docstring for the sources."""
+def step_variant_table(trace: Trace, steps: Table | pd.DataFrame) -> Table:
+    """``step`` (int64), ``variant`` (object array of str), ``excluded`` (bool) for the
+    steps of ``steps`` (a Table or DataFrame with a ``step`` column) that carry a
+    variant, by step; no rows when none does. See the module docstring for the sources."""
     meta = _meta_ab(trace)
-    known = set(steps["step"].astype("int64").tolist())
+    known = set(np.asarray(steps["step"], dtype=np.int64).tolist())
     rows: dict[int, tuple[str, bool]] = {}
     if meta is not None and isinstance(meta.get("steps"), Mapping):
         excluded = {int(s) for s in meta.get("excluded") or [] if str(s).lstrip("-").isdigit()}
@@ -112,16 +115,18 @@ def step_variants(trace: Trace, steps: pd.DataFrame) -> pd.DataFrame:
                 rows[int(key)] = (variant, int(key) in excluded)
     if not rows:
         rows = _from_ranges(trace, steps)
-    if not rows:
-        return _empty_variants()
     order = sorted(rows)
-    return pd.DataFrame(
-        {
-            "step": np.asarray(order, dtype=np.int64),
-            "variant": [rows[s][0] for s in order],
-            "excluded": [bool(rows[s][1]) or not rows[s][0] for s in order],
-        }
-    )
+    return Table({
+        "step": np.asarray(order, dtype=np.int64),
+        "variant": np.array([rows[s][0] for s in order], dtype=object),
+        "excluded": np.array([bool(rows[s][1]) or not rows[s][0] for s in order], dtype=bool),
+    })
+
+
+def step_variants(trace: Trace, steps: Table | pd.DataFrame) -> pd.DataFrame:
+    """:func:`step_variant_table` as a DataFrame (empty frame when no step carries a
+    variant)."""
+    return step_variant_table(trace, steps).to_frame()
 
 
 def main_device(devices: Sequence[str]) -> str:
@@ -239,6 +244,8 @@ def ab_from_tables(
     (``PhaseMemory.peaks``: ``step``, ``phase``, ``device``, ``peak_bytes``)."""
     if variants.empty:
         return None
+    import pandas as pd
+
     notes: list[str] = []
     device = main_device(peaks["device"].astype(str).unique().tolist()) if len(peaks) else "cpu"
     dev_peaks = peaks[peaks["device"].astype(str) == device] if len(peaks) else peaks
@@ -352,9 +359,12 @@ def _diff(table: pd.DataFrame, baseline: str, candidate: str) -> ABDiff:
 def ab_result(analysis: Analysis) -> ABResult | None:
     """The A/B result of an analysis, or None when its trace carries no variants."""
     trace = analysis.trace
-    variants = step_variants(trace, analysis.phases.steps)
-    if variants.empty:
+    tags = step_variant_table(trace, analysis.phases.steps_table)
+    if len(tags) == 0:
         return None
+    import pandas as pd  # an A/B trace: its tables are DataFrames
+
+    variants = tags.to_frame()
     meta = _meta_ab(trace) or {}
     mode = str(meta.get("mode") or "")
     if not mode:

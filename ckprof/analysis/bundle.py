@@ -12,6 +12,14 @@ milliseconds / bytes for people and notebooks; :meth:`Analysis.to_dict` is the
 machine-readable contract printed by ``ckprof analyze --format json`` (keys are
 added freely, never renamed -- see README "JSON output").
 
+Each of those tables is computed once, as a :class:`~ckprof.trace.table.Table`, by a
+private method (``_totals``, ``_steps_long``, ``_steps_wide``, ``_regions``,
+``_user_phases``, ``_memory_rows``) that the public method turns into a DataFrame;
+:meth:`Analysis.to_dict` and the reports (:mod:`ckprof.report.tables`) read the Tables,
+so analysing and rendering a trace import no pandas (NOTE [ Tables, not DataFrames,
+inside the stages ] in trace/table.py). The looking-inside parts below import pandas
+when they are used.
+
 The looking-inside stages run on first use and are kept (``functools.cached_property``):
 ``ops`` (:mod:`ckprof.analysis.ops`: which ops each phase and region is made of),
 ``composition`` (:mod:`ckprof.analysis.composition`: what each memory peak is made of)
@@ -33,19 +41,15 @@ import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pandas as pd
 
-from ckprof.analysis.ab import ABResult, ab_result, step_variants
+from ckprof.analysis.ab import ABResult, ab_result, step_variant_table
 from ckprof.analysis.attribution import TimeAttribution, attribute_time
 from ckprof.analysis.compiled_recompute import find_compiled_recompute
-from ckprof.analysis.composition import BEFORE, UNSEEN, MemoryComposition, memory_composition
 from ckprof.analysis.detection import check_recompute_detection
-from ckprof.analysis.gpu import GpuActivity, gpu_activity
 from ckprof.analysis.memory import PhaseMemory, peak_memory_by_phase
-from ckprof.analysis.ops import OpContext, OpTable, op_context, ops_by_phase
 from ckprof.analysis.phases import PhaseTable, find_phases
 from ckprof.errors import NotCapturedError, UsageError
 from ckprof.trace.load import load_trace
@@ -53,7 +57,17 @@ from ckprof.trace.markers import PHASES
 from ckprof.trace.model import Trace
 from ckprof.trace.table import Table
 
+if TYPE_CHECKING:  # the looking-inside stages import pandas: loaded on first use
+    import pandas as pd
+
+    from ckprof.analysis.composition import MemoryComposition
+    from ckprof.analysis.gpu import GpuActivity
+    from ckprof.analysis.ops import OpContext, OpTable
+
 __all__ = ["Analysis", "analyze", "load"]
+
+#: position of each phase in PHASES (report order); other names sort after them
+_PHASE_RANK: dict[str, int] = {p: i for i, p in enumerate(PHASES)}
 
 def load(
     path: str | os.PathLike[str],
@@ -103,7 +117,7 @@ def _keep_steps(trace: Trace, phases: PhaseTable, keep: set[int],
                               recompute_table=pick(phases.recompute_table))
     notes = list(phases.notes)
     if phases.compiled.status != "none":  # its figures and notes for those steps only
-        compiled = find_compiled_recompute(trace, out.steps)
+        compiled = find_compiled_recompute(trace, out.steps_table)
         old = set(phases.compiled.notes)
         notes = [n for n in notes if n not in old] + list(compiled.notes)
         out = dataclasses.replace(out, compiled=compiled)
@@ -113,24 +127,26 @@ def _keep_steps(trace: Trace, phases: PhaseTable, keep: set[int],
 
 
 def _only_variant(trace: Trace, phases: PhaseTable, variant: str) -> PhaseTable:
-    tags = step_variants(trace, phases.steps)
-    if tags.empty:
+    tags = step_variant_table(trace, phases.steps_table)
+    if len(tags) == 0:
         raise NotCapturedError(
             "the trace has no A/B variants", path=trace.path,
             hint="Capture with ckprof.capture(..., ab=True), or leave --variant out",
         )
-    keep = set(tags.loc[(tags["variant"] == variant) & ~tags["excluded"], "step"].tolist())
+    used = [(step, v) for step, v, excluded in tags.rows("step", "variant", "excluded")
+            if not excluded]
+    keep = {step for step, v in used if v == variant}
     if not keep:
-        have = ", ".join(dict.fromkeys(tags.loc[~tags["excluded"], "variant"].tolist())) or "none"
+        have = ", ".join(dict.fromkeys(v for _, v in used)) or "none"
         raise NotCapturedError(f"no step of variant {variant!r} (variants: {have})", path=trace.path,
                                hint="Pick one of those with --variant")
     return _keep_steps(trace, phases, keep)
 
 
 def _only_step(trace: Trace, phases: PhaseTable, step: int) -> PhaseTable:
-    steps = phases.steps
-    if step not in set(steps["step"].tolist()):
-        have = ", ".join(str(s) for s in steps["step"].tolist()) or "none"
+    steps = phases.steps_table["step"].tolist()
+    if step not in set(steps):
+        have = ", ".join(str(s) for s in steps) or "none"
         raise NotCapturedError(
             f"step {step} is not in the trace (steps: {have})",
             path=trace.path,
@@ -146,7 +162,7 @@ def _drop_partial_step(phases: PhaseTable, trace: Trace) -> PhaseTable:
     partial = (trace.ckprof or {}).get("partial_step") if isinstance(trace.ckprof, dict) else None
     if not isinstance(partial, int) or isinstance(partial, bool):
         return phases
-    steps = set(phases.steps["step"].tolist())
+    steps = set(phases.steps_table["step"].tolist())
     if partial not in steps or len(steps) < 2:
         return phases
     note = (f"step {partial} was still running when the capture stopped: left out "
@@ -199,122 +215,166 @@ class Analysis:
 
     @property
     def step_count(self) -> int:
-        return len(self.phases.steps)
+        return len(self.phases.steps_table)
 
     @property
     def step_total_ns(self) -> int:
-        steps = self.phases.steps
-        return int((steps["end_ns"] - steps["start_ns"]).sum())
+        """The summed length of the reported steps, ns."""
+        steps = self.phases.steps_table
+        return int((np.asarray(steps["end_ns"], dtype=np.int64)
+                    - np.asarray(steps["start_ns"], dtype=np.int64)).sum())
 
     def totals_table(self) -> pd.DataFrame:
         """phase, wall_ms, gpu_ms, pct_of_step (over all reported steps)."""
-        totals = self.time.totals.set_index("phase").reindex(list(PHASES))
+        return self._totals().to_frame()
+
+    def _totals(self) -> Table:
+        """``phase`` (every one of PHASES, in order), ``wall_ms`` (0 for a phase without
+        time), ``gpu_ms`` (NaN without GPU time), ``pct_of_step`` (of step_total_ns; 0
+        when that is 0)."""
+        t = self.time.totals_table
+        wall_of = dict(zip(t["phase"].tolist(), t["wall_ns"].tolist(), strict=True))
+        gpu_of = dict(zip(t["phase"].tolist(), np.asarray(t["gpu_ns"], dtype=np.float64).tolist(),
+                          strict=True))
+        wall_ns = np.array([wall_of.get(p, 0) for p in PHASES], dtype=np.int64)
+        gpu_ns = np.array([gpu_of.get(p, math.nan) for p in PHASES], dtype=np.float64)
         step_ns = self.step_total_ns
-        wall = totals["wall_ns"].fillna(0).astype("int64")
-        out = pd.DataFrame(
-            {
-                "phase": list(PHASES),
-                "wall_ms": (wall / 1e6).to_numpy(),
-                "gpu_ms": (totals["gpu_ns"].astype("float64") / 1e6).to_numpy(),
-                "pct_of_step": ((wall / step_ns * 100.0) if step_ns else wall * 0.0).to_numpy(),
-            }
-        )
-        return out
+        return Table({
+            "phase": np.array(PHASES, dtype=object),
+            "wall_ms": wall_ns / 1e6,
+            "gpu_ms": gpu_ns / 1e6,
+            "pct_of_step": (wall_ns / step_ns * 100.0) if step_ns else wall_ns * 0.0,
+        })
 
     def steps_table(self) -> pd.DataFrame:
         """step, phase, wall_ms, gpu_ms (one row per step x phase)."""
-        by = self.time.by_step
-        return pd.DataFrame(
-            {
-                "step": by["step"].astype("int64").to_numpy(),
-                "phase": by["phase"].astype(str).to_numpy(),
-                "wall_ms": (by["wall_ns"].astype("float64") / 1e6).to_numpy(),
-                "gpu_ms": (by["gpu_ns"].astype("float64") / 1e6).to_numpy(),
-            }
-        )
+        return self._steps_long().to_frame()
+
+    def _steps_long(self) -> Table:
+        """``step``, ``phase``, ``wall_ms``, ``gpu_ms``: one row per step x phase, in the
+        order of ``time.by_step``."""
+        by = self.time.by_step_table
+        return Table({
+            "step": np.asarray(by["step"], dtype=np.int64),
+            "phase": _str_values(by["phase"]),
+            "wall_ms": _ms(by["wall_ns"]),
+            "gpu_ms": _ms(by["gpu_ns"]),
+        })
 
     def steps_wide(self) -> pd.DataFrame:
         """One row per step: step, step_ms and <phase>_ms columns."""
-        long = self.steps_table()
-        wide = long.pivot(index="step", columns="phase", values="wall_ms").reindex(
-            columns=list(PHASES)
-        )
-        wide.columns = [f"{c}_ms" for c in wide.columns]
-        wide.insert(0, "step_ms", wide.sum(axis=1))
-        return wide.reset_index()
+        return self._steps_wide().to_frame()
+
+    def _steps_wide(self) -> Table:
+        """``step`` (ascending), ``step_ms`` (the sum of the phases' wall ms, NaN taken
+        as 0) and ``<phase>_ms`` for every phase of PHASES (NaN where the step has no
+        row for it)."""
+        long = self._steps_long()
+        steps = sorted(set(long["step"].tolist()))
+        row_of = {s: i for i, s in enumerate(steps)}
+        grid = np.full((len(steps), len(PHASES)), np.nan)
+        for step, phase, wall_ms in long.rows("step", "phase", "wall_ms"):
+            if phase in _PHASE_RANK:
+                grid[row_of[step], _PHASE_RANK[phase]] = wall_ms
+        return Table({
+            "step": np.asarray(steps, dtype=np.int64),
+            "step_ms": np.nansum(grid, axis=1),
+            **{f"{p}_ms": grid[:, j].copy() for j, p in enumerate(PHASES)},
+        })
 
     def regions_table(self) -> pd.DataFrame:
         """region, count, wall_ms, gpu_ms, forward_wall_ms (sorted by recompute time);
         NaN where unknown (gpu_ms without GPU events, forward_wall_ms without a forward
         run in the trace)."""
-        r = self.time.regions
-        out = pd.DataFrame(
-            {
-                "region": r["region"].astype(str).to_numpy(),
-                "count": r["count"].astype("int64").to_numpy(),
-                "wall_ms": (r["wall_ns"].astype("float64") / 1e6).to_numpy(),
-                "gpu_ms": (r["gpu_ns"].astype("float64") / 1e6).to_numpy(),
-                "forward_wall_ms": (r["forward_wall_ns"].astype("float64") / 1e6).to_numpy(),
-            }
-        )
-        return out.sort_values(["wall_ms", "region"], ascending=[False, True], kind="stable").reset_index(drop=True)
+        return self._regions().to_frame()
+
+    def _regions(self) -> Table:
+        """The rows of :meth:`regions_table`: recompute time descending, then region."""
+        r = self.time.regions_table
+        wall_ms = _ms(r["wall_ns"])
+        region = _str_values(r["region"])
+        order = sorted(range(len(r)), key=lambda i: (-wall_ms[i], region[i]))
+        return Table({
+            "region": region,
+            "count": np.asarray(r["count"], dtype=np.int64),
+            "wall_ms": wall_ms,
+            "gpu_ms": _ms(r["gpu_ns"]),
+            "forward_wall_ms": _ms(r["forward_wall_ns"]),
+        }).take(np.asarray(order, dtype=np.int64))
 
     def user_phases_table(self) -> pd.DataFrame:
         """name, phase, count, wall_ms, pct_of_step: the ``other`` time inside the user's
         own ``ckprof.phase("<name>")`` ranges (see :mod:`ckprof.analysis.user_phases`);
         no rows when the trace has none."""
+        return self._user_phases().to_frame()
+
+    def _user_phases(self) -> Table:
+        """The rows of :meth:`user_phases_table` (``pct_of_step`` of step_total_ns)."""
         from ckprof.analysis.user_phases import user_phase_time
 
         u = user_phase_time(self.trace, self.phases)
         step_ns = self.step_total_ns
-        wall = u["wall_ns"].astype("float64")
-        return pd.DataFrame({
-            "name": u["name"].astype(str).to_numpy(),
-            "phase": u["phase"].astype(str).to_numpy(),
-            "count": u["count"].astype("int64").to_numpy(),
-            "wall_ms": (wall / 1e6).to_numpy(),
-            "pct_of_step": ((wall / step_ns * 100.0) if step_ns else wall * 0.0).to_numpy(),
+        wall_ns = np.asarray(u["wall_ns"], dtype=np.float64)
+        return Table({
+            "name": _str_values(u["name"]),
+            "phase": _str_values(u["phase"]),
+            "count": np.asarray(u["count"], dtype=np.int64),
+            "wall_ms": wall_ns / 1e6,
+            "pct_of_step": (wall_ns / step_ns * 100.0) if step_ns else wall_ns * 0.0,
         })
 
     def memory_table(self) -> pd.DataFrame:
         """phase, device, peak_bytes, step, at_op (peak of each phase over the steps)."""
-        p = self.memory.peaks_total
-        if p.empty:
-            return pd.DataFrame(columns=["phase", "device", "peak_bytes", "step", "at_op"])
-        order = {ph: i for i, ph in enumerate(PHASES)}
-        out = pd.DataFrame(
-            {
-                "phase": p["phase"].astype(str).to_numpy(),
-                "device": p["device"].astype(str).to_numpy(),
-                "peak_bytes": p["peak_bytes"].astype("int64").to_numpy(),
-                "step": p["step"].astype("int64").to_numpy(),
-                "at_op": p["at_op"].astype(str).to_numpy(),
-            }
-        )
-        out = out.assign(_o=out["phase"].map(order)).sort_values(["device", "_o"], kind="stable")
-        return out.drop(columns="_o").reset_index(drop=True)
+        return self._memory_rows().to_frame()
+
+    def _memory_rows(self) -> Table:
+        """The rows of :meth:`memory_table`, by device, then phase in PHASES order; no
+        rows (object columns) without memory peaks."""
+        p = self.memory.peaks_total_table
+        if len(p) == 0:
+            return Table({c: np.empty(0, dtype=object)
+                          for c in ("phase", "device", "peak_bytes", "step", "at_op")})
+        phase = _str_values(p["phase"])
+        device = _str_values(p["device"])
+        order = sorted(range(len(p)),
+                       key=lambda i: (device[i], _PHASE_RANK.get(phase[i], len(_PHASE_RANK))))
+        return Table({
+            "phase": phase,
+            "device": device,
+            "peak_bytes": np.asarray(p["peak_bytes"], dtype=np.int64),
+            "step": np.asarray(p["step"], dtype=np.int64),
+            "at_op": _str_values(p["at_op"]),
+        }).take(np.asarray(order, dtype=np.int64))
 
     # ---- looking inside: stages computed on first use ----------------------------
     @functools.cached_property
     def op_context(self) -> OpContext:
         """Per event row: op call, self time, checkpoint region (shared by ops and
         composition)."""
+        from ckprof.analysis.ops import op_context
+
         return op_context(self.trace)
 
     @functools.cached_property
     def ops(self) -> OpTable:
         """Op calls per step x phase x region (:mod:`ckprof.analysis.ops`)."""
+        from ckprof.analysis.ops import ops_by_phase
+
         return ops_by_phase(self.trace, self.phases, self.time, self.op_context)
 
     @functools.cached_property
     def composition(self) -> MemoryComposition:
         """Block lifetimes and the make-up of every peak
         (:mod:`ckprof.analysis.composition`)."""
+        from ckprof.analysis.composition import memory_composition
+
         return memory_composition(self.trace, self.phases, self.memory, self.op_context)
 
     @functools.cached_property
     def gpu(self) -> GpuActivity:
         """GPU busy / idle / overlap per step x phase (:mod:`ckprof.analysis.gpu`)."""
+        from ckprof.analysis.gpu import gpu_activity
+
         return gpu_activity(self.trace, self.phases, self.time)
 
     def ops_table(self, phase: str = "recompute", region: str | None = None, *,
@@ -327,6 +387,8 @@ class Analysis:
         ``region``: only that checkpointed region (recompute: the region recomputed;
         forward: the ``ckprof::checkpoint::`` range the op ran in). ``by_region``: one
         block of rows per region, with a ``region`` column and ``pct`` per region."""
+        import pandas as pd
+
         _check_phase(phase)
         b = self.ops.by_step
         sel = b[b["phase"] == phase]
@@ -359,6 +421,8 @@ class Analysis:
     def kernels_table(self, phase: str = "recompute", region: str | None = None) -> pd.DataFrame:
         """GPU events launched by the ops of one phase, summed over steps: ``op``,
         ``kernel``, ``count``, ``gpu_ms``, largest first (empty without GPU events)."""
+        import pandas as pd
+
         _check_phase(phase)
         k = self.ops.kernels
         sel = k[k["phase"] == phase]
@@ -385,6 +449,10 @@ class Analysis:
         the CPU profiler did not report as its own ``freed unseen`` row (negative)
         instead of netting it into ``before profiling``. Rows of 0 bytes are left out.
         Empty when the composition is not available (``self.composition.reason``)."""
+        import pandas as pd
+
+        from ckprof.analysis.composition import BEFORE, UNSEEN
+
         if by not in ("origin", "region", "op"):
             raise UsageError(f"unknown composition grouping {by!r}",
                              hint="Use by='origin', 'region' or 'op'")
@@ -418,6 +486,8 @@ class Analysis:
         ``gpu_busy_ms`` (union of the phase's GPU events), ``gpu_sum_ms`` (their summed
         durations), ``overlap_ms``, ``kernels``, ``gpu_events``, ``idle_ms`` (GPU idle
         within the phase's wall time), ``utilization_pct``. NOTE [ GPU busy time ]."""
+        import pandas as pd
+
         t = self.gpu.totals
         ms = lambda c: (t[c].astype("float64") / 1e6).to_numpy()  # noqa: E731
         return pd.DataFrame({
@@ -437,9 +507,9 @@ class Analysis:
 
         Added when asked for: ``ops`` (the op tables of recompute and forward, per
         region), ``memory_composition`` (what each phase's peak is made of) and
-        ``gpu_activity`` (GPU busy / idle per phase; an empty list without GPU events)."""
-        totals = self.totals_table()
-        steps_long = self.steps_table()
+        ``gpu_activity`` (GPU busy / idle per phase; an empty list without GPU events).
+        Without those it reads the Tables only and imports no pandas (nor does the
+        ``ab`` key of a trace without A/B variants)."""
         has_gpu = self.has_gpu
 
         def phase_entry(wall_ms: float, gpu_ms: float) -> dict[str, Any]:
@@ -448,45 +518,56 @@ class Analysis:
                 "gpu_ms": (round(float(gpu_ms), 6) if has_gpu and not math.isnan(gpu_ms) else None),
             }
 
+        by_step: dict[int, dict[str, Any]] = {}
+        walls_ms: dict[int, list[float]] = {}
+        for step, phase, wall_ms, gpu_ms in self._steps_long().rows("step", "phase", "wall_ms", "gpu_ms"):
+            by_step.setdefault(step, {"step": step})[phase] = phase_entry(wall_ms, gpu_ms)
+            walls_ms.setdefault(step, []).append(wall_ms)
         steps_out = []
-        for step, grp in steps_long.groupby("step", sort=True):
-            entry: dict[str, Any] = {"step": int(step)}
-            for row in grp.itertuples(index=False):
-                entry[row.phase] = phase_entry(row.wall_ms, row.gpu_ms)
-            entry["step_ms"] = round(float(grp["wall_ms"].sum()), 6)
+        for step in sorted(by_step):
+            entry = by_step[step]
+            entry["step_ms"] = round(float(np.nansum(np.asarray(walls_ms[step], dtype=np.float64))), 6)
             steps_out.append(entry)
 
         regions = [
             {
-                "name": row.region,
-                "count": int(row.count),
-                "wall_ms": round(float(row.wall_ms), 6),
-                "gpu_ms": (round(float(row.gpu_ms), 6) if has_gpu and not math.isnan(row.gpu_ms) else None),
-                "forward_wall_ms": (None if math.isnan(row.forward_wall_ms)
-                                    else round(float(row.forward_wall_ms), 6)),
+                "name": region,
+                "count": int(count),
+                "wall_ms": round(float(wall_ms), 6),
+                "gpu_ms": (round(float(gpu_ms), 6) if has_gpu and not math.isnan(gpu_ms) else None),
+                "forward_wall_ms": (None if math.isnan(forward_wall_ms)
+                                    else round(float(forward_wall_ms), 6)),
             }
-            for row in self.regions_table().itertuples(index=False)
+            for region, count, wall_ms, gpu_ms, forward_wall_ms in self._regions().rows(
+                "region", "count", "wall_ms", "gpu_ms", "forward_wall_ms")
         ]
         memory = [
             {
-                "phase": row.phase,
-                "device": row.device,
-                "peak_bytes": int(row.peak_bytes),
-                "step": int(row.step),
-                "at_op": row.at_op,
+                "phase": phase,
+                "device": device,
+                "peak_bytes": int(peak_bytes),
+                "step": int(step),
+                "at_op": at_op,
             }
-            for row in self.memory_table().itertuples(index=False)
+            for phase, device, peak_bytes, step, at_op in self._memory_rows().rows(
+                "phase", "device", "peak_bytes", "step", "at_op")
         ]
+        recompute_pct = None
+        if self.step_total_ns > 0:  # the recompute row's wall_ns (an np.int64) / step ns
+            totals = self.time.totals_table
+            recompute_wall_ns = np.asarray(totals["wall_ns"])[totals["phase"] == "recompute"][0]
+            recompute_pct = round(recompute_wall_ns / self.step_total_ns * 100.0, 4)
         overhead = self.time.recompute_overhead_pct
         out: dict[str, Any] = {
             "ckprof_version": _version(),
             "trace": str(self.trace.path),
             "source_format": self.trace.source_format,
             "recompute_detection": self.recompute_detection,
-            "steps_analyzed": [int(s) for s in self.phases.steps["step"].tolist()],
+            "steps_analyzed": [int(s) for s in self.phases.steps_table["step"].tolist()],
             "step_ms": round(self.step_total_ns / 1e6, 6),
             "totals": {
-                row.phase: phase_entry(row.wall_ms, row.gpu_ms) for row in totals.itertuples(index=False)
+                phase: phase_entry(wall_ms, gpu_ms)
+                for phase, wall_ms, gpu_ms in self._totals().rows("phase", "wall_ms", "gpu_ms")
             },
             "steps": steps_out,
             "regions": regions,
@@ -499,17 +580,14 @@ class Analysis:
             # name (the old key stays; see README "JSON output")
             "recompute_overhead_pct": (None if overhead is None or math.isnan(overhead) else round(float(overhead), 4)),
             "forward_rerun_pct": (None if overhead is None or math.isnan(overhead) else round(float(overhead), 4)),
-            "recompute_pct_of_step": (round(self.time.totals.set_index("phase").loc["recompute", "wall_ns"]
-                                            / self.step_total_ns * 100.0, 4)
-                                      if self.step_total_ns > 0 else None),
+            "recompute_pct_of_step": recompute_pct,
             "has_gpu": has_gpu,
             "compiled_recompute": self.phases.compiled.to_dict(),
             "notes": list(self.notes),
             "ab": None if self.ab is None else self.ab.to_dict(),
             "user_phases": [
-                {"name": row.name, "phase": row.phase, "count": int(row.count),
-                 "wall_ms": round(float(row.wall_ms), 6)}
-                for row in self.user_phases_table().itertuples(index=False)
+                {"name": name, "phase": phase, "count": int(count), "wall_ms": round(float(wall_ms), 6)}
+                for name, phase, count, wall_ms in self._user_phases().rows("name", "phase", "count", "wall_ms")
             ],
         }
         if gpu:
@@ -552,6 +630,21 @@ class Analysis:
 def _check_phase(phase: str) -> None:
     if phase not in PHASES:
         raise UsageError(f"unknown phase {phase!r}", hint=f"Use one of {', '.join(PHASES)}")
+
+
+def _ms(ns: np.ndarray) -> np.ndarray:
+    """Nanoseconds -> milliseconds, float64 (NaN stays NaN)."""
+    return np.asarray(ns, dtype=np.float64) / 1e6
+
+
+def _str_values(values: np.ndarray) -> np.ndarray:
+    """An object array of the values as text, as pandas' ``astype(str)`` gives them:
+    str kept, missing (None, NaN) -> NaN, anything else ``str(v)``."""
+    out = np.empty(len(values), dtype=object)
+    out[:] = [v if isinstance(v, str)
+              else (math.nan if v is None or (isinstance(v, float) and math.isnan(v)) else str(v))
+              for v in values.tolist()]
+    return out
 
 
 def _records(df: pd.DataFrame) -> list[dict[str, Any]]:

@@ -2,7 +2,7 @@
 
 Contract::
 
-    user_phase_time(trace, phases) -> DataFrame  name, phase, count, wall_ns
+    user_phase_time(trace, phases) -> Table  name, phase, count, wall_ns
 
 A ``ckprof::phase::<name>`` range whose name is not a standard phase (``data``,
 ``logging``, ``eval``...) labels time the phase table counts as ``other`` (NOTE [ Phase
@@ -13,27 +13,33 @@ steps that lies inside the ranges of ``name`` (when user ranges nest, the inner 
 the later-started -- gets the time), ``count`` the number of ranges of that name
 starting in the analysed steps, ``phase`` is always ``other`` (the row it refines).
 Rows are sorted by ``wall_ns`` descending, then name; no user ranges -> no rows.
-Pure numpy/pandas; no torch.
+``name`` and ``phase`` are object arrays of str, ``count`` and ``wall_ns`` int64.
+Pure numpy (reads ``trace.event_table`` and the phases' Tables); no pandas, no torch.
 """
 
 from __future__ import annotations
 
-import numpy as np
-import pandas as pd
+from typing import TYPE_CHECKING
 
-from ckprof.analysis.intervals import step_of
-from ckprof.analysis.phases import PhaseTable
+import numpy as np
+
+from ckprof.analysis.intervals import kind_mask, mask_names, name_codes, step_of
 from ckprof.trace.markers import PHASE_PREFIX, phase_of_user_marker
-from ckprof.trace.model import Trace
+from ckprof.trace.table import Table
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ckprof.analysis.phases import PhaseTable
+    from ckprof.trace.model import Trace
 
 __all__ = ["user_phase_time"]
 
-_COLUMNS = ["name", "phase", "count", "wall_ns"]
 
-
-def _empty() -> pd.DataFrame:
-    return pd.DataFrame({"name": pd.Series([], dtype=object), "phase": pd.Series([], dtype=object),
-                         "count": pd.Series([], dtype="int64"), "wall_ns": pd.Series([], dtype="int64")})
+def _table(names: list[str], counts: list[int], walls_ns: list[int]) -> Table:
+    """The result Table (``phase`` is ``other`` on every row)."""
+    return Table({"name": np.array(names, dtype=object),
+                  "phase": np.array(["other"] * len(names), dtype=object),
+                  "count": np.array(counts, dtype=np.int64),
+                  "wall_ns": np.array(walls_ns, dtype=np.int64)})
 
 
 def _coverage(starts: np.ndarray, ends: np.ndarray, t: np.ndarray) -> np.ndarray:
@@ -73,43 +79,39 @@ def _innermost_other_time(start: np.ndarray, end: np.ndarray, label: np.ndarray,
     return totals
 
 
-def user_phase_time(trace: Trace, phases: PhaseTable) -> pd.DataFrame:
+def user_phase_time(trace: Trace, phases: PhaseTable) -> Table:
     """``other`` time inside each user phase (see module doc)."""
-    ev = trace.events
+    ev = trace.event_table
     if len(ev) == 0:
-        return _empty()
-    names = ev["name"].astype(str)
-    is_user = (ev["kind"] == "user_annotation").to_numpy() & names.str.startswith(PHASE_PREFIX).to_numpy()
+        return _table([], [], [])
+    codes, cats = name_codes(ev)
+    is_user = mask_names(codes, cats, lambda n: str(n).startswith(PHASE_PREFIX),
+                         among=kind_mask(ev, "user_annotation"))
     if not is_user.any():
-        return _empty()
+        return _table([], [], [])
     rows = np.flatnonzero(is_user)
-    full = names.to_numpy()[rows]
+    full = cats[codes[rows]]
     keep = np.array([phase_of_user_marker(n) == "other" and n[len(PHASE_PREFIX):] != "other"
-                     for n in full], dtype=bool)
+                     for n in full.tolist()], dtype=bool)
     if not keep.any():
-        return _empty()
+        return _table([], [], [])
     rows, full = rows[keep], full[keep]
-    label = np.array([n[len(PHASE_PREFIX):] for n in full], dtype=object)
-    start = ev["ts_ns"].to_numpy(dtype=np.int64)[rows]
-    end = start + ev["dur_ns"].to_numpy(dtype=np.int64)[rows]
+    label = np.array([n[len(PHASE_PREFIX):] for n in full.tolist()], dtype=object)
+    start = np.asarray(ev["ts_ns"], dtype=np.int64)[rows]
+    end = start + np.asarray(ev["dur_ns"], dtype=np.int64)[rows]
 
-    seg = phases.segments
-    other = seg[seg["phase"] == "other"]
-    o_start = other["start_ns"].to_numpy(dtype=np.int64)
-    o_end = other["end_ns"].to_numpy(dtype=np.int64)
-    steps = phases.steps
+    seg = phases.segments_table
+    other = seg.take(seg["phase"] == "other")
+    o_start = np.asarray(other["start_ns"], dtype=np.int64)
+    o_end = np.asarray(other["end_ns"], dtype=np.int64)
 
     order = np.argsort(start, kind="stable")
     start, end, label = start[order], end[order], label[order]
     totals = _innermost_other_time(start, end, label, o_start, o_end)
-    in_step = step_of(start, steps) >= 0
-    counts = pd.Series(in_step.astype(np.int64)).groupby(label).sum()
-    out = pd.DataFrame({
-        "name": sorted(set(label.tolist())),
-    })
-    out["phase"] = "other"
-    out["count"] = [int(counts.get(n, 0)) for n in out["name"]]
-    out["wall_ns"] = [int(totals.get(n, 0)) for n in out["name"]]
-    out = out[(out["count"] > 0) | (out["wall_ns"] > 0)]
-    out = out.astype({"count": "int64", "wall_ns": "int64"})
-    return out.sort_values(["wall_ns", "name"], ascending=[False, True], kind="stable").reset_index(drop=True)[_COLUMNS]
+    counts: dict[str, int] = {}
+    for name, inside in zip(label.tolist(), (step_of(start, phases.steps_table) >= 0).tolist(),
+                            strict=True):
+        counts[name] = counts.get(name, 0) + int(inside)
+    names = [n for n in sorted(counts) if counts[n] > 0 or totals.get(n, 0) > 0]
+    names.sort(key=lambda n: -totals.get(n, 0))  # stable: ties stay by name
+    return _table(names, [counts[n] for n in names], [totals.get(n, 0) for n in names])

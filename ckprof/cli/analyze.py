@@ -140,10 +140,14 @@ def analyze(traces: tuple[Path, ...], step: int | None, variant: str | None, fmt
         emit(render(analysis, fmt, ops=ops, composition=composition, gpu=gpu_activity),
              output, force=force)
         return
-    # NOTE [ Imports while reading ]: pandas (~0.3 s of imports) loads in a thread while
-    # this one reads the trace, which needs only numpy, msgspec and the native scanner
-    # (those release the GIL); building the Trace then waits for it.
-    importer = _import_in_background("pandas", "ckprof.analysis", "ckprof.report.tables")
+    # NOTE [ Imports while reading ]: the analysis and report modules load in a thread
+    # while this one reads the trace, which needs only numpy, msgspec and the native
+    # scanner (those release the GIL). Analysing and rendering the four formats import no
+    # pandas (NOTE [ Tables, not DataFrames, inside the stages ]); the looking-inside
+    # options build DataFrames, so with one of them pandas (~0.2 s of imports) loads in
+    # that thread too.
+    pandas = ("pandas",) if ops or composition or gpu_activity else ()
+    importer = _import_in_background(*pandas, "ckprof.analysis", "ckprof.report.tables")
     try:
         from ckprof.trace.load import load_trace
 

@@ -3,19 +3,21 @@
 Pure functions from an :class:`~ckprof.analysis.Analysis` to text lines / CSV rows, used
 by ``ckprof analyze --ops / --composition / --gpu-activity`` (through
 :mod:`ckprof.report.tables`) and by the HTML report. Formatting goes through
-:mod:`ckprof.report.text`.
+:mod:`ckprof.report.text`. Importing this module imports no pandas (``ckprof analyze``
+imports it for every CSV); the tables it renders are the Analysis's DataFrames.
 """
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING, Any
-
-import pandas as pd
 
 from ckprof.report.text import format_bytes, format_ms, format_pct, markdown_table, text_table
 from ckprof.trace.markers import PHASES
 
 if TYPE_CHECKING:  # pragma: no cover
+    import pandas as pd
+
     from ckprof.analysis import Analysis
 
 __all__ = ["INSIDE_CSV_COLUMNS", "composition_lines", "composition_sentence", "csv_rows",
@@ -158,7 +160,7 @@ def csv_rows(analysis: Analysis, *, ops: bool, composition: bool,
     phase, device, peak_bytes, origin, bytes, op), ``gpu`` rows (phase, count = kernels,
     wall_ms = GPU busy ms, gpu_ms = GPU sum ms)."""
     def num(x: Any) -> str:
-        return "" if x is None or (isinstance(x, float) and pd.isna(x)) else f"{float(x):.6f}"
+        return "" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{float(x):.6f}"
 
     out: list[list[Any]] = []
     if ops:

@@ -1,7 +1,10 @@
 """Render an :class:`~ckprof.analysis.Analysis` as text, JSON, CSV or Markdown.
 
-Pure functions from an Analysis (or its DataFrames) to a string; nothing here
-prints or writes files. The text form is for people on a terminal; JSON is the
+Pure functions from an Analysis to a string; nothing here prints or writes files.
+The four formats read the Analysis's Tables (``_totals()``, ``_steps_wide()`` ...), not
+its DataFrames, so rendering imports no pandas (NOTE [ Tables, not DataFrames, inside
+the stages ] in trace/table.py); only the looking-inside sections (:mod:`ckprof.report.inside`)
+and an A/B trace's section use DataFrames. The text form is for people on a terminal; JSON is the
 stable contract for scripts (see README); CSV is one tidy table (one row per
 figure, a ``table`` column says which); Markdown is for issues and PRs.
 """
@@ -13,6 +16,8 @@ import io
 import json
 import math
 from typing import TYPE_CHECKING
+
+import numpy as np
 
 from ckprof.report.text import (
     FORMATS,
@@ -69,7 +74,7 @@ def _rerun(pct: float | None) -> str:
 def _headline(analysis: Analysis) -> list[str]:
     from ckprof._version import __version__
 
-    steps = [int(x) for x in analysis.phases.steps["step"].tolist()]
+    steps = [int(x) for x in analysis.phases.steps_table["step"].tolist()]
     n = len(steps)
     mean = analysis.step_total_ns / 1e6 / n if n else 0.0
     parts = [
@@ -114,16 +119,17 @@ def _ab_lines(analysis: Analysis, fmt: str) -> list[str]:
 def _totals_rows(analysis: Analysis, indent: str = "  ") -> list[list[str]]:
     """phase, wall ms, % of step, GPU ms; user phases (``indent`` + name) under
     ``other``; the sum."""
-    totals = analysis.totals_table()
-    user = analysis.user_phases_table()
+    totals = analysis._totals()
+    user = analysis._user_phases()
     rows: list[list[str]] = []
-    for r in totals.itertuples(index=False):
-        rows.append([r.phase, format_ms(r.wall_ms), format_pct(r.pct_of_step), format_ms(r.gpu_ms)])
-        if r.phase == "other":
-            rows += [[f"{indent}{u.name}", format_ms(u.wall_ms), format_pct(u.pct_of_step), ""]
-                     for u in user.itertuples(index=False)]
-    step_ms = float(totals["wall_ms"].sum())
-    gpu_total = totals["gpu_ms"].sum(min_count=1)
+    for phase, wall_ms, pct, gpu_ms in totals.rows("phase", "wall_ms", "pct_of_step", "gpu_ms"):
+        rows.append([phase, format_ms(wall_ms), format_pct(pct), format_ms(gpu_ms)])
+        if phase == "other":
+            rows += [[f"{indent}{name}", format_ms(u_wall_ms), format_pct(u_pct), ""]
+                     for name, u_wall_ms, u_pct in user.rows("name", "wall_ms", "pct_of_step")]
+    step_ms = float(np.nansum(totals["wall_ms"]))
+    gpu_ms = totals["gpu_ms"]
+    gpu_total = np.nansum(gpu_ms) if (~np.isnan(gpu_ms)).any() else math.nan
     rows.append(["step (sum)", format_ms(step_ms), format_pct(100.0 if step_ms else None), format_ms(gpu_total)])
     return rows
 
@@ -136,17 +142,18 @@ _MEMORY_HEAD = ["phase", "peak", "bytes", "step", "at op"]
 
 def _steps_rows(analysis: Analysis) -> list[list[str]]:
     """Per-step wall ms, shown when there are 2..20 steps (else [])."""
-    wide = analysis.steps_wide()
+    wide = analysis._steps_wide()
     if not 1 < len(wide) <= 20:
         return []
-    return [[str(int(r["step"])), format_ms(r["step_ms"]), *(format_ms(r[f"{p}_ms"]) for p in PHASES)]
-            for _, r in wide.iterrows()]
+    return [[str(int(step)), format_ms(step_ms), *(format_ms(ms) for ms in phase_ms)]
+            for step, step_ms, *phase_ms in wide.rows("step", "step_ms", *(f"{p}_ms" for p in PHASES))]
 
 
 def _region_rows(analysis: Analysis) -> list[list[str]]:
-    return [[r.region, str(r.count), format_ms(r.wall_ms), format_ms(r.gpu_ms),
-             format_ms(r.forward_wall_ms) if r.forward_wall_ms else "—"]
-            for r in analysis.regions_table().itertuples(index=False)]
+    return [[region, str(count), format_ms(wall_ms), format_ms(gpu_ms),
+             format_ms(forward_wall_ms) if forward_wall_ms else "—"]
+            for region, count, wall_ms, gpu_ms, forward_wall_ms in analysis._regions().rows(
+                "region", "count", "wall_ms", "gpu_ms", "forward_wall_ms")]
 
 
 def _memory_how(analysis: Analysis, device: str) -> str:
@@ -160,12 +167,14 @@ def _memory_how(analysis: Analysis, device: str) -> str:
 
 
 def _memory_sections(analysis: Analysis) -> list[tuple[str, str, list[list[str]]]]:
-    """(device, how, rows) per device."""
-    mem = analysis.memory_table()
-    return [(str(device), _memory_how(analysis, str(device)),
-             [[r.phase, format_bytes(r.peak_bytes), f"{int(r.peak_bytes):,}", str(int(r.step)), r.at_op or "—"]
-              for r in grp.itertuples(index=False)])
-            for device, grp in mem.groupby("device", sort=True)]
+    """(device, how, rows) per device, devices sorted."""
+    by_device: dict[str, list[list[str]]] = {}
+    for phase, device, peak_bytes, step, at_op in analysis._memory_rows().rows(
+            "phase", "device", "peak_bytes", "step", "at_op"):
+        by_device.setdefault(device, []).append(
+            [phase, format_bytes(peak_bytes), f"{int(peak_bytes):,}", str(int(step)), at_op or "—"])
+    return [(str(device), _memory_how(analysis, str(device)), by_device[device])
+            for device in sorted(by_device)]
 
 
 def render_text(analysis: Analysis) -> str:
@@ -247,7 +256,7 @@ def render_csv(analysis: Analysis, *, ops: bool = False, composition: bool = Fal
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(columns)
     width = len(columns)
-    variant_of = {} if ab is None else {
+    variant_of: dict[int, str] = {} if ab is None else {
         int(r.step): str(r.variant) for r in ab.steps.itertuples(index=False) if not r.excluded}
 
     def num(x: float | None) -> str:
@@ -256,7 +265,7 @@ def render_csv(analysis: Analysis, *, ops: bool = False, composition: bool = Fal
     def row(**cells: object) -> None:
         w.writerow([cells.get(c, "") for c in columns][:width])
 
-    steps = [int(x) for x in analysis.phases.steps["step"].tolist()]
+    steps = [int(x) for x in analysis.phases.steps_table["step"].tolist()]
     n = len(steps)
     overhead = analysis.time.recompute_overhead_pct
     row(table="summary", metric="steps_analyzed", value=" ".join(map(str, steps)))
@@ -264,23 +273,25 @@ def render_csv(analysis: Analysis, *, ops: bool = False, composition: bool = Fal
     row(table="summary", metric="recompute_overhead_pct", value=num(overhead))
     row(table="summary", metric="recompute_found_by", value=analysis.recompute_found_by)
     row(table="summary", metric="has_gpu", value=str(bool(analysis.has_gpu)).lower())
-    for r in analysis.totals_table().itertuples(index=False):
-        row(table="total", phase=r.phase, wall_ms=num(r.wall_ms), gpu_ms=num(r.gpu_ms),
-            pct_of_step=num(r.pct_of_step))
-    for u in analysis.user_phases_table().itertuples(index=False):
-        row(table="user_phase", phase=u.phase, user_phase=u.name, count=u.count,
-            wall_ms=num(u.wall_ms), pct_of_step=num(u.pct_of_step))
-    step_ms = {int(r["step"]): float(r["step_ms"]) for _, r in analysis.steps_wide().iterrows()}
-    for r in analysis.steps_table().itertuples(index=False):
-        row(table="step", step=r.step, phase=r.phase, wall_ms=num(r.wall_ms), gpu_ms=num(r.gpu_ms),
-            step_ms=num(step_ms.get(int(r.step))), variant=variant_of.get(int(r.step), ""))
-    for r in analysis.regions_table().itertuples(index=False):
-        row(table="region", phase="recompute", region=r.region, count=r.count, wall_ms=num(r.wall_ms),
-            gpu_ms=num(r.gpu_ms), forward_wall_ms=num(r.forward_wall_ms))
+    for phase, wall_ms, gpu_ms, pct in analysis._totals().rows("phase", "wall_ms", "gpu_ms", "pct_of_step"):
+        row(table="total", phase=phase, wall_ms=num(wall_ms), gpu_ms=num(gpu_ms), pct_of_step=num(pct))
+    for name, phase, count, wall_ms, pct in analysis._user_phases().rows(
+            "name", "phase", "count", "wall_ms", "pct_of_step"):
+        row(table="user_phase", phase=phase, user_phase=name, count=count,
+            wall_ms=num(wall_ms), pct_of_step=num(pct))
+    step_ms = dict(analysis._steps_wide().rows("step", "step_ms"))
+    for step, phase, wall_ms, gpu_ms in analysis._steps_long().rows("step", "phase", "wall_ms", "gpu_ms"):
+        row(table="step", step=step, phase=phase, wall_ms=num(wall_ms), gpu_ms=num(gpu_ms),
+            step_ms=num(step_ms.get(step)), variant=variant_of.get(step, ""))
+    for region, count, wall_ms, gpu_ms, forward_wall_ms in analysis._regions().rows(
+            "region", "count", "wall_ms", "gpu_ms", "forward_wall_ms"):
+        row(table="region", phase="recompute", region=region, count=count, wall_ms=num(wall_ms),
+            gpu_ms=num(gpu_ms), forward_wall_ms=num(forward_wall_ms))
     how = {d: h for d, h, _ in _memory_sections(analysis)} if analysis.memory.captured else {}
-    for r in analysis.memory_table().itertuples(index=False):
-        row(table="memory", step=r.step, phase=r.phase, device=r.device, peak_bytes=r.peak_bytes,
-            at_op=r.at_op, note=how.get(r.device, ""))
+    for phase, device, peak_bytes, step, at_op in analysis._memory_rows().rows(
+            "phase", "device", "peak_bytes", "step", "at_op"):
+        row(table="memory", step=step, phase=phase, device=device, peak_bytes=peak_bytes,
+            at_op=at_op, note=how.get(device, ""))
     if not analysis.memory.captured:
         row(table="memory", note=f"not captured: {analysis.memory.reason}")
     base = CSV_COLUMNS[:10]  # the positional cells of the inside and A/B rows
