@@ -96,7 +96,7 @@ class TimeAttribution:
             assert np.array_equal(want, got), f"phase wall times {got} != step durations {want}"
         g = self.gpu_events_table
         g_event = np.asarray(g["event"], dtype=np.int64)
-        assert len(np.unique(g_event)) == len(g_event), "a GPU event is attributed twice"
+        assert len(_distinct(g_event)) == len(g_event), "a GPU event is attributed twice"
         if self.has_gpu:
             g_dur = np.asarray(g["dur_ns"], dtype=np.int64)
             g_at = _positions(uniq, np.asarray(g["step"], dtype=np.int64))
@@ -131,6 +131,13 @@ def _phase_index(phase: np.ndarray) -> np.ndarray:
     return out
 
 
+def _distinct(values: np.ndarray) -> np.ndarray:
+    """The sorted distinct values (``np.unique`` without its hash table, which numpy 2.4
+    takes for plain ``unique`` and which is several times slower than a sort on int64)."""
+    out = np.sort(values)
+    return out[np.r_[True, out[1:] != out[:-1]]] if len(out) else out
+
+
 def _positions(sorted_keys: np.ndarray, values: np.ndarray) -> np.ndarray:
     """Index of each value in the sorted distinct ``sorted_keys``, -1 when absent."""
     at = np.searchsorted(sorted_keys, values)
@@ -162,16 +169,11 @@ def _lookup_rows(segments: Table, rows: np.ndarray) -> tuple[np.ndarray, np.ndar
     """``(step, phase, region)`` arrays (int64, object, object) of segment ``rows`` from
     :func:`_segment_rows`: step -1, phase ``"other"``, region ``""`` where the row is -1
     (``PhaseTable.lookup`` without pandas)."""
-    n = len(rows)
-    if len(segments) == 0:
-        return (np.full(n, -1, dtype=np.int64), np.full(n, "other", dtype=object),
-                np.full(n, "", dtype=object))
-    ok = rows >= 0
-    safe = np.where(ok, rows, 0)
-    step = np.where(ok, np.asarray(segments["step"], dtype=np.int64)[safe], -1)
-    phase = np.where(ok, np.asarray(segments["phase"], dtype=object)[safe], "other")
-    region = np.where(ok, np.asarray(segments["region"], dtype=object)[safe], "")
-    return step.astype(np.int64), phase.astype(object), region.astype(object)
+    # each column ends with the value for "no segment", which row -1 picks
+    step = np.append(np.asarray(segments["step"], dtype=np.int64), np.int64(-1))
+    phase = np.append(np.asarray(segments["phase"], dtype=object), np.array(["other"], dtype=object))
+    region = np.append(np.asarray(segments["region"], dtype=object), np.array([""], dtype=object))
+    return step[rows], phase[rows], region[rows]
 
 
 def _gpu_attribution(trace: Trace, segments: Table,
@@ -328,7 +330,7 @@ def attribute_time(trace: Trace, phases: PhaseTable) -> TimeAttribution:
     np.add.at(seg_gpu, gpu_rows, np.asarray(gpu_events["dur_ns"], dtype=np.int64))
 
     # by_step: every step (as listed) x every phase; sums are per step number
-    uniq = np.unique(step_ids)
+    uniq = _distinct(step_ids)
     at = _positions(uniq, seg_step)
     ok = (at >= 0) & (seg_phase >= 0)
     key = at[ok] * _N_PHASES + seg_phase[ok]

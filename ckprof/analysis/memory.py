@@ -51,6 +51,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ckprof.analysis.attribution import (
+    _distinct,
     _lookup_rows,
     _phase_index,
     _positions,
@@ -234,13 +235,17 @@ def _innermost_ops(ev: Table, pid: np.ndarray, tid: np.ndarray,
     ("" when none), an object array of str."""
     out = np.full(len(t), "", dtype=object)
     found = innermost_op_rows(ev, pid, tid, t)
-    ok = found >= 0
-    if ok.any():
+    ok = np.flatnonzero(found >= 0)
+    if len(ok):
         names = ev.coded("name")
         codes = names.codes[found[ok]]
-        text = np.array([str(c) for c in names.categories.tolist()] + ["nan"], dtype=object)
-        out[ok] = text[np.where(codes >= 0, codes, len(text) - 1)]
+        out[ok] = [str(names.categories[c]) if c >= 0 else "nan" for c in codes.tolist()]
     return out
+
+
+#: threads asked about up to which :func:`_last_started` takes one pass over the
+#: events per thread rather than sorting them by thread
+_PASS_PER_THREAD = 8
 
 
 def _last_started(ts: np.ndarray, candidates: np.ndarray, ev_pid: np.ndarray,
@@ -255,7 +260,7 @@ def _last_started(ts: np.ndarray, candidates: np.ndarray, ev_pid: np.ndarray,
     th_pid, th_tid = pid[first], tid[first]          # thread k is (th_pid[k], th_tid[k])
     # each candidate's thread among those asked about: pids and tids ranked apart, the
     # pair of ranks packed (both < n_threads, so the product fits)
-    up, ut = np.unique(th_pid), np.unique(th_tid)
+    up, ut = _distinct(th_pid), _distinct(th_tid)
     c_pid = _positions(up, ev_pid[candidates])
     c_tid = _positions(ut, ev_tid[candidates])
     asked = (c_pid >= 0) & (c_tid >= 0)
@@ -264,13 +269,15 @@ def _last_started(ts: np.ndarray, candidates: np.ndarray, ev_pid: np.ndarray,
     at = _positions(th_key[key_order], c_pid[asked] * len(ut) + c_tid[asked])
     rows = candidates[asked][at >= 0]
     thread = key_order[at[at >= 0]]
-    by_thread = np.argsort(thread, kind="stable")      # stable: time order kept
-    rows, thread = rows[by_thread], thread[by_thread]
-    bounds = np.searchsorted(thread, np.arange(n_threads + 1))
+    if n_threads <= _PASS_PER_THREAD:
+        groups = [rows[thread == k] for k in range(n_threads)]
+    else:
+        by_thread = np.argsort(thread, kind="stable")      # stable: time order kept
+        bounds = np.searchsorted(thread[by_thread], np.arange(1, n_threads))
+        groups = np.split(rows[by_thread], bounds)
     q_order = np.argsort(q_thread, kind="stable")
     q_bounds = np.searchsorted(q_thread[q_order], np.arange(n_threads + 1))
-    for k in range(n_threads):
-        r = rows[bounds[k]:bounds[k + 1]]
+    for k, r in enumerate(groups):
         if len(r) == 0:
             continue
         qi = q_order[q_bounds[k]:q_bounds[k + 1]]
