@@ -159,10 +159,10 @@ def _segment_rows(segments: Table, ts_ns: np.ndarray) -> np.ndarray:
     ts = np.asarray(ts_ns, dtype=np.int64)
     starts = np.asarray(segments["start_ns"], dtype=np.int64)
     ends = np.asarray(segments["end_ns"], dtype=np.int64)
+    if len(starts) == 0:
+        return np.full(len(ts), -1, dtype=np.int64)
     idx = np.searchsorted(starts, ts, side="right") - 1
-    ok = idx >= 0
-    ok[ok] = ts[ok] < ends[idx[ok]]
-    return np.where(ok, idx, -1)
+    return np.where((idx >= 0) & (ts < ends[np.maximum(idx, 0)]), idx, -1)
 
 
 def _lookup_rows(segments: Table, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -229,7 +229,7 @@ def _gpu_attribution(trace: Trace, segments: Table,
     before = has_corr & ~hit & next_in & ~prev_in               # below the first launch id
     between = has_corr & ~hit & next_in & prev_in               # between two launch ids
     own = ~hit & ~before & ~between                             # no id, or above the last
-    at = ts[g].copy()
+    at = ts[g]                                  # a new array (fancy indexing)
     at[hit] = ts[launched_by[hit]]
     prev_rt = rt[np.maximum(pos - 1, 0)] if len(rt) else np.zeros(len(g), dtype=np.int64)
     at[between] = ts[prev_rt[between]]
@@ -263,16 +263,17 @@ def _gpu_attribution(trace: Trace, segments: Table,
     if outside and len(g):
         notes.append(f"{outside} of {len(g)} GPU event(s) were launched outside the "
                      "analysed steps: not counted")
-    how = np.where(hit, "runtime", np.where(between, "neighbours", "own_start"))
+    how = np.where(hit, 0, np.where(between, 1, 2))
     n = int(inside.sum())
+    g_in = g[inside]
     table = Table({
-        "event": g[inside].astype(np.int64),
-        "step": step[inside].astype(np.int64),
-        "phase": phase[inside].astype(object),
-        "region": region[inside].astype(object),
-        "dur_ns": dur[g][inside],
-        "launched_by": launched_by[inside].astype(np.int64),
-        "placed_by": how[inside].astype(object),
+        "event": g_in.astype(np.int64, copy=False),
+        "step": step[inside],
+        "phase": phase[inside],
+        "region": region[inside],
+        "dur_ns": dur[g_in],
+        "launched_by": launched_by[inside].astype(np.int64, copy=False),
+        "placed_by": np.array(["runtime", "neighbours", "own_start"], dtype=object)[how[inside]],
     }, dtypes={"event": "int64", "step": "int64", "phase": _text_dtype(n),
                "region": _text_dtype(n), "dur_ns": "int64", "launched_by": "int64",
                "placed_by": _text_dtype(n)})

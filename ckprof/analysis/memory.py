@@ -251,27 +251,30 @@ _PASS_PER_THREAD = 8
 def _last_started(ts: np.ndarray, candidates: np.ndarray, ev_pid: np.ndarray,
                   ev_tid: np.ndarray, pid: np.ndarray, tid: np.ndarray,
                   t: np.ndarray) -> np.ndarray:
-    """Per query i, the last of the ``candidates`` rows (event rows, in time order) on
-    thread (pid[i], tid[i]) starting at or before t[i]; -1 when none. One searchsorted
-    per thread asked about; the events of other threads are never grouped."""
+    """Per query i, the last event row among ``candidates`` (a mask over the events,
+    which are in time order) on thread (pid[i], tid[i]) starting at or before t[i]; -1
+    when none. One searchsorted per thread asked about; the events of other threads are
+    never grouped."""
     j = np.full(len(t), -1, dtype=np.int64)
     q_thread, n_threads = factorize(pid, tid)
     first = np.unique(q_thread, return_index=True)[1]
     th_pid, th_tid = pid[first], tid[first]          # thread k is (th_pid[k], th_tid[k])
-    # each candidate's thread among those asked about: pids and tids ranked apart, the
-    # pair of ranks packed (both < n_threads, so the product fits)
-    up, ut = _distinct(th_pid), _distinct(th_tid)
-    c_pid = _positions(up, ev_pid[candidates])
-    c_tid = _positions(ut, ev_tid[candidates])
-    asked = (c_pid >= 0) & (c_tid >= 0)
-    th_key = _positions(up, th_pid) * len(ut) + _positions(ut, th_tid)
-    key_order = np.argsort(th_key)
-    at = _positions(th_key[key_order], c_pid[asked] * len(ut) + c_tid[asked])
-    rows = candidates[asked][at >= 0]
-    thread = key_order[at[at >= 0]]
     if n_threads <= _PASS_PER_THREAD:
-        groups = [rows[thread == k] for k in range(n_threads)]
+        groups = [np.flatnonzero(candidates & (ev_pid == th_pid[k]) & (ev_tid == th_tid[k]))
+                  for k in range(n_threads)]
     else:
+        # each candidate's thread among those asked about: pids and tids ranked apart,
+        # the pair of ranks packed (both < n_threads, so the product fits)
+        rows = np.flatnonzero(candidates)
+        up, ut = _distinct(th_pid), _distinct(th_tid)
+        c_pid = _positions(up, ev_pid[rows])
+        c_tid = _positions(ut, ev_tid[rows])
+        asked = (c_pid >= 0) & (c_tid >= 0)
+        th_key = _positions(up, th_pid) * len(ut) + _positions(ut, th_tid)
+        key_order = np.argsort(th_key)
+        at = _positions(th_key[key_order], c_pid[asked] * len(ut) + c_tid[asked])
+        rows = rows[asked][at >= 0]
+        thread = key_order[at[at >= 0]]
         by_thread = np.argsort(thread, kind="stable")      # stable: time order kept
         bounds = np.searchsorted(thread[by_thread], np.arange(1, n_threads))
         groups = np.split(rows[by_thread], bounds)
@@ -286,13 +289,19 @@ def _last_started(ts: np.ndarray, candidates: np.ndarray, ev_pid: np.ndarray,
     return j
 
 
+#: parent links followed one at a time from the rows asked about (as deep as real
+#: traces nest) before :func:`innermost_op_rows` switches to pointer jumping, whose cost
+#: grows with the events rather than with the rows asked about
+_CLIMB_ROUNDS = 64
+
+
 def innermost_op_rows(ev: Table | pd.DataFrame, pid: np.ndarray, tid: np.ndarray,
                       t: np.ndarray) -> np.ndarray:
     """Row of the innermost cpu_op on thread (pid[i], tid[i]) enclosing instant t[i]
     (-1 when none): the op running at a peak, the op that allocated a block. ``ev`` is
     ``trace.event_table`` (or ``trace.events``).
-    Vectorised: one searchsorted per thread asked about, then an ancestor walk by
-    pointer jumping."""
+    Vectorised: one searchsorted per thread asked about, then an ancestor walk (one
+    parent at a time, pointer jumping in deep nests)."""
     t = np.asarray(t, dtype=np.int64)
     found = np.full(len(t), -1, dtype=np.int64)
     if len(t) == 0 or len(ev) == 0:
@@ -301,7 +310,7 @@ def innermost_op_rows(ev: Table | pd.DataFrame, pid: np.ndarray, tid: np.ndarray
     end = ts + np.asarray(ev["dur_ns"], dtype=np.int64)
     parent = np.asarray(ev["parent"], dtype=np.int64)
     is_op = kind_mask(ev, "cpu_op")
-    cpu_side = np.flatnonzero(kind_mask(ev, "cpu_op", "user_annotation", "runtime", "other"))
+    cpu_side = kind_mask(ev, "cpu_op", "user_annotation", "runtime", "other")
     j = _last_started(ts, cpu_side, np.asarray(ev["pid"], dtype=np.int64),
                       np.asarray(ev["tid"], dtype=np.int64), np.asarray(pid, dtype=np.int64),
                       np.asarray(tid, dtype=np.int64), t)
@@ -310,19 +319,37 @@ def innermost_op_rows(ev: Table | pd.DataFrame, pid: np.ndarray, tid: np.ndarray
     # later, so the first one on the way up that ends after t contains t, and so do
     # all above it: the answer is then the nearest cpu_op at or above it. A row ending
     # at or before t rules out every ancestor with the same end at once (a million
-    # identical events nest a million deep: NOTE [ Ancestor queries ] in phases).
-    rows_n = np.arange(len(ts))
-    op_at = np.where(is_op, rows_n, nearest_above(parent, is_op))
-    run_top_mark = (parent < 0) | (end[np.maximum(parent, 0)] != end)
-    run_top = np.where(run_top_mark, rows_n, nearest_above(parent, run_top_mark))
-    pending = j >= 0
-    while pending.any():
-        p = np.flatnonzero(pending)
-        jj = j[p]
-        inside = (ts[jj] <= t[p]) & (t[p] < end[jj])
-        found[p[inside]] = op_at[jj[inside]]
-        j[p] = np.where(inside, -1, parent[run_top[jj]])
-        pending = j >= 0
+    # identical events nest a million deep: ``nearest_above`` in intervals.py).
+    holder = np.full(len(t), -1, dtype=np.int64)      # innermost event containing t
+    q = np.flatnonzero(j >= 0)
+    row = j[q]
+    for _ in range(_CLIMB_ROUNDS):
+        if len(q) == 0:
+            break
+        inside = (ts[row] <= t[q]) & (t[q] < end[row])
+        holder[q[inside]] = row[inside]
+        q, row = q[~inside], parent[row[~inside]]
+        q, row = q[row >= 0], row[row >= 0]
+    if len(q):
+        rows_n = np.arange(len(ts))
+        run_top_mark = (parent < 0) | (end[np.maximum(parent, 0)] != end)
+        run_top = np.where(run_top_mark, rows_n, nearest_above(parent, run_top_mark))
+        while len(q):
+            inside = (ts[row] <= t[q]) & (t[q] < end[row])
+            holder[q[inside]] = row[inside]
+            q, row = q[~inside], parent[run_top[row[~inside]]]
+            q, row = q[row >= 0], row[row >= 0]
+    q = np.flatnonzero(holder >= 0)                    # then the nearest cpu_op at or above
+    row = holder[q]
+    for _ in range(_CLIMB_ROUNDS):
+        if len(q) == 0:
+            break
+        op = is_op[row]
+        found[q[op]] = row[op]
+        q, row = q[~op], parent[row[~op]]
+        q, row = q[row >= 0], row[row >= 0]
+    if len(q):
+        found[q] = np.where(is_op[row], row, nearest_above(parent, is_op)[row])
     return found
 
 
@@ -387,13 +414,12 @@ def peak_memory_by_phase(trace: Trace, phases: PhaseTable) -> PhaseMemory:
         ext = np.append(lv, 0)
         peak = np.maximum.reduceat(ext, np.ravel(np.column_stack([lo_v, hi_v])))[::2]
         # first position reaching the peak in each [lo, hi)
-        lens = hi_v - lo_v
-        seg_id = np.repeat(np.arange(len(lo_v)), lens)
-        offs = np.cumsum(lens) - lens
-        pos = lo_v[seg_id] + (np.arange(int(lens.sum())) - offs[seg_id])
-        hit = lv[pos] == peak[seg_id]
-        _, first = np.unique(seg_id[hit], return_index=True)
-        at_pos = pos[hit][first]
+        lens = hi_v - lo_v                                 # >= 1
+        starts = np.cumsum(lens) - lens                    # each range's place in pos
+        pos = np.arange(int(lens.sum())) + np.repeat(lo_v - starts, lens)
+        hit = np.flatnonzero(lv[pos] == np.repeat(peak, lens))  # each range reaches its peak
+        hit_range = np.searchsorted(starts, hit, side="right") - 1
+        at_pos = pos[hit[np.r_[True, hit_range[1:] != hit_range[:-1]]]]
         parts.append({"step": s_step[ok], "phase": s_phase[ok], "pcode": s_pcode[ok],
                       "device": np.full(len(lo_v), rank, dtype=np.int64),
                       "peak_bytes": peak.astype(np.int64), "at_ts_ns": t[at_pos],
