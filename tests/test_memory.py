@@ -194,3 +194,58 @@ def test_stages_do_not_mutate_their_inputs():
     peak_memory_by_phase(t, ph)
     for old, new in zip(before, frames, strict=True):
         assert old.equals(new)
+
+
+def test_innermost_op_rows_is_the_deepest_enclosing_cpu_op():
+    """GIVEN 12 threads over two pids (more than get a pass each) of randomly nested ops
+    and annotations, one holding a nest of 200 identical ops (deeper than the walk goes
+    one parent at a time) WHEN innermost_op_rows is asked about random instants on those
+    threads and on unknown ones THEN each answer is the deepest cpu_op of that thread
+    containing the instant, -1 when none (the latest row: nested events follow their
+    parents), for the event Table and the DataFrame alike."""
+    import numpy as np
+
+    from ckprof.analysis.memory import innermost_op_rows
+
+    rng = np.random.default_rng(7)
+    b = TraceBuilder()
+
+    def nest(lo: int, hi: int, depth: int, pid: int, tid: int) -> None:
+        t = lo
+        while t < hi and rng.random() < 0.9:
+            s = t + int(rng.integers(0, 3))
+            e = min(hi, s + int(rng.integers(0, max(2, (hi - lo) // 2))))
+            if e < s:
+                return
+            if rng.random() < 0.6:
+                b.op(f"op{depth}", s, e - s, pid=pid, tid=tid)
+            else:
+                b._x("user_annotation", f"ann{depth}", s, e - s, pid=pid, tid=tid, args={})
+            if depth < 4:
+                nest(s, e, depth + 1, pid, tid)
+            t = e
+
+    threads = [(1000 + k % 2, 10 + k) for k in range(12)]
+    for pid, tid in threads:
+        nest(0, 400, 0, pid, tid)
+    b.op("outer", 480, 60, pid=threads[0][0], tid=threads[0][1])
+    for _ in range(200):  # past them the walk climbs 200 ops; inside, 200 annotations
+        b.op("aten::add", 500, 10, pid=threads[0][0], tid=threads[0][1])
+        b._x("user_annotation", "ann", 515, 10, pid=threads[0][0], tid=threads[0][1], args={})
+    t = b.to_trace()
+    et = t.event_table
+    n = 400
+    pick = rng.integers(0, len(threads) + 1, n)  # the last: a thread with no events
+    pid = np.array([threads[k][0] if k < len(threads) else 7 for k in pick], dtype=np.int64)
+    tid = np.array([threads[k][1] if k < len(threads) else 7 for k in pick], dtype=np.int64)
+    when = rng.integers(-1, 520, n) * US + rng.choice([0, 0, 1, 999], n)
+    pid[:20], tid[:20], when[:20] = threads[0][0], threads[0][1], rng.integers(499, 530, 20) * US
+    ts, end = et["ts_ns"], et["ts_ns"] + et["dur_ns"]
+    is_op = et["kind"] == "cpu_op"
+    want = []
+    for p, q, w in zip(pid, tid, when, strict=True):
+        hit = np.flatnonzero((et["pid"] == p) & (et["tid"] == q) & is_op & (ts <= w) & (w < end))
+        want.append(int(hit.max()) if len(hit) else -1)
+    assert sum(w >= 0 for w in want) > n // 3
+    assert innermost_op_rows(et, pid, tid, when).tolist() == want
+    assert innermost_op_rows(t.events, pid, tid, when).tolist() == want

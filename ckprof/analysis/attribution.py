@@ -23,21 +23,31 @@ Contract::
 
 GPU time of a phase is the sum of its GPU events' durations: kernels that run at the
 same time on different streams both count, so it can exceed the phase's wall time.
+
+The frames are built on first use from ``*_table`` fields (:class:`~ckprof.trace.table.Table`):
+the stage computes on numpy columns and imports no pandas (NOTE [ Tables, not
+DataFrames, inside the stages ] in ckprof/trace/table.py).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
 
-from ckprof.analysis.phases import PhaseTable
+from ckprof.analysis.intervals import kind_mask
 from ckprof.trace.markers import PHASES
 from ckprof.trace.model import GPU_KINDS, Trace
 from ckprof.trace.table import Table, frame_of
 
+if TYPE_CHECKING:
+    from ckprof.analysis.phases import PhaseTable
+
 __all__ = ["TimeAttribution", "attribute_time"]
+
+_N_PHASES = len(PHASES)
+_RECOMPUTE = PHASES.index("recompute")
 
 
 @dataclass(frozen=True)
@@ -63,34 +73,112 @@ class TimeAttribution:
     def self_check(self) -> None:
         """Assert the invariants: phase wall times add up to each step, every GPU
         event is attributed exactly once, totals and regions agree with by_step."""
-        bs = self.by_step
-        assert set(bs["phase"]) <= set(PHASES), "unknown phase in by_step"
-        assert not bs.duplicated(["step", "phase"]).any(), "step x phase listed twice"
-        assert (bs["wall_ns"] >= 0).all(), "negative wall time"
-        if self.steps is not None:
-            want = (self.steps["end_ns"] - self.steps["start_ns"]).to_numpy()
-            got = bs.groupby("step")["wall_ns"].sum().reindex(self.steps["step"]).to_numpy()
+        bs = self.by_step_table
+        step = np.asarray(bs["step"], dtype=np.int64)
+        pidx = _phase_index(np.asarray(bs["phase"], dtype=object))
+        wall = np.asarray(bs["wall_ns"], dtype=np.int64)
+        gpu = np.asarray(bs["gpu_ns"], dtype=np.float64)
+        assert (pidx >= 0).all(), "unknown phase in by_step"
+        order = np.lexsort((pidx, step))
+        assert not ((step[order][1:] == step[order][:-1])
+                    & (pidx[order][1:] == pidx[order][:-1])).any(), "step x phase listed twice"
+        assert (wall >= 0).all(), "negative wall time"
+        uniq, inv = np.unique(step, return_inverse=True)
+        if self.steps_table is not None:
+            st = self.steps_table
+            want = (np.asarray(st["end_ns"], dtype=np.int64)
+                    - np.asarray(st["start_ns"], dtype=np.int64))
+            per_step = np.zeros(len(uniq), dtype=np.int64)
+            np.add.at(per_step, inv, wall)
+            at = _positions(uniq, np.asarray(st["step"], dtype=np.int64))
+            got = np.where(at >= 0, per_step[np.maximum(at, 0)].astype(np.float64), np.nan) \
+                if len(uniq) else np.full(len(at), np.nan)
             assert np.array_equal(want, got), f"phase wall times {got} != step durations {want}"
-        g = self.gpu_events
-        assert not g["event"].duplicated().any(), "a GPU event is attributed twice"
+        g = self.gpu_events_table
+        g_event = np.asarray(g["event"], dtype=np.int64)
+        assert len(_distinct(g_event)) == len(g_event), "a GPU event is attributed twice"
         if self.has_gpu:
-            per = g.groupby(["step", "phase"])["dur_ns"].sum()
-            got = bs.set_index(["step", "phase"])["gpu_ns"]
-            want = per.reindex(got.index, fill_value=0).astype(float)
-            assert np.allclose(got.to_numpy(), want.to_numpy(), rtol=0, atol=0.5), \
+            g_dur = np.asarray(g["dur_ns"], dtype=np.int64)
+            g_at = _positions(uniq, np.asarray(g["step"], dtype=np.int64))
+            g_pidx = _phase_index(np.asarray(g["phase"], dtype=object))
+            ok = (g_at >= 0) & (g_pidx >= 0)
+            per = np.zeros(len(uniq) * _N_PHASES, dtype=np.int64)
+            np.add.at(per, g_at[ok] * _N_PHASES + g_pidx[ok], g_dur[ok])
+            want_gpu = per[inv * _N_PHASES + pidx].astype(np.float64)
+            assert np.allclose(gpu, want_gpu, rtol=0, atol=0.5), \
                 "by_step gpu_ns != sum of attributed GPU events"
-            assert got.sum() == float(g["dur_ns"].sum()), "GPU time lost or double counted"
+            assert gpu.sum() == float(g_dur.sum()), "GPU time lost or double counted"
         else:
-            assert bs["gpu_ns"].isna().all(), "gpu_ns must be NaN without GPU events"
-        tot = bs.groupby("phase")["wall_ns"].sum()
-        assert np.array_equal(tot.reindex(list(PHASES)).to_numpy(),
-                              self.totals.set_index("phase")["wall_ns"].reindex(
-                                  list(PHASES)).to_numpy()), "totals != sum of by_step"
-        rc = int(tot.get("recompute", 0))
-        assert int(self.regions["wall_ns"].sum()) == rc, "regions do not add up to recompute"
+            assert np.isnan(gpu).all(), "gpu_ns must be NaN without GPU events"
+        tot = np.zeros(_N_PHASES, dtype=np.int64)
+        np.add.at(tot, pidx, wall)
+        tt = self.totals_table
+        t_pidx = _phase_index(np.asarray(tt["phase"], dtype=object))
+        t_wall = np.zeros(_N_PHASES, dtype=np.int64)
+        t_wall[t_pidx[t_pidx >= 0]] = np.asarray(tt["wall_ns"], dtype=np.int64)[t_pidx >= 0]
+        assert np.array_equal(np.sort(t_pidx), np.arange(_N_PHASES)) \
+            and np.array_equal(tot, t_wall), "totals != sum of by_step"
+        rc = int(tot[_RECOMPUTE])
+        assert int(np.asarray(self.regions_table["wall_ns"], dtype=np.int64).sum()) == rc, \
+            "regions do not add up to recompute"
 
 
-def _gpu_attribution(trace: Trace, phases: PhaseTable, notes: list[str]) -> pd.DataFrame:
+def _phase_index(phase: np.ndarray) -> np.ndarray:
+    """Position of each phase name in ``PHASES`` (int64, -1 for any other value)."""
+    out = np.full(len(phase), -1, dtype=np.int64)
+    for i, name in enumerate(PHASES):
+        out[phase == name] = i
+    return out
+
+
+def _distinct(values: np.ndarray) -> np.ndarray:
+    """The sorted distinct values (``np.unique`` without its hash table, which numpy 2.4
+    takes for plain ``unique`` and which is several times slower than a sort on int64)."""
+    out = np.sort(values)
+    return out[np.r_[True, out[1:] != out[:-1]]] if len(out) else out
+
+
+def _positions(sorted_keys: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """Index of each value in the sorted distinct ``sorted_keys``, -1 when absent."""
+    at = np.searchsorted(sorted_keys, values)
+    ok = at < len(sorted_keys)
+    ok[ok] = sorted_keys[at[ok]] == values[ok]
+    return np.where(ok, at, -1)
+
+
+def _text_dtype(n_rows: int) -> str:
+    """The dtype pandas gives a column of ``n_rows`` Python strings: "str", or "object"
+    when it is empty (pinned so the frames are those the pandas stage built)."""
+    return "str" if n_rows else "object"
+
+
+def _segment_rows(segments: Table, ts_ns: np.ndarray) -> np.ndarray:
+    """Row of the segment (``phases.segments_table``) whose ``[start_ns, end_ns)``
+    holds each instant, -1 when none: one ``numpy.searchsorted`` over the segments,
+    as ``PhaseTable.lookup``."""
+    ts = np.asarray(ts_ns, dtype=np.int64)
+    starts = np.asarray(segments["start_ns"], dtype=np.int64)
+    ends = np.asarray(segments["end_ns"], dtype=np.int64)
+    if len(starts) == 0:
+        return np.full(len(ts), -1, dtype=np.int64)
+    idx = np.searchsorted(starts, ts, side="right") - 1
+    return np.where((idx >= 0) & (ts < ends[np.maximum(idx, 0)]), idx, -1)
+
+
+def _lookup_rows(segments: Table, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(step, phase, region)`` arrays (int64, object, object) of segment ``rows`` from
+    :func:`_segment_rows`: step -1, phase ``"other"``, region ``""`` where the row is -1
+    (``PhaseTable.lookup`` without pandas)."""
+    # each column ends with the value for "no segment", which row -1 picks
+    step = np.append(np.asarray(segments["step"], dtype=np.int64), np.int64(-1))
+    phase = np.append(np.asarray(segments["phase"], dtype=object), np.array(["other"], dtype=object))
+    region = np.append(np.asarray(segments["region"], dtype=object), np.array([""], dtype=object))
+    return step[rows], phase[rows], region[rows]
+
+
+def _gpu_attribution(trace: Trace, segments: Table,
+                     notes: list[str]) -> tuple[Table, np.ndarray]:
+    """The ``gpu_events`` table, and the segment row each of its events was placed in."""
     # NOTE [ GPU attribution ]
     # A GPU event runs after its launch, often in the next phase or step (on a busy GPU
     # the queue lags the CPU by more than a step), so its own timestamp says nothing
@@ -110,12 +198,12 @@ def _gpu_attribution(trace: Trace, phases: PhaseTable, notes: list[str]) -> pd.D
     # - id above every launch, or no correlation id at all: attributed by their own
     #   start time (noted) -- nothing better is known.
     # GPU events launched outside every step are not counted (noted).
-    ev = trace.events
-    g = np.flatnonzero(ev["kind"].isin(GPU_KINDS).to_numpy())
-    corr = ev["correlation"].to_numpy(dtype=np.int64)
-    ts = ev["ts_ns"].to_numpy(dtype=np.int64)
-    dur = ev["dur_ns"].to_numpy(dtype=np.int64)
-    rt = np.flatnonzero((ev["kind"] == "runtime").to_numpy() & (corr >= 0))
+    ev = trace.event_table
+    g = np.flatnonzero(kind_mask(ev, *GPU_KINDS))
+    corr = np.asarray(ev["correlation"], dtype=np.int64)
+    ts = np.asarray(ev["ts_ns"], dtype=np.int64)
+    dur = np.asarray(ev["dur_ns"], dtype=np.int64)
+    rt = np.flatnonzero(kind_mask(ev, "runtime") & (corr >= 0))
     rt = rt[np.argsort(corr[rt], kind="stable")]  # stable: earliest first per id
     rc = corr[rt]
     dup = int((rc[1:] == rc[:-1]).sum()) if len(rc) else 0
@@ -141,15 +229,16 @@ def _gpu_attribution(trace: Trace, phases: PhaseTable, notes: list[str]) -> pd.D
     before = has_corr & ~hit & next_in & ~prev_in               # below the first launch id
     between = has_corr & ~hit & next_in & prev_in               # between two launch ids
     own = ~hit & ~before & ~between                             # no id, or above the last
-    at = ts[g].copy()
+    at = ts[g]                                  # a new array (fancy indexing)
     at[hit] = ts[launched_by[hit]]
     prev_rt = rt[np.maximum(pos - 1, 0)] if len(rt) else np.zeros(len(g), dtype=np.int64)
     at[between] = ts[prev_rt[between]]
-    step, phase, region = phases.lookup(at)
+    rows = _segment_rows(segments, at)
+    step, phase, region = _lookup_rows(segments, rows)
     step[before] = -1
     if between.any():
         nxt = rt[np.minimum(pos[between], len(rt) - 1)]
-        s2, p2, r2 = phases.lookup(ts[nxt])
+        s2, p2, r2 = _lookup_rows(segments, _segment_rows(segments, ts[nxt]))
         unsure = int(((s2 != step[between]) | (p2 != phase[between])
                       | (r2 != region[between])).sum())
         notes.append(f"{int(between.sum())} GPU event(s) whose launch is not in the trace "
@@ -174,93 +263,134 @@ def _gpu_attribution(trace: Trace, phases: PhaseTable, notes: list[str]) -> pd.D
     if outside and len(g):
         notes.append(f"{outside} of {len(g)} GPU event(s) were launched outside the "
                      "analysed steps: not counted")
-    how = np.where(hit, "runtime", np.where(between, "neighbours", "own_start"))
-    return pd.DataFrame({
-        "event": g[inside].astype(np.int64),
-        "step": step[inside].astype(np.int64),
-        "phase": phase[inside].astype(object),
-        "region": region[inside].astype(object),
-        "dur_ns": dur[g][inside],
-        "launched_by": launched_by[inside].astype(np.int64),
-        "placed_by": how[inside].astype(object),
-    })
+    how = np.where(hit, 0, np.where(between, 1, 2))
+    n = int(inside.sum())
+    g_in = g[inside]
+    table = Table({
+        "event": g_in.astype(np.int64, copy=False),
+        "step": step[inside],
+        "phase": phase[inside],
+        "region": region[inside],
+        "dur_ns": dur[g_in],
+        "launched_by": launched_by[inside].astype(np.int64, copy=False),
+        "placed_by": np.array(["runtime", "neighbours", "own_start"], dtype=object)[how[inside]],
+    }, dtypes={"event": "int64", "step": "int64", "phase": _text_dtype(n),
+               "region": _text_dtype(n), "dur_ns": "int64", "launched_by": "int64",
+               "placed_by": _text_dtype(n)})
+    return table, rows[inside]
 
 
-def _forward_wall(trace: Trace, phases: PhaseTable) -> pd.Series:
-    """Summed duration of each region's FIRST runs in the analysed steps (NOTE [ Forward
-    runs ] in ckprof.forward_runs): checkpoint markers, else checkpoint() frames."""
-    if phases.forward_runs_table is None:
+def _forward_wall(trace: Trace, phases: PhaseTable) -> dict[str, int]:
+    """Summed duration (ns) of each region's FIRST runs in the analysed steps (NOTE
+    [ Forward runs ] in ckprof.forward_runs): checkpoint markers, else checkpoint()
+    frames. Regions in sorted order."""
+    runs = phases.forward_runs_table
+    if runs is None:
         from ckprof.analysis.forward_runs import find_forward_runs
 
-        runs = find_forward_runs(trace, phases.steps).to_frame()
-    else:
-        runs = phases.forward_runs
-    keep = runs["first_run"].to_numpy(dtype=bool) & runs["step"].isin(
-        phases.steps["step"]).to_numpy()
-    first = runs[keep]
-    if first.empty:
-        return pd.Series(dtype="int64")
-    return (first["end_ns"] - first["start_ns"]).groupby(first["region"].to_numpy()).sum()
+        runs = find_forward_runs(trace, phases.steps_table)
+    keep = np.asarray(runs["first_run"], dtype=bool) & np.isin(
+        np.asarray(runs["step"], dtype=np.int64),
+        np.asarray(phases.steps_table["step"], dtype=np.int64))
+    if not keep.any():
+        return {}
+    wall = (np.asarray(runs["end_ns"], dtype=np.int64)[keep]
+            - np.asarray(runs["start_ns"], dtype=np.int64)[keep])
+    return _sum_by(np.asarray(runs["region"], dtype=object)[keep], wall)
+
+
+def _sum_by(keys: np.ndarray, values_ns: np.ndarray) -> dict[str, int]:
+    """Sum of int64 ``values_ns`` per distinct key, keys in sorted order."""
+    names, inv = np.unique(keys, return_inverse=True)
+    total = np.zeros(len(names), dtype=np.int64)
+    np.add.at(total, inv.reshape(-1), values_ns)
+    return dict(zip(names.tolist(), total.tolist(), strict=True))
 
 
 def attribute_time(trace: Trace, phases: PhaseTable) -> TimeAttribution:
-    """Wall and GPU time per step x phase and per recomputed region (pure)."""
+    """Wall and GPU time per step x phase and per recomputed region (pure: reads
+    ``trace.event_table`` and the phase tables, returns new Tables)."""
     notes: list[str] = []
-    seg = phases.segments
-    steps = phases.steps[["step", "start_ns", "end_ns"]].reset_index(drop=True)
-    wall = (seg.assign(wall_ns=seg["end_ns"] - seg["start_ns"])
-            .groupby(["step", "phase"])["wall_ns"].sum())
-    grid = pd.MultiIndex.from_product([steps["step"].to_numpy(dtype=np.int64), list(PHASES)],
-                                      names=["step", "phase"])
+    seg = phases.segments_table
+    st = phases.steps_table
+    step_ids = np.asarray(st["step"], dtype=np.int64)
+    step_start = np.asarray(st["start_ns"], dtype=np.int64)
+    step_end = np.asarray(st["end_ns"], dtype=np.int64)
+    steps = Table({"step": step_ids, "start_ns": step_start, "end_ns": step_end},
+                  dtypes={"step": "int64", "start_ns": "int64", "end_ns": "int64"})
     has_gpu = bool(trace.has_gpu)
-    gpu_events = _gpu_attribution(trace, phases, notes)
-    gsum = gpu_events.groupby(["step", "phase"])["dur_ns"].sum()
-    by_step = pd.DataFrame({
-        "wall_ns": wall.reindex(grid, fill_value=0).astype(np.int64),
-        "gpu_ns": (gsum.reindex(grid, fill_value=0).astype(float) if has_gpu
-                   else pd.Series(np.nan, index=grid)),
-    }).reset_index()
-    by_step = by_step.astype({"step": "int64", "phase": object})
-    totals = (by_step.groupby("phase", sort=False)
-              .agg(wall_ns=("wall_ns", "sum"),
-                   gpu_ns=("gpu_ns", lambda x: x.sum(min_count=1)))
-              .reindex(list(PHASES)).reset_index())
-    totals["wall_ns"] = totals["wall_ns"].fillna(0).astype(np.int64)
+    gpu_events, gpu_rows = _gpu_attribution(trace, seg, notes)
+
+    # per segment: wall time and the GPU time launched in it
+    seg_step = np.asarray(seg["step"], dtype=np.int64)
+    seg_phase = _phase_index(np.asarray(seg["phase"], dtype=object))
+    seg_region = np.asarray(seg["region"], dtype=object)
+    seg_wall = np.asarray(seg["end_ns"], dtype=np.int64) - np.asarray(seg["start_ns"],
+                                                                       dtype=np.int64)
+    seg_gpu = np.zeros(len(seg), dtype=np.int64)
+    np.add.at(seg_gpu, gpu_rows, np.asarray(gpu_events["dur_ns"], dtype=np.int64))
+
+    # by_step: every step (as listed) x every phase; sums are per step number
+    uniq = _distinct(step_ids)
+    at = _positions(uniq, seg_step)
+    ok = (at >= 0) & (seg_phase >= 0)
+    key = at[ok] * _N_PHASES + seg_phase[ok]
+    wall_by = np.zeros(len(uniq) * _N_PHASES, dtype=np.int64)
+    np.add.at(wall_by, key, seg_wall[ok])
+    gpu_by = np.zeros(len(uniq) * _N_PHASES, dtype=np.int64)
+    np.add.at(gpu_by, key, seg_gpu[ok])
+    grid = (np.searchsorted(uniq, step_ids)[:, None] * _N_PHASES
+            + np.arange(_N_PHASES)).reshape(-1)
+    wall_grid = wall_by[grid]
+    gpu_grid = (gpu_by[grid].astype(np.float64) if has_gpu
+                else np.full(len(grid), np.nan))
+    by_step = Table({
+        "step": np.repeat(step_ids, _N_PHASES),
+        "phase": np.tile(np.array(PHASES, dtype=object), len(step_ids)),
+        "wall_ns": wall_grid,
+        "gpu_ns": gpu_grid,
+    }, dtypes={"step": "int64", "phase": "object", "wall_ns": "int64", "gpu_ns": "float64"})
+    wall_tot = wall_grid.reshape(-1, _N_PHASES).sum(axis=0)
+    gpu_tot = (np.array([np.ascontiguousarray(col).sum()
+                         for col in gpu_grid.reshape(-1, _N_PHASES).T], dtype=np.float64)
+               if has_gpu and len(step_ids) else np.full(_N_PHASES, np.nan))
+    totals = Table({"phase": np.array(PHASES, dtype=object), "wall_ns": wall_tot,
+                    "gpu_ns": gpu_tot},
+                   dtypes={"phase": "str", "wall_ns": "int64", "gpu_ns": "float64"})
 
     # regions
-    rec = phases.recompute
-    count = rec.groupby("region").size()
-    rseg = seg[seg["phase"] == "recompute"]
-    rwall = (rseg["end_ns"] - rseg["start_ns"]).groupby(rseg["region"]).sum()
-    rg = gpu_events[gpu_events["phase"] == "recompute"]
-    rgpu = rg.groupby("region")["dur_ns"].sum()
+    rec_region = np.asarray(phases.recompute_table["region"], dtype=object)
+    count_names, count_n = np.unique(rec_region, return_counts=True)
+    count = dict(zip(count_names.tolist(), count_n.tolist(), strict=True))
+    is_rc = seg_phase == _RECOMPUTE
+    rwall = _sum_by(seg_region[is_rc], seg_wall[is_rc])
+    rgpu = _sum_by(seg_region[is_rc], seg_gpu[is_rc])
     fwd = _forward_wall(trace, phases)
-    names = list(dict.fromkeys([*count.index, *rwall.index]))
+    names = list(dict.fromkeys([*count, *rwall]))
     # regions that ran forward but were not recomputed in these steps are listed too
     # (count 0), when recompute names and run names are one scheme
-    unnamed = [r for r in names if r not in fwd.index]
+    unnamed = [r for r in names if r not in fwd]
     if len(fwd) and (not unnamed or phases.recompute_found_by.split("+")[0] in ("markers", "none")):
-        names += [r for r in fwd.index if r not in names]
+        names += [r for r in fwd if r not in names]
     if len(fwd) and unnamed:
         notes.append(f"{len(unnamed)} recompute region(s) have no forward run in the trace "
                      f"under that name ({', '.join(unnamed[:3])}"
                      f"{', ...' if len(unnamed) > 3 else ''}): their forward time is unknown")
-    regions = pd.DataFrame({
-        "region": pd.Series(names, dtype=object),
-        "count": count.reindex(names, fill_value=0).to_numpy(dtype=np.int64),
-        "wall_ns": rwall.reindex(names, fill_value=0).to_numpy(dtype=np.int64),
-        "gpu_ns": (rgpu.reindex(names, fill_value=0).to_numpy(dtype=float) if has_gpu
+    regions = Table({
+        "region": np.array(names, dtype=object),
+        "count": np.array([count.get(r, 0) for r in names], dtype=np.int64),
+        "wall_ns": np.array([rwall.get(r, 0) for r in names], dtype=np.int64),
+        "gpu_ns": (np.array([rgpu.get(r, 0) for r in names], dtype=np.float64) if has_gpu
                    else np.full(len(names), np.nan)),
-        "forward_wall_ns": fwd.reindex(names).to_numpy(dtype=np.float64),
-    })
+        "forward_wall_ns": np.array([fwd.get(r, np.nan) for r in names], dtype=np.float64),
+    }, dtypes={"region": "object", "count": "int64", "wall_ns": "int64", "gpu_ns": "float64",
+               "forward_wall_ns": "float64"})
 
-    step_total = int((steps["end_ns"] - steps["start_ns"]).sum())
-    rc_total = int(totals.loc[totals["phase"] == "recompute", "wall_ns"].sum())
+    step_total = int((step_end - step_start).sum())
+    rc_total = int(wall_tot[_RECOMPUTE])
     denom = step_total - rc_total
-    pct = rc_total / denom * 100.0 if len(steps) and denom > 0 else float("nan")
-    return TimeAttribution(by_step_table=Table.from_frame(by_step),
-                           totals_table=Table.from_frame(totals),
-                           regions_table=Table.from_frame(regions),
-                           gpu_events_table=Table.from_frame(gpu_events), has_gpu=has_gpu,
+    pct = rc_total / denom * 100.0 if len(step_ids) and denom > 0 else float("nan")
+    return TimeAttribution(by_step_table=by_step, totals_table=totals, regions_table=regions,
+                           gpu_events_table=gpu_events, has_gpu=has_gpu,
                            recompute_overhead_pct=float(pct), notes=tuple(notes),
-                           steps_table=Table.from_frame(steps))
+                           steps_table=steps)

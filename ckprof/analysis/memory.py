@@ -36,22 +36,38 @@ Contract::
 # level is the peak, ``at_ts_ns`` is the time of the event that set it (before the
 # phase). Ties go to the earliest event. ``at_op`` is the innermost cpu_op on the
 # allocating thread enclosing the peak event ("" when none).
+
+The frames are built on first use from ``*_table`` fields (:class:`~ckprof.trace.table.Table`):
+the stage computes on numpy columns and imports no pandas (NOTE [ Tables, not
+DataFrames, inside the stages ] in ckprof/trace/table.py).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
 
-from ckprof.analysis.intervals import nearest_above
-from ckprof.analysis.phases import PhaseTable
+from ckprof.analysis.attribution import (
+    _distinct,
+    _lookup_rows,
+    _phase_index,
+    _positions,
+    _segment_rows,
+    _text_dtype,
+)
+from ckprof.analysis.intervals import kind_mask, nearest_above
 from ckprof.trace.capture_metadata import clean_ckprof_metadata
-from ckprof.trace.markers import PHASES, ZERO_GRAD
+from ckprof.trace.markers import ZERO_GRAD
 from ckprof.trace.model import Trace
-from ckprof.trace.table import Table, frame_of
+from ckprof.trace.table import Table, factorize, frame_of
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from ckprof.analysis.phases import PhaseTable
 
 __all__ = ["NO_MEMORY_REASON", "PhaseMemory", "innermost_op_rows", "peak_memory_by_phase"]
 
@@ -61,10 +77,11 @@ NO_MEMORY_REASON = "trace has no [memory] events (capture with profile_memory=Tr
 #: report shows.
 UNSEEN_NOTE_RATIO = 200
 
-_PEAK_COLUMNS = {"step": "int64", "phase": object, "device": object, "peak_bytes": "int64",
-                 "at_ts_ns": "int64", "at_op": object}
-_TIMELINE_COLUMNS = {"ts_ns": "int64", "device": object, "allocated_bytes": "int64",
-                     "step": "int64", "phase": object, "region": object}
+_PEAK_COLUMNS = {"step": "int64", "phase": "object", "device": "object", "peak_bytes": "int64",
+                 "at_ts_ns": "int64", "at_op": "object"}
+_PEAK_TOTAL_ORDER = ("phase", "device", "peak_bytes", "step", "at_ts_ns", "at_op")
+_TIMELINE_COLUMNS = {"ts_ns": "int64", "device": "object", "allocated_bytes": "int64",
+                     "step": "int64", "phase": "object", "region": "object"}
 
 
 @dataclass(frozen=True)
@@ -85,10 +102,11 @@ class PhaseMemory:
     peaks_total = frame_of("peaks_total_table")
 
 
-
-
-def _empty(cols: dict[str, object]) -> pd.DataFrame:
-    return pd.DataFrame({c: pd.Series([], dtype=d) for c, d in cols.items()})
+def _empty(cols: Mapping[str, str], order: tuple[str, ...] | None = None) -> Table:
+    """No rows, the columns (in ``order``) with their dtypes."""
+    names = order or tuple(cols)
+    return Table({c: np.empty(0, dtype=np.int64 if cols[c] == "int64" else object)
+                  for c in names}, dtypes={c: cols[c] for c in names})
 
 
 def _capture_meta(trace: Trace) -> Mapping[str, object]:
@@ -197,104 +215,191 @@ def _correct_unseen_frees(trace: Trace, device: str, ts: np.ndarray, levels: np.
         unseen = min(unseen, max(0, int(levels[-1]) - int(end_meta["bytes"])))
     if unseen <= 0:
         return levels
-    ev = trace.events
-    zg = ev[(ev["name"] == ZERO_GRAD)]
-    if len(zg) == 0:
+    ev = trace.event_table
+    zg = ev.coded("name").isin([ZERO_GRAD])
+    if not zg.any():
         notes.append(f"{device}: levels may over-count by up to {unseen:,} bytes freed during the "
                      "window but allocated before it (the CPU profiler does not report those frees)")
         return levels
-    first_end = int((zg["ts_ns"] + zg["dur_ns"]).min())
+    first_end = int((np.asarray(ev["ts_ns"], dtype=np.int64)[zg]
+                     + np.asarray(ev["dur_ns"], dtype=np.int64)[zg]).min())
     if unseen * UNSEEN_NOTE_RATIO >= int(levels.max()):  # a few bytes: subtracted, not noted
         notes.append(f"{device}: {unseen:,} bytes allocated before profiling and freed by zero_grad "
                      "(unreported by the CPU profiler) subtracted from the end of the first zero_grad")
     return np.where(ts >= first_end, levels - unseen, levels)
 
 
-def _innermost_ops(ev: pd.DataFrame, pid: np.ndarray, tid: np.ndarray,
+def _innermost_ops(ev: Table, pid: np.ndarray, tid: np.ndarray,
                    t: np.ndarray) -> np.ndarray:
     """Name of the innermost cpu_op on thread (pid[i], tid[i]) enclosing instant t[i]
-    ("" when none)."""
+    ("" when none), an object array of str."""
     out = np.full(len(t), "", dtype=object)
     found = innermost_op_rows(ev, pid, tid, t)
-    names = ev["name"].to_numpy(dtype=object)
-    ok = found >= 0
-    out[ok] = [str(x) for x in names[found[ok]]]
+    ok = np.flatnonzero(found >= 0)
+    if len(ok):
+        names = ev.coded("name")
+        codes = names.codes[found[ok]]
+        out[ok] = [str(names.categories[c]) if c >= 0 else "nan" for c in codes.tolist()]
     return out
 
 
-def innermost_op_rows(ev: pd.DataFrame, pid: np.ndarray, tid: np.ndarray,
+#: threads asked about up to which :func:`_last_started` takes one pass over the
+#: events per thread rather than sorting them by thread
+_PASS_PER_THREAD = 8
+
+
+def _last_started(ts: np.ndarray, candidates: np.ndarray, ev_pid: np.ndarray,
+                  ev_tid: np.ndarray, pid: np.ndarray, tid: np.ndarray,
+                  t: np.ndarray) -> np.ndarray:
+    """Per query i, the last event row among ``candidates`` (a mask over the events,
+    which are in time order) on thread (pid[i], tid[i]) starting at or before t[i]; -1
+    when none. One searchsorted per thread asked about; the events of other threads are
+    never grouped."""
+    j = np.full(len(t), -1, dtype=np.int64)
+    q_thread, n_threads = factorize(pid, tid)
+    first = np.unique(q_thread, return_index=True)[1]
+    th_pid, th_tid = pid[first], tid[first]          # thread k is (th_pid[k], th_tid[k])
+    if n_threads <= _PASS_PER_THREAD:
+        groups = [np.flatnonzero(candidates & (ev_pid == th_pid[k]) & (ev_tid == th_tid[k]))
+                  for k in range(n_threads)]
+    else:
+        # each candidate's thread among those asked about: pids and tids ranked apart,
+        # the pair of ranks packed (both < n_threads, so the product fits)
+        rows = np.flatnonzero(candidates)
+        up, ut = _distinct(th_pid), _distinct(th_tid)
+        c_pid = _positions(up, ev_pid[rows])
+        c_tid = _positions(ut, ev_tid[rows])
+        asked = (c_pid >= 0) & (c_tid >= 0)
+        th_key = _positions(up, th_pid) * len(ut) + _positions(ut, th_tid)
+        key_order = np.argsort(th_key)
+        at = _positions(th_key[key_order], c_pid[asked] * len(ut) + c_tid[asked])
+        rows = rows[asked][at >= 0]
+        thread = key_order[at[at >= 0]]
+        by_thread = np.argsort(thread, kind="stable")      # stable: time order kept
+        bounds = np.searchsorted(thread[by_thread], np.arange(1, n_threads))
+        groups = np.split(rows[by_thread], bounds)
+    q_order = np.argsort(q_thread, kind="stable")
+    q_bounds = np.searchsorted(q_thread[q_order], np.arange(n_threads + 1))
+    for k, r in enumerate(groups):
+        if len(r) == 0:
+            continue
+        qi = q_order[q_bounds[k]:q_bounds[k + 1]]
+        pos = np.searchsorted(ts[r], t[qi], side="right") - 1
+        j[qi] = np.where(pos >= 0, r[np.maximum(pos, 0)], -1)
+    return j
+
+
+#: parent links followed one at a time from the rows asked about (as deep as real
+#: traces nest) before :func:`innermost_op_rows` switches to pointer jumping, whose cost
+#: grows with the events rather than with the rows asked about
+_CLIMB_ROUNDS = 64
+
+
+def innermost_op_rows(ev: Table | pd.DataFrame, pid: np.ndarray, tid: np.ndarray,
                       t: np.ndarray) -> np.ndarray:
     """Row of the innermost cpu_op on thread (pid[i], tid[i]) enclosing instant t[i]
-    (-1 when none): the op running at a peak, the op that allocated a block.
-    Vectorised: one searchsorted per thread, then an ancestor walk by pointer jumping."""
+    (-1 when none): the op running at a peak, the op that allocated a block. ``ev`` is
+    ``trace.event_table`` (or ``trace.events``).
+    Vectorised: one searchsorted per thread asked about, then an ancestor walk (one
+    parent at a time, pointer jumping in deep nests)."""
     t = np.asarray(t, dtype=np.int64)
     found = np.full(len(t), -1, dtype=np.int64)
     if len(t) == 0 or len(ev) == 0:
         return found
-    ts = ev["ts_ns"].to_numpy(dtype=np.int64)
-    end = ts + ev["dur_ns"].to_numpy(dtype=np.int64)
-    parent = ev["parent"].to_numpy(dtype=np.int64)
-    is_op = (ev["kind"] == "cpu_op").to_numpy()
-    cpu_side = np.flatnonzero(ev["kind"].isin(["cpu_op", "user_annotation", "runtime",
-                                               "other"]).to_numpy())
-    keys = pd.DataFrame({"pid": ev["pid"].to_numpy()[cpu_side],
-                         "tid": ev["tid"].to_numpy()[cpu_side]})
-    j = np.full(len(t), -1, dtype=np.int64)
-    want = pd.DataFrame({"pid": np.asarray(pid, dtype=np.int64),
-                         "tid": np.asarray(tid, dtype=np.int64)})
-    wanted = want.groupby(["pid", "tid"]).indices
-    for key, idx in keys.groupby(["pid", "tid"]).indices.items():
-        at = wanted.get(key)
-        if at is None:
-            continue
-        rows = cpu_side[idx]                       # already in time order
-        k = np.searchsorted(ts[rows], t[at], side="right") - 1
-        j[at] = np.where(k >= 0, rows[np.maximum(k, 0)], -1)
+    ts = np.asarray(ev["ts_ns"], dtype=np.int64)
+    end = ts + np.asarray(ev["dur_ns"], dtype=np.int64)
+    parent = np.asarray(ev["parent"], dtype=np.int64)
+    is_op = kind_mask(ev, "cpu_op")
+    cpu_side = kind_mask(ev, "cpu_op", "user_annotation", "runtime", "other")
+    j = _last_started(ts, cpu_side, np.asarray(ev["pid"], dtype=np.int64),
+                      np.asarray(ev["tid"], dtype=np.int64), np.asarray(pid, dtype=np.int64),
+                      np.asarray(tid, dtype=np.int64), t)
     # the last event starting at or before t is the innermost one containing t when it
     # contains t; otherwise one of its ancestors does (or none). Ancestors start no
     # later, so the first one on the way up that ends after t contains t, and so do
     # all above it: the answer is then the nearest cpu_op at or above it. A row ending
     # at or before t rules out every ancestor with the same end at once (a million
-    # identical events nest a million deep: NOTE [ Ancestor queries ] in phases).
-    rows_n = np.arange(len(ts))
-    op_at = np.where(is_op, rows_n, nearest_above(parent, is_op))
-    run_top_mark = (parent < 0) | (end[np.maximum(parent, 0)] != end)
-    run_top = np.where(run_top_mark, rows_n, nearest_above(parent, run_top_mark))
-    pending = j >= 0
-    while pending.any():
-        p = np.flatnonzero(pending)
-        jj = j[p]
-        inside = (ts[jj] <= t[p]) & (t[p] < end[jj])
-        found[p[inside]] = op_at[jj[inside]]
-        j[p] = np.where(inside, -1, parent[run_top[jj]])
-        pending = j >= 0
+    # identical events nest a million deep: ``nearest_above`` in intervals.py).
+    holder = np.full(len(t), -1, dtype=np.int64)      # innermost event containing t
+    q = np.flatnonzero(j >= 0)
+    row = j[q]
+    for _ in range(_CLIMB_ROUNDS):
+        if len(q) == 0:
+            break
+        inside = (ts[row] <= t[q]) & (t[q] < end[row])
+        holder[q[inside]] = row[inside]
+        q, row = q[~inside], parent[row[~inside]]
+        q, row = q[row >= 0], row[row >= 0]
+    if len(q):
+        rows_n = np.arange(len(ts))
+        run_top_mark = (parent < 0) | (end[np.maximum(parent, 0)] != end)
+        run_top = np.where(run_top_mark, rows_n, nearest_above(parent, run_top_mark))
+        while len(q):
+            inside = (ts[row] <= t[q]) & (t[q] < end[row])
+            holder[q[inside]] = row[inside]
+            q, row = q[~inside], parent[run_top[row[~inside]]]
+            q, row = q[row >= 0], row[row >= 0]
+    q = np.flatnonzero(holder >= 0)                    # then the nearest cpu_op at or above
+    row = holder[q]
+    for _ in range(_CLIMB_ROUNDS):
+        if len(q) == 0:
+            break
+        op = is_op[row]
+        found[q[op]] = row[op]
+        q, row = q[~op], parent[row[~op]]
+        q, row = q[row >= 0], row[row >= 0]
+    if len(q):
+        found[q] = np.where(is_op[row], row, nearest_above(parent, is_op)[row])
     return found
 
 
+def _first_of_groups(order: np.ndarray, *keys: np.ndarray) -> np.ndarray:
+    """The rows in ``order`` (sorted so equal keys are adjacent) that begin a run of
+    equal ``keys``: the first row of each group, in group order."""
+    if len(order) == 0:
+        return order
+    new = np.zeros(len(order), dtype=bool)
+    new[0] = True
+    for key in keys:
+        k = key[order]
+        new[1:] |= k[1:] != k[:-1]
+    return order[new]
+
+
 def peak_memory_by_phase(trace: Trace, phases: PhaseTable) -> PhaseMemory:
-    """Allocated bytes per device over time and the peak of every step x phase (pure)."""
-    mem = trace.memory
+    """Allocated bytes per device over time and the peak of every step x phase (pure:
+    reads ``trace.memory_table``, ``trace.event_table`` and the phase tables, returns
+    new Tables)."""
+    mem = trace.memory_table
     if len(mem) == 0:
-        return PhaseMemory(timeline_table=Table.from_frame(_empty(_TIMELINE_COLUMNS)),
-                            peaks_table=Table.from_frame(_empty(_PEAK_COLUMNS)),
-                            peaks_total_table=Table.from_frame(_empty(_PEAK_COLUMNS)[
-                                ["phase", "device", "peak_bytes", "step", "at_ts_ns", "at_op"]]),
-                            captured=False, reason=NO_MEMORY_REASON,
-                            notes=(NO_MEMORY_REASON,))
+        return PhaseMemory(timeline_table=_empty(_TIMELINE_COLUMNS),
+                           peaks_table=_empty(_PEAK_COLUMNS),
+                           peaks_total_table=_empty(_PEAK_COLUMNS, _PEAK_TOTAL_ORDER),
+                           captured=False, reason=NO_MEMORY_REASON,
+                           notes=(NO_MEMORY_REASON,))
     notes: list[str] = []
-    ts_all = mem["ts_ns"].to_numpy(dtype=np.int64)
-    dev_all = mem["device"].astype(str).to_numpy(dtype=object)
-    ta_all = mem["total_allocated_bytes"].to_numpy(dtype=np.int64)
-    b_all = mem["bytes"].to_numpy(dtype=np.int64)
+    ts_all = np.asarray(mem["ts_ns"], dtype=np.int64)
+    ta_all = np.asarray(mem["total_allocated_bytes"], dtype=np.int64)
+    b_all = np.asarray(mem["bytes"], dtype=np.int64)
+    # devices as text ("nan" where missing, as pandas' astype(str)), handled in name order
+    dev = mem.coded("device")
+    dev_names = np.array([str(c) for c in dev.categories.tolist()] + ["nan"], dtype=object)
+    dev_code = np.where(dev.codes >= 0, dev.codes, len(dev_names) - 1)
+    used = np.flatnonzero(np.bincount(dev_code, minlength=len(dev_names)))
+    devices = sorted(used.tolist(), key=lambda k: dev_names[k])
     level_all = np.zeros(len(mem), dtype=np.int64)
     baseline: dict[str, int] = {}
     absolute: dict[str, bool] = {}
-    seg = phases.segments
-    s_start = seg["start_ns"].to_numpy(dtype=np.int64)
-    s_end = seg["end_ns"].to_numpy(dtype=np.int64)
-    seg_parts: list[pd.DataFrame] = []
-    for device in sorted(set(dev_all)):
-        rows = np.flatnonzero(dev_all == device)          # time order (memory is sorted)
+    seg = phases.segments_table
+    s_start = np.asarray(seg["start_ns"], dtype=np.int64)
+    s_end = np.asarray(seg["end_ns"], dtype=np.int64)
+    s_step = np.asarray(seg["step"], dtype=np.int64)
+    s_phase = np.asarray(seg["phase"], dtype=object)
+    s_pcode = _phase_index(s_phase)
+    parts: list[dict[str, np.ndarray]] = []
+    for rank, code in enumerate(devices):
+        device = str(dev_names[code])
+        rows = np.flatnonzero(dev_code == code)            # time order (memory is sorted)
         lv, baseline[device], absolute[device] = _levels(trace, device, ta_all[rows],
                                                          b_all[rows], notes, ts_all[rows])
         level_all[rows] = lv
@@ -309,52 +414,47 @@ def peak_memory_by_phase(trace: Trace, phases: PhaseTable) -> PhaseMemory:
         ext = np.append(lv, 0)
         peak = np.maximum.reduceat(ext, np.ravel(np.column_stack([lo_v, hi_v])))[::2]
         # first position reaching the peak in each [lo, hi)
-        lens = hi_v - lo_v
-        seg_id = np.repeat(np.arange(len(lo_v)), lens)
-        offs = np.cumsum(lens) - lens
-        pos = lo_v[seg_id] + (np.arange(int(lens.sum())) - offs[seg_id])
-        hit = lv[pos] == peak[seg_id]
-        _, first = np.unique(seg_id[hit], return_index=True)
-        at_pos = pos[hit][first]
-        seg_parts.append(pd.DataFrame({
-            "step": seg["step"].to_numpy(dtype=np.int64)[ok],
-            "phase": seg["phase"].to_numpy(dtype=object)[ok],
-            "device": device,
-            "peak_bytes": peak.astype(np.int64),
-            "at_ts_ns": t[at_pos],
-            "mem_row": rows[at_pos],
-        }))
-    step, phase, region = phases.lookup(ts_all)
-    timeline = pd.DataFrame({"ts_ns": ts_all, "device": dev_all, "allocated_bytes": level_all,
-                             "step": step, "phase": phase, "region": region})
-    if seg_parts:
-        per_seg = pd.concat(seg_parts, ignore_index=True)
-        order = {p: i for i, p in enumerate(PHASES)}
-        peaks = (per_seg.assign(_neg=-per_seg["peak_bytes"])
-                 .sort_values(["_neg", "at_ts_ns"], kind="stable")
-                 .drop_duplicates(["step", "phase", "device"])
-                 .assign(_p=lambda d: d["phase"].map(order))
-                 .sort_values(["step", "_p", "device"], kind="stable")
-                 .drop(columns=["_neg", "_p"]).reset_index(drop=True))
-    else:
-        peaks = _empty({**_PEAK_COLUMNS, "mem_row": "int64"}).drop(columns="at_op")
-    ev = trace.events
-    mrow = peaks["mem_row"].to_numpy(dtype=np.int64)
-    at_op = _innermost_ops(ev, mem["pid"].to_numpy(dtype=np.int64)[mrow],
-                           mem["tid"].to_numpy(dtype=np.int64)[mrow], ts_all[mrow])
-    peaks = peaks.assign(at_op=at_op).drop(columns="mem_row")
-    peaks = peaks.astype({c: d for c, d in _PEAK_COLUMNS.items()})[list(_PEAK_COLUMNS)]
-    order = {p: i for i, p in enumerate(PHASES)}
-    peaks_total = (peaks.assign(_neg=-peaks["peak_bytes"])
-                   .sort_values(["_neg", "step"], kind="stable")
-                   .drop_duplicates(["phase", "device"])
-                   .assign(_p=lambda d: d["phase"].map(order))
-                   .sort_values(["_p", "device"], kind="stable")
-                   .drop(columns=["_neg", "_p"])
-                   [["phase", "device", "peak_bytes", "step", "at_ts_ns", "at_op"]]
-                   .reset_index(drop=True))
-    return PhaseMemory(timeline_table=Table.from_frame(timeline),
-                        peaks_table=Table.from_frame(peaks),
-                        peaks_total_table=Table.from_frame(peaks_total),
-                        baseline_bytes=baseline, absolute=absolute, captured=True,
-                        reason="", notes=tuple(notes))
+        lens = hi_v - lo_v                                 # >= 1
+        starts = np.cumsum(lens) - lens                    # each range's place in pos
+        pos = np.arange(int(lens.sum())) + np.repeat(lo_v - starts, lens)
+        hit = np.flatnonzero(lv[pos] == np.repeat(peak, lens))  # each range reaches its peak
+        hit_range = np.searchsorted(starts, hit, side="right") - 1
+        at_pos = pos[hit[np.r_[True, hit_range[1:] != hit_range[:-1]]]]
+        parts.append({"step": s_step[ok], "phase": s_phase[ok], "pcode": s_pcode[ok],
+                      "device": np.full(len(lo_v), rank, dtype=np.int64),
+                      "peak_bytes": peak.astype(np.int64), "at_ts_ns": t[at_pos],
+                      "mem_row": rows[at_pos]})
+    step, phase, region = _lookup_rows(seg, _segment_rows(seg, ts_all))
+    text = _text_dtype(len(mem))
+    timeline = Table({"ts_ns": ts_all, "device": dev_names[dev_code],
+                      "allocated_bytes": level_all, "step": step, "phase": phase,
+                      "region": region},
+                     dtypes={**_TIMELINE_COLUMNS, "device": text, "phase": text, "region": text})
+    if not parts:
+        return PhaseMemory(timeline_table=timeline, peaks_table=_empty(_PEAK_COLUMNS),
+                           peaks_total_table=_empty(_PEAK_COLUMNS, _PEAK_TOTAL_ORDER),
+                           baseline_bytes=baseline, absolute=absolute, captured=True,
+                           reason="", notes=tuple(notes))
+    seg_peaks = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+    # peaks: per step x phase x device the highest segment peak, the earliest event on
+    # ties (then the segment listed first); rows by step, phase (PHASES order), device
+    p_step, p_code, p_dev = seg_peaks["step"], seg_peaks["pcode"], seg_peaks["device"]
+    order = np.lexsort((seg_peaks["at_ts_ns"], -seg_peaks["peak_bytes"]))
+    order = order[np.lexsort((p_dev[order], p_code[order], p_step[order]))]
+    keep = _first_of_groups(order, p_step, p_code, p_dev)
+    mrow = seg_peaks["mem_row"][keep]
+    at_op = _innermost_ops(trace.event_table, np.asarray(mem["pid"], dtype=np.int64)[mrow],
+                           np.asarray(mem["tid"], dtype=np.int64)[mrow], ts_all[mrow])
+    peaks = Table({"step": p_step[keep], "phase": seg_peaks["phase"][keep],
+                   "device": dev_names[np.asarray(devices, dtype=np.int64)[p_dev[keep]]],
+                   "peak_bytes": seg_peaks["peak_bytes"][keep],
+                   "at_ts_ns": seg_peaks["at_ts_ns"][keep], "at_op": at_op},
+                  dtypes=_PEAK_COLUMNS)
+    # peaks_total: per phase x device the highest step, the earliest step on ties
+    k_step, k_code, k_dev = p_step[keep], p_code[keep], p_dev[keep]
+    order = np.lexsort((k_step, -peaks["peak_bytes"]))
+    order = order[np.lexsort((k_dev[order], k_code[order]))]
+    peaks_total = peaks.take(_first_of_groups(order, k_code, k_dev)).select(*_PEAK_TOTAL_ORDER)
+    return PhaseMemory(timeline_table=timeline, peaks_table=peaks, peaks_total_table=peaks_total,
+                       baseline_bytes=baseline, absolute=absolute, captured=True,
+                       reason="", notes=tuple(notes))
