@@ -4,7 +4,7 @@ every recompute detection method.
 Contract::
 
     find_forward_runs(trace, steps) -> Table
-    link_recompute_names(occ, trace, runs) -> pd.DataFrame
+    link_recompute_names(occ, trace, runs) -> Table
 
 ``find_forward_runs`` returns one row per run of a checkpointed callable, sorted by
 start: ``step`` (int64, -1 outside every step), ``region`` (str), ``start_ns``,
@@ -14,10 +14,11 @@ re-run inside backward -- an inner checkpoint called again while an outer region
 recomputed), ``source`` (``markers`` | ``stack``). Empty (same columns) when the trace
 has neither ckprof checkpoint markers nor Python frames.
 
-``link_recompute_names`` returns ``occ`` (columns ``region``, ``start_ns``, ``end_ns``,
-...) with ``region`` replaced by the name of the run that created what each occurrence
-recomputes, where the trace tells (see NOTE [ One name per region ]); rows it cannot
-link keep their name. Only numpy/pandas here.
+``link_recompute_names`` returns ``occ`` (a Table with ``region``, ``start_ns``,
+``end_ns``, ...) with ``region`` replaced by the name of the run that created what each
+occurrence recomputes, where the trace tells (see NOTE [ One name per region ]); rows it
+cannot link keep their name. Only numpy here (NOTE [ Tables, not DataFrames, inside the
+stages ] in ckprof/trace/table.py).
 
 # NOTE [ Forward runs ]
 # markers: each ``ckprof::checkpoint::<region>`` range (written by capture around the
@@ -61,9 +62,9 @@ link keep their name. Only numpy/pandas here.
 from __future__ import annotations
 
 import re
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
 
 from ckprof.analysis.intervals import kind_mask as _kind_mask
 from ckprof.analysis.intervals import mask_names as _mask_names
@@ -71,10 +72,13 @@ from ckprof.analysis.intervals import name_codes as _names
 from ckprof.analysis.intervals import nearest_above as _nearest_above
 from ckprof.analysis.intervals import step_of as _step_of
 from ckprof.analysis.intervals import thread_ids
-from ckprof.analysis.phases import EVAL_PREFIX
+from ckprof.analysis.phases import EVAL_PREFIX, _cumcount, _stripped
 from ckprof.trace.markers import CHECKPOINT_PREFIX
 from ckprof.trace.model import Trace
-from ckprof.trace.table import Table
+from ckprof.trace.table import Table, factorize
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 __all__ = ["RUN_COLUMNS", "find_forward_runs", "link_recompute_names", "recompute_frame_names"]
 
@@ -90,8 +94,8 @@ _PLUMBING_FILES = ("functools.py", "contextlib.py")
 _REENTRANT_FN = "CheckpointFunction"
 
 
-def _empty_runs() -> pd.DataFrame:
-    return pd.DataFrame({c: pd.Series([], dtype=d) for c, d in RUN_COLUMNS.items()})
+def _empty_runs() -> Table:
+    return Table({c: np.empty(0, dtype=d) for c, d in RUN_COLUMNS.items()}, RUN_COLUMNS)
 
 
 def _is_user_frame(name: str) -> bool:
@@ -130,16 +134,16 @@ class _Tree:
     """Arrays of the event table the stage reads, computed once."""
 
     def __init__(self, trace: Trace) -> None:
-        ev = trace.events
+        ev = trace.event_table
         self.n = len(ev)
         self.codes, self.cats = _names(ev)
-        self.ts = ev["ts_ns"].to_numpy(dtype=np.int64)
-        self.end = self.ts + ev["dur_ns"].to_numpy(dtype=np.int64)
-        self.pid = ev["pid"].to_numpy(dtype=np.int64)
-        self.tid = ev["tid"].to_numpy(dtype=np.int64)
-        self.seq = ev["seq"].to_numpy(dtype=np.int64)
-        self.parent = ev["parent"].to_numpy(dtype=np.int64)
-        self.depth = ev["depth"].to_numpy(dtype=np.int64)
+        self.ts = np.asarray(ev["ts_ns"], dtype=np.int64)
+        self.end = self.ts + np.asarray(ev["dur_ns"], dtype=np.int64)
+        self.pid = np.asarray(ev["pid"], dtype=np.int64)
+        self.tid = np.asarray(ev["tid"], dtype=np.int64)
+        self.seq = np.asarray(ev["seq"], dtype=np.int64)
+        self.parent = np.asarray(ev["parent"], dtype=np.int64)
+        self.depth = np.asarray(ev["depth"], dtype=np.int64)
         self.is_op = _kind_mask(ev, "cpu_op")
         self.is_py = _kind_mask(ev, "python_function")
         self.is_ann = _kind_mask(ev, "user_annotation")
@@ -178,11 +182,13 @@ class _Tree:
 # ------------------------------------------------------------------------- runs
 
 
-def _marker_runs(tr: _Tree) -> pd.DataFrame:
+def _marker_runs(tr: _Tree) -> dict[str, np.ndarray] | None:
+    """Runs from ``ckprof::checkpoint::<region>`` ranges (columns but ``step`` and
+    ``first_run``), in event order; None when the trace has none."""
     rows = np.flatnonzero(tr.is_ann & _mask_names(
         tr.codes, tr.cats, lambda c: c.startswith(CHECKPOINT_PREFIX)))
     if len(rows) == 0:
-        return _empty_runs()
+        return None
     lo, hi = tr.seq_ranges(tr.ts[rows], tr.end[rows], tr.pid[rows], tr.tid[rows])
     # reentrant: the marker sits inside the CheckpointFunction op, whose seq is the
     # backward node's (CheckpointFunctionBackward)
@@ -193,10 +199,10 @@ def _marker_runs(tr: _Tree) -> pd.DataFrame:
             s = int(tr.seq[p])
             lo[k] = s if lo[k] < 0 else min(lo[k], s)
             hi[k] = max(hi[k], s)
-    return pd.DataFrame({
-        "region": [c[len(CHECKPOINT_PREFIX):] for c in tr.cats[tr.codes[rows]]],
-        "start_ns": tr.ts[rows], "end_ns": tr.end[rows], "pid": tr.pid[rows],
-        "tid": tr.tid[rows], "seq_lo": lo, "seq_hi": hi, "source": "markers"})
+    return {"region": _stripped(tr.codes, tr.cats, rows, CHECKPOINT_PREFIX),
+            "start_ns": tr.ts[rows], "end_ns": tr.end[rows], "pid": tr.pid[rows],
+            "tid": tr.tid[rows], "seq_lo": lo, "seq_hi": hi,
+            "source": np.full(len(rows), "markers", dtype=object)}
 
 
 def _module_ancestor(tr: _Tree) -> tuple[np.ndarray, np.ndarray]:
@@ -268,99 +274,126 @@ def recompute_frame_names(trace: Trace, frames: np.ndarray, *, _tree: _Tree | No
     return [callable_name(tr, int(f), mod_anc, is_mod, enclosing=False) for f in frames]
 
 
-def _stack_runs(tr: _Tree) -> pd.DataFrame:
+def _stack_runs(tr: _Tree) -> dict[str, np.ndarray] | None:
+    """Runs from ``checkpoint`` Python frames (columns but ``step`` and ``first_run``),
+    in event order; None when the trace has none."""
     rows = np.flatnonzero(tr.is_py & _mask_names(
         tr.codes, tr.cats, lambda c: bool(_CHECKPOINT_FRAME_RE.search(c))))
     if len(rows) == 0:
-        return _empty_runs()
+        return None
     mod_anc, is_mod = _module_ancestor(tr)
     names = []
     for r in rows:
         name = callable_name(tr, int(r), mod_anc, is_mod, enclosing=True)
         names.append(name if name is not None else "checkpoint")
     lo, hi = tr.seq_ranges(tr.ts[rows], tr.end[rows], tr.pid[rows], tr.tid[rows])
-    return pd.DataFrame({
-        "region": names, "start_ns": tr.ts[rows], "end_ns": tr.end[rows],
-        "pid": tr.pid[rows], "tid": tr.tid[rows], "seq_lo": lo, "seq_hi": hi,
-        "source": "stack"})
+    return {"region": np.array(names, dtype=object),
+            "start_ns": tr.ts[rows], "end_ns": tr.end[rows], "pid": tr.pid[rows],
+            "tid": tr.tid[rows], "seq_lo": lo, "seq_hi": hi,
+            "source": np.full(len(rows), "stack", dtype=object)}
 
 
-def _number_repeats(runs: pd.DataFrame) -> pd.DataFrame:
-    """Stack names repeated among a step's first runs get #1, #2 ... in time order."""
-    first = runs[runs["first_run"] & (runs["source"] == "stack")]
-    if first.empty:
-        return runs
-    k = first.groupby(["step", "region"]).cumcount()
-    region = runs["region"].copy()
-    region.loc[first.index] = np.where(k > 0, first["region"] + "#" + k.astype(str),
-                                       first["region"])
-    return runs.assign(region=region)
+def _number_repeats(step: np.ndarray, region: np.ndarray, first_run: np.ndarray,
+                    source: np.ndarray) -> np.ndarray:
+    """``region`` (rows in time order) with stack names repeated among a step's first
+    runs numbered #1, #2 ... in time order; a new array."""
+    first = np.flatnonzero(first_run & (source == "stack"))
+    if len(first) == 0:
+        return region
+    _, name_id = np.unique(region[first], return_inverse=True)
+    k = _cumcount(factorize(step[first], name_id.reshape(-1))[0])
+    out = region.copy()
+    again = k > 0
+    out[first[again]] = [f"{r}#{n}" for r, n in zip(region[first[again]].tolist(),
+                                                      k[again].tolist(), strict=True)]
+    return out
 
 
 def find_forward_runs(trace: Trace, steps: pd.DataFrame | Table, *, _tree: _Tree | None = None
                       ) -> Table:
-    """Runs of checkpointed regions (see the module docstring and NOTE [ Forward runs ])."""
-    return Table.from_frame(_find_forward_runs(trace, steps, _tree=_tree))
-
-
-def _find_forward_runs(trace: Trace, steps: pd.DataFrame | Table, *, _tree: _Tree | None = None
-                       ) -> pd.DataFrame:
-    if len(trace.events) == 0:
+    """Runs of checkpointed regions (see the module docstring and NOTE [ Forward runs ]):
+    a new Table with the columns and dtypes of ``RUN_COLUMNS``, sorted by start (stable);
+    empty when the trace has neither checkpoint markers nor checkpoint frames."""
+    if len(trace.event_table) == 0:
         return _empty_runs()
     tr = _tree or _Tree(trace)
     runs = _marker_runs(tr)
-    if runs.empty:
+    if runs is None:
         runs = _stack_runs(tr)
-    if runs.empty:
+    if runs is None:
         return _empty_runs()
-    start = runs["start_ns"].to_numpy(dtype=np.int64)
-    runs = runs.assign(step=_step_of(start, steps), first_run=~tr.in_backward(start))
-    runs = runs.sort_values("start_ns", kind="stable").reset_index(drop=True)
-    runs = _number_repeats(runs)
-    return runs[list(RUN_COLUMNS)].astype(RUN_COLUMNS)
+    start = runs["start_ns"]
+    runs = dict(runs, step=_step_of(start, steps), first_run=~tr.in_backward(start))
+    order = np.argsort(start, kind="stable")
+    runs = {c: runs[c][order] for c in RUN_COLUMNS}
+    runs["region"] = _number_repeats(runs["step"], runs["region"], runs["first_run"],
+                                     runs["source"])
+    return Table(runs, RUN_COLUMNS)
 
 
 # ------------------------------------------------------------------------- names
 
 
+def _last_reaching(ends: np.ndarray, upto: np.ndarray, reach: np.ndarray) -> np.ndarray:
+    """Per query ``i``: the largest ``j < upto[i]`` with ``ends[j] >= reach[i]``, -1 when
+    none. Binary lifting over a sparse table of range maxima (``levels[k][j]`` = max of
+    ``ends[j : j + 2**k]``): each query skips, from ``upto`` down, the blocks that lie
+    wholly below its reach, largest first; O((n + q) log n), vectorised."""
+    n = len(ends)
+    levels = [ends]
+    while (1 << len(levels)) <= n:
+        half = 1 << (len(levels) - 1)
+        levels.append(np.maximum(levels[-1][:-half], levels[-1][half:]))
+    p = np.asarray(upto, dtype=np.int64)
+    for k in range(len(levels) - 1, -1, -1):
+        lo = p - (1 << k)
+        can = lo >= 0
+        skip = can & (levels[k][np.where(can, lo, 0)] < reach)
+        p = np.where(skip, lo, p)
+    ans = p - 1
+    ok = ans >= 0
+    ok[ok] = ends[ans[ok]] >= reach[ok]
+    return np.where(ok, ans, -1)
+
+
 def _triggering_eval(tr: _Tree, start: np.ndarray, end: np.ndarray) -> np.ndarray:
-    """Per occurrence: row of the innermost evaluate_function containing it, -1 if none."""
+    """Per occurrence: row of the innermost evaluate_function containing it (the
+    latest-started one starting at or before ``start`` and ending at or after ``end``,
+    any thread), -1 if none."""
     ev = np.flatnonzero(tr.is_eval)
-    out = np.full(len(start), -1, dtype=np.int64)
-    if len(ev) == 0:
-        return out
+    if len(ev) == 0 or len(start) == 0:
+        return np.full(len(start), -1, dtype=np.int64)
     e_ts, e_end = tr.ts[ev], tr.end[ev]
-    for i in range(len(start)):
-        j = int(np.searchsorted(e_ts, start[i], side="right"))
-        cand = np.flatnonzero(e_end[:j] >= end[i])
-        if len(cand):
-            out[i] = ev[cand[-1]]                  # latest-started = innermost
-    return out
+    j = np.searchsorted(e_ts, start, side="right")
+    k = _last_reaching(e_end, j, end)
+    return np.where(k >= 0, ev[np.maximum(k, 0)], -1)
 
 
-def link_recompute_names(occ: pd.DataFrame, trace: Trace, runs: pd.DataFrame, *,
-                         _tree: _Tree | None = None) -> pd.DataFrame:
-    """``occ`` with each occurrence named after the run it recomputes (NOTE [ One name
-    per region ]); unlinked rows keep their region. Adds ``linked`` (bool).
+def link_recompute_names(occ: Table, trace: Trace, runs: Table, *,
+                         _tree: _Tree | None = None) -> Table:
+    """A new Table: ``occ`` (``region``, ``start_ns``, ``end_ns``, ...) with each
+    occurrence named after the run (a row of ``runs``, :func:`find_forward_runs`) it
+    recomputes (NOTE [ One name per region ]); unlinked rows keep their region. Adds
+    ``linked`` (bool).
 
     Nested regions: the node that needs an inner region's tensors lies in the seq range
     of the inner run AND of every run around it; torch recomputes the outer regions
     first. So the k occurrences under one evaluate_function (time order) take the
     innermost k runs of that chain, outermost first (one occurrence: the inner run)."""
-    if occ.empty or runs.empty:
+    if len(occ) == 0 or len(runs) == 0:
         return occ.assign(linked=np.zeros(len(occ), dtype=bool))
     tr = _tree or _Tree(trace)
-    start = occ["start_ns"].to_numpy(dtype=np.int64)
-    end = occ["end_ns"].to_numpy(dtype=np.int64)
+    start = np.asarray(occ["start_ns"], dtype=np.int64)
+    end = np.asarray(occ["end_ns"], dtype=np.int64)
     node = _triggering_eval(tr, start, end)
-    r_lo = runs["seq_lo"].to_numpy(dtype=np.int64)
-    r_hi = runs["seq_hi"].to_numpy(dtype=np.int64)
-    r_st = runs["start_ns"].to_numpy(dtype=np.int64)
-    r_first = runs["first_run"].to_numpy(dtype=bool)
-    r_pid = runs["pid"].to_numpy(dtype=np.int64)
-    r_tid = runs["tid"].to_numpy(dtype=np.int64)
-    r_name = runs["region"].to_numpy(dtype=object)
-    names = occ["region"].to_numpy(dtype=object).copy()
+    r_lo = np.asarray(runs["seq_lo"], dtype=np.int64)
+    r_hi = np.asarray(runs["seq_hi"], dtype=np.int64)
+    r_st = np.asarray(runs["start_ns"], dtype=np.int64)
+    r_first = np.asarray(runs["first_run"], dtype=bool)
+    r_pid = np.asarray(runs["pid"], dtype=np.int64)
+    r_tid = np.asarray(runs["tid"], dtype=np.int64)
+    r_name = np.asarray(runs["region"], dtype=object)
+    names = np.array(occ["region"], dtype=object)  # a copy: rows are renamed below
     linked = np.zeros(len(occ), dtype=bool)
     for row in np.unique(node[node >= 0]):
         seq = int(tr.seq[row])
