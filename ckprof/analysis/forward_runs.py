@@ -166,16 +166,28 @@ class _Tree:
         ops = np.flatnonzero(self.is_op & (self.seq >= 0) & ~self.is_eval)
         if len(ops) == 0:
             return lo, hi
+        if len(start) == 0:
+            return lo, hi
+        n_ops = len(ops)
         ids = thread_ids(np.concatenate([self.pid[ops], pid]), np.concatenate([self.tid[ops], tid]))
-        key, want = ids[:len(ops)], ids[len(ops):]
-        for k in np.unique(want):
-            mine = ops[key == k]                 # sorted by ts (events are)
-            t = self.ts[mine]
-            for i in np.flatnonzero(want == k):
-                a, b = np.searchsorted(t, [start[i], end[i]], side="left")
-                if b > a:
-                    s = self.seq[mine[a:b]]
-                    lo[i], hi[i] = int(s.min()), int(s.max())
+        # (thread, time) as one int64 key: the thread id times the number of distinct
+        # instants plus the instant's rank, so one sorted array answers every range
+        times, rank = np.unique(np.concatenate([self.ts[ops], start, end]), return_inverse=True)
+        rank = rank.reshape(-1)
+        m = np.int64(len(times))
+        key = ids[:n_ops] * m + rank[:n_ops]
+        order = np.argsort(key, kind="stable")
+        key, seq = key[order], self.seq[ops][order]
+        want = ids[n_ops:] * m
+        a = np.searchsorted(key, want + rank[n_ops:n_ops + len(start)], side="left")
+        b = np.searchsorted(key, want + rank[n_ops + len(start):], side="left")
+        some = b > a
+        # min / max over each [a, b): reduceat over the interleaved bounds (even results;
+        # a sentinel so that b may be the end)
+        bounds = np.stack([a, b], axis=1).reshape(-1)
+        padded = np.append(seq, seq[-1])
+        lo[some] = np.minimum.reduceat(padded, bounds)[0::2][some]
+        hi[some] = np.maximum.reduceat(padded, bounds)[0::2][some]
         return lo, hi
 
 
@@ -193,12 +205,14 @@ def _marker_runs(tr: _Tree) -> dict[str, np.ndarray] | None:
     # reentrant: the marker sits inside the CheckpointFunction op, whose seq is the
     # backward node's (CheckpointFunctionBackward)
     par = tr.parent[rows]
-    for k in np.flatnonzero(par >= 0):
-        p = par[k]
-        if tr.is_op[p] and tr.seq[p] >= 0 and tr.name(p) == _REENTRANT_FN:
-            s = int(tr.seq[p])
-            lo[k] = s if lo[k] < 0 else min(lo[k], s)
-            hi[k] = max(hi[k], s)
+    p = np.maximum(par, 0)
+    is_fn = tr.cats == _REENTRANT_FN               # per distinct name
+    code = tr.codes[p]
+    own = ((par >= 0) & tr.is_op[p] & (tr.seq[p] >= 0) & (code >= 0)
+           & is_fn[np.maximum(code, 0)] if len(is_fn) else np.zeros(len(rows), dtype=bool))
+    s = tr.seq[p]
+    lo = np.where(own, np.where(lo < 0, s, np.minimum(lo, s)), lo)
+    hi = np.where(own, np.maximum(hi, s), hi)
     return {"region": _stripped(tr.codes, tr.cats, rows, CHECKPOINT_PREFIX),
             "start_ns": tr.ts[rows], "end_ns": tr.end[rows], "pid": tr.pid[rows],
             "tid": tr.tid[rows], "seq_lo": lo, "seq_hi": hi,
@@ -369,6 +383,36 @@ def _triggering_eval(tr: _Tree, start: np.ndarray, end: np.ndarray) -> np.ndarra
     return np.where(k >= 0, ev[np.maximum(k, 0)], -1)
 
 
+def _holding_pairs(points: np.ndarray, lo: np.ndarray, hi: np.ndarray
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """Candidate (point, range) index pairs, a superset of those with ``lo <= point <=
+    hi`` among the ranges with ``lo >= 0`` (callers test ``point <= hi``).
+
+    Ranges are taken by length class (``hi - lo`` in ``[2**c, 2**(c + 1))``, one class
+    at a time, sorted by ``lo``): a point meets those starting at most the class's
+    longest length below it, so a few long ranges do not make every point meet every
+    range."""
+    usable = np.flatnonzero(lo >= 0)
+    length = hi[usable] - lo[usable]
+    cls = np.zeros(len(usable), dtype=np.int64)
+    cls[length > 0] = np.floor(np.log2(length[length > 0])).astype(np.int64) + 1
+    parts_p, parts_r = [], []
+    for c in np.unique(cls).tolist():  # at most 64 classes
+        mine = usable[cls == c]
+        mine = mine[np.argsort(lo[mine], kind="stable")]
+        longest = int((hi[mine] - lo[mine]).max())
+        a = np.searchsorted(lo[mine], points - longest, side="left")
+        b = np.searchsorted(lo[mine], points, side="right")
+        count = b - a
+        pair_p = np.repeat(np.arange(len(points), dtype=np.int64), count)
+        parts_p.append(pair_p)
+        parts_r.append(mine[np.repeat(a, count) + np.arange(len(pair_p), dtype=np.int64)
+                            - np.repeat(np.cumsum(count) - count, count)])
+    if not parts_p:
+        return np.empty(0, dtype=np.int64), np.empty(0, dtype=np.int64)
+    return np.concatenate(parts_p), np.concatenate(parts_r)
+
+
 def link_recompute_names(occ: Table, trace: Trace, runs: Table, *,
                          _tree: _Tree | None = None) -> Table:
     """A new Table: ``occ`` (``region``, ``start_ns``, ``end_ns``, ...) with each
@@ -395,19 +439,31 @@ def link_recompute_names(occ: Table, trace: Trace, runs: Table, *,
     r_name = np.asarray(runs["region"], dtype=object)
     names = np.array(occ["region"], dtype=object)  # a copy: rows are renamed below
     linked = np.zeros(len(occ), dtype=bool)
-    for row in np.unique(node[node >= 0]):
-        seq = int(tr.seq[row])
-        if seq < 0:
-            continue
-        mine = np.flatnonzero(node == row)
-        mine = mine[np.argsort(start[mine], kind="stable")]
-        ok = (r_lo >= 0) & (r_lo <= seq) & (seq <= r_hi) & (r_st < start[mine[0]])
-        ok &= r_first | ((r_pid == tr.pid[row]) & (r_tid == tr.tid[row]))
-        chain = np.flatnonzero(ok)                # runs sorted by start: outermost first
-        if len(chain) == 0:
-            continue
-        take = chain[-len(mine):]
-        for i, r in zip(mine[len(mine) - len(take):], take, strict=True):
-            names[i] = r_name[r]
-            linked[i] = True
+    # occurrences grouped by their evaluate_function (one with a Sequence number), in
+    # time order within a group
+    mine = np.flatnonzero(node >= 0)
+    mine = mine[tr.seq[node[mine]] >= 0]
+    mine = mine[np.lexsort((start[mine], node[mine]))]
+    g_node, g_first = np.unique(node[mine], return_index=True)
+    if len(g_node) == 0:
+        return occ.assign(region=names, linked=linked)
+    g_size = np.diff(np.append(g_first, len(mine)))
+    g_seq, g_t0 = tr.seq[g_node], start[mine[g_first]]
+    g_pid, g_tid = tr.pid[g_node], tr.tid[g_node]
+    pair_g, pair_r = _holding_pairs(g_seq, r_lo, r_hi)
+    ok = (g_seq[pair_g] <= r_hi[pair_r]) & (r_st[pair_r] < g_t0[pair_g])
+    ok &= r_first[pair_r] | ((r_pid[pair_r] == g_pid[pair_g]) & (r_tid[pair_r] == g_tid[pair_g]))
+    pair_g, pair_r = pair_g[ok], pair_r[ok]
+    order = np.lexsort((pair_r, pair_g))           # each group's chain, outermost first
+    pair_g, pair_r = pair_g[order], pair_r[order]
+    # the group's last k occurrences take the chain's last k runs, k = min(both sizes)
+    chain = np.bincount(pair_g, minlength=len(g_node))
+    take = np.minimum(chain, g_size)
+    pos = np.arange(len(pair_g), dtype=np.int64) - (np.cumsum(chain) - chain)[pair_g]
+    q = pos - (chain - take)[pair_g]
+    keep = q >= 0
+    pair_g, pair_r, q = pair_g[keep], pair_r[keep], q[keep]
+    row = mine[g_first[pair_g] + g_size[pair_g] - take[pair_g] + q]
+    names[row] = r_name[pair_r]
+    linked[row] = True
     return occ.assign(region=names, linked=linked)
