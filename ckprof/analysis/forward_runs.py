@@ -117,6 +117,12 @@ def _func_of(name: str) -> str:
     return m.group("func") if m else name
 
 
+def _holds(sorted_rows: np.ndarray, row: int) -> bool:
+    """Whether ``row`` is one of ``sorted_rows``."""
+    i = int(np.searchsorted(sorted_rows, row))
+    return i < len(sorted_rows) and int(sorted_rows[i]) == row
+
+
 def _inside_intervals(t: np.ndarray, s: np.ndarray, e: np.ndarray) -> np.ndarray:
     """For each instant: inside the union of intervals [s, e)?"""
     if len(s) == 0 or len(t) == 0:
@@ -150,6 +156,18 @@ class _Tree:
         self.is_eval = self.is_op & _mask_names(self.codes, self.cats,
                                                 lambda c: c.startswith(EVAL_PREFIX))
         self.is_user = self.is_py & _mask_names(self.codes, self.cats, _is_user_frame)
+        self._modules: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+
+    def module_frames(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(nearest ``nn.Module`` frame strictly above each row or -1, is-module mask,
+        nearest significant -- module or user -- frame strictly above each row or -1),
+        computed once."""
+        if self._modules is None:
+            is_mod = self.is_py & _mask_names(self.codes, self.cats,
+                                              lambda c: c.startswith(_MODULE_PREFIX))
+            self._modules = (_nearest_above(self.parent, is_mod), is_mod,
+                             _nearest_above(self.parent, is_mod | self.is_user))
+        return self._modules
 
     def name(self, row: int) -> str:
         return str(self.cats[self.codes[row]]) if self.codes[row] >= 0 else ""
@@ -219,14 +237,7 @@ def _marker_runs(tr: _Tree) -> dict[str, np.ndarray] | None:
             "source": np.full(len(rows), "markers", dtype=object)}
 
 
-def _module_ancestor(tr: _Tree) -> tuple[np.ndarray, np.ndarray]:
-    """(nearest nn.Module frame strictly above each row or -1, is-module mask)."""
-    is_mod = tr.is_py & _mask_names(tr.codes, tr.cats, lambda c: c.startswith(_MODULE_PREFIX))
-    return _nearest_above(tr.parent, is_mod), is_mod
-
-
-def callable_name(tr: _Tree, frame: int, mod_anc: np.ndarray, is_mod: np.ndarray,
-                  *, enclosing: bool) -> str | None:
+def callable_name(tr: _Tree, frame: int, *, enclosing: bool) -> str | None:
     """Name of what a checkpoint / recompute_fn Python frame runs (NOTE [ Forward
     runs ]); ``enclosing``: a ``forward`` function is named after the module frame
     around ``frame`` (first runs only). None when nothing is recognisable.
@@ -237,38 +248,48 @@ def callable_name(tr: _Tree, frame: int, mod_anc: np.ndarray, is_mod: np.ndarray
     the first module frame reached is the answer; several children at the top are a
     checkpoint_sequential segment; several children below a user function mean the
     function itself is the checkpointed callable."""
+    mod_anc, is_mod, sig_anc = tr.module_frames()
     a, b = np.searchsorted(tr.ts, [tr.ts[frame], tr.end[frame]], side="left")
     a = max(a, frame + 1)
     block = np.arange(a, b, dtype=np.int64)
     block = block[tr.is_py[block] & (tr.pid[block] == tr.pid[frame])
                   & (tr.tid[block] == tr.tid[frame]) & (tr.depth[block] > tr.depth[frame])]
-    sig = block[is_mod[block] | tr.is_user[block]].tolist()
-    sig_set = set(sig)
-    children: dict[int, list[int]] = {}
-    for r in sig:                                  # time order: children stay ordered
-        p = int(tr.parent[r])
-        while p >= 0 and p != frame and p not in sig_set:
+    sig = block[is_mod[block] | tr.is_user[block]]  # significant frames, time order
+    # each one's significant parent: the first of its ancestors that is significant in
+    # the block or is ``frame`` (-1: none). The nearest significant ancestor is that
+    # one when it lies in the block (``frame`` is plumbing: it is never in between);
+    # the others -- ``frame``'s own significant children, mostly -- walk up
+    par = sig_anc[sig]
+    pos = np.minimum(np.searchsorted(sig, par), max(len(sig) - 1, 0))
+    in_sig = (par >= 0) & (sig[pos] == par) if len(sig) else np.zeros(0, dtype=bool)
+    for k in np.flatnonzero(~in_sig).tolist():
+        p = int(tr.parent[sig[k]])
+        while p >= 0 and p != frame and not _holds(sig, p):
             p = int(tr.parent[p])
-        if p >= 0:
-            children.setdefault(p, []).append(r)
+        par[k] = p
+
+    def children(node: int) -> np.ndarray:
+        return sig[par == node]
+
     node, funcs = frame, []
     while True:
-        kids = children.get(node, [])
+        kids = children(node)
         if len(kids) == 1 and not is_mod[kids[0]]:
-            node = kids[0]                         # a wrapper / the callable function
+            node = int(kids[0])                    # a wrapper / the callable function
             funcs.append(_func_of(tr.name(node)))
             continue
-        if len(kids) == 1 or (kids and not funcs and all(is_mod[k] for k in kids)):
+        if len(kids) == 1 or (len(kids) and not funcs and is_mod[kids].all()):
             # one module (after any wrappers), or a checkpoint_sequential segment
             first, last = (tr.name(kids[0])[len(_MODULE_PREFIX):],
                            tr.name(kids[-1])[len(_MODULE_PREFIX):])
             return first if first == last else f"{first}..{last}"
         break
     if not funcs:
-        kids = children.get(frame, [])
-        funcs = [_func_of(tr.name(k)) for k in kids if not is_mod[k]][:1]
-        if not funcs:
+        kids = children(frame)
+        kids = kids[~is_mod[kids]]
+        if not len(kids):
             return None
+        funcs = [_func_of(tr.name(kids[0]))]
     owner = int(mod_anc[frame]) if enclosing else -1
     if owner >= 0:
         mod = tr.name(owner)[len(_MODULE_PREFIX):]
@@ -282,10 +303,7 @@ def recompute_frame_names(trace: Trace, frames: np.ndarray, *, _tree: _Tree | No
     checkpointed callable is a module (``TinyBlock_0``), else None (a function: its
     module has no frame inside the recompute)."""
     tr = _tree or _Tree(trace)
-    if len(frames) == 0:
-        return []
-    mod_anc, is_mod = _module_ancestor(tr)
-    return [callable_name(tr, int(f), mod_anc, is_mod, enclosing=False) for f in frames]
+    return [callable_name(tr, int(f), enclosing=False) for f in frames]
 
 
 def _stack_runs(tr: _Tree) -> dict[str, np.ndarray] | None:
@@ -295,10 +313,9 @@ def _stack_runs(tr: _Tree) -> dict[str, np.ndarray] | None:
         tr.codes, tr.cats, lambda c: bool(_CHECKPOINT_FRAME_RE.search(c))))
     if len(rows) == 0:
         return None
-    mod_anc, is_mod = _module_ancestor(tr)
     names = []
-    for r in rows:
-        name = callable_name(tr, int(r), mod_anc, is_mod, enclosing=True)
+    for r in rows:  # runs
+        name = callable_name(tr, int(r), enclosing=True)
         names.append(name if name is not None else "checkpoint")
     lo, hi = tr.seq_ranges(tr.ts[rows], tr.end[rows], tr.pid[rows], tr.tid[rows])
     return {"region": np.array(names, dtype=object),
