@@ -227,12 +227,16 @@ def _find_steps(ev: Table, codes: np.ndarray, cats: np.ndarray, notes: list[str]
     """The steps table (module docstring): one row per step number, sorted by start
     (then step), each ending no later than the next one starts."""
     is_ann = _kind_mask(ev, "user_annotation", "cpu_op")  # legacy: record_function = Operator
-    step_of_cat = np.array([(int(m.group(1)) if (m := _STEP_RE.match(c)) else -1)
-                            for c in cats], dtype=np.int64)
-    step_like = np.array([c.startswith(_STEP_PREFIX) for c in cats], dtype=bool)
-    step_no = np.where(codes >= 0, step_of_cat[np.maximum(codes, 0)], -1)
-    step_no = np.where(is_ann, step_no, -1)
-    unusable = is_ann & (codes >= 0) & step_like[np.maximum(codes, 0)] & (step_no < 0)
+    # names are read once each, and only those of annotation rows
+    named = is_ann & (codes >= 0)
+    used = np.flatnonzero(np.bincount(codes[named], minlength=len(cats)))
+    step_of_cat = np.full(len(cats), -1, dtype=np.int64)
+    step_of_cat[used] = [(int(m.group(1)) if (m := _STEP_RE.match(c)) else -1)
+                         for c in cats[used].tolist()]
+    step_like = np.zeros(len(cats), dtype=bool)
+    step_like[used] = [c.startswith(_STEP_PREFIX) for c in cats[used].tolist()]
+    step_no = np.where(named, step_of_cat[np.maximum(codes, 0)], -1)
+    unusable = named & step_like[np.maximum(codes, 0)] & (step_no < 0)
     if unusable.any():
         example = str(cats[codes[int(np.flatnonzero(unusable)[0])]])
         notes.append(f"ignored {int(unusable.sum())} ProfilerStep annotation(s) without a usable "
@@ -491,14 +495,17 @@ def _number_repeated(occ: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
 # ---------------------------------------------------------------------------------
 
 def _tile_step(step: int, s: int, e: int, iv: dict[str, np.ndarray],
-               sel: np.ndarray) -> list[tuple]:
-    """Segments tiling [s, e) from labelled intervals ``iv`` (columns as arrays, rows
-    ``sel``), see NOTE [ Phase precedence ]."""
+               sel: np.ndarray) -> dict[str, np.ndarray]:
+    """Segments (columns ``step``, ``phase``, ``region``, ``start_ns``, ``end_ns``)
+    tiling [s, e) from labelled intervals ``iv`` (columns as arrays, rows ``sel``), see
+    NOTE [ Phase precedence ]."""
     st = np.clip(iv["start_ns"][sel], s, e)
     en = np.clip(iv["end_ns"][sel], s, e)
     keep = en > st
     if not keep.any():
-        return [(step, "other", "", s, e)]
+        return {"step": np.array([step], dtype=np.int64), "phase": _objects(["other"]),
+                "region": _objects([""]), "start_ns": np.array([s], dtype=np.int64),
+                "end_ns": np.array([e], dtype=np.int64)}
     sel = sel[keep]
     st, en = st[keep], en[keep]
     layer, group, order, prio = (iv["layer"][sel], iv["group"][sel], iv["order"][sel],
@@ -525,13 +532,14 @@ def _tile_step(step: int, s: int, e: int, iv: dict[str, np.ndarray],
     any_active = score.max(axis=1) > 0
     ph = np.where(any_active, phase[win], "other")
     rg = np.where(any_active, region[win], "")
-    out: list[tuple] = []
-    for k in range(len(lo)):
-        if out and out[-1][1] == ph[k] and out[-1][2] == rg[k] and out[-1][4] == lo[k]:
-            out[-1] = (step, ph[k], rg[k], out[-1][3], int(hi[k]))
-        else:
-            out.append((step, ph[k], rg[k], int(lo[k]), int(hi[k])))
-    return out
+    # equal neighbours merge (the elementary spans are contiguous)
+    new = np.ones(len(lo), dtype=bool)
+    new[1:] = (ph[1:] != ph[:-1]) | (rg[1:] != rg[:-1])
+    first = np.flatnonzero(new)
+    last = np.append(first[1:], len(lo)) - 1
+    return {"step": np.full(len(first), step, dtype=np.int64), "phase": ph[first],
+            "region": rg[first], "start_ns": lo[first].astype(np.int64),
+            "end_ns": hi[last].astype(np.int64)}
 
 
 #: tile steps whose labelled intervals do not overlap in one vectorised pass (tests
@@ -585,20 +593,10 @@ def _tile_steps(steps: Table, iv: dict[str, np.ndarray]) -> Table:
         parts.append(_tile_disjoint(st_step, st_s, st_e, simple, pair_step[kept], cst[kept],
                                     cen[kept], iv["phase"][pair_iv[kept]],
                                     iv["region"][pair_iv[kept]]))
-    if complex_step.any():
-        rows: list[tuple] = []
-        pos: list[int] = []
-        for k in np.flatnonzero(complex_step):
-            tiles = _tile_step(int(st_step[k]), int(st_s[k]), int(st_e[k]), iv,
-                               pair_iv[bounds[k]:bounds[k + 1]])
-            rows.extend(tiles)
-            pos.extend([int(k)] * len(tiles))
-        step, phase, region, seg_s, seg_e = zip(*rows, strict=True)
-        parts.append({"step": np.array(step, dtype=np.int64), "phase": _objects(list(phase)),
-                      "region": _objects(list(region)),
-                      "start_ns": np.array(seg_s, dtype=np.int64),
-                      "end_ns": np.array(seg_e, dtype=np.int64),
-                      "_pos": np.asarray(pos, dtype=np.int64)})
+    for k in np.flatnonzero(complex_step).tolist():  # steps
+        tiles = _tile_step(int(st_step[k]), int(st_s[k]), int(st_e[k]), iv,
+                           pair_iv[bounds[k]:bounds[k + 1]])
+        parts.append(dict(tiles, _pos=np.full(len(tiles["step"]), k, dtype=np.int64)))
     out = {c: np.concatenate([p[c] for p in parts]) if parts
            else np.empty(0, dtype=np.int64 if d == "int64" else object)
            for c, d in _SEGMENT_DTYPES.items()}
@@ -997,12 +995,12 @@ def _rule_windows(ev: Table, codes: np.ndarray, cats: np.ndarray, steps: Table,
     if no_bwd:
         notes.append(f"step(s) {', '.join(map(str, no_bwd[:10]))} have no backward "
                      "(no autograd evaluate_function): counted as forward")
-    opt = np.flatnonzero(is_range & _mask_names(codes, cats,
-                                              lambda c: c.startswith(_OPTIMIZER_PREFIXES)))
+    opt = np.flatnonzero(_mask_names(codes, cats, lambda c: c.startswith(_OPTIMIZER_PREFIXES),
+                                     is_range))
     # data loading (torch records ``enumerate(DataLoader)#...``) is not forward: it wins
     # over the forward window (same priority, starts later) and loses to the others
-    dl = np.flatnonzero(is_range & _mask_names(codes, cats,
-                                               lambda c: c.startswith(_DATALOADER_PREFIX)))
+    dl = np.flatnonzero(_mask_names(codes, cats, lambda c: c.startswith(_DATALOADER_PREFIX),
+                                    is_range))
     windows = np.array([PHASE_PRIORITY[p] for p in out_p], dtype=np.int64)
     return _labelled(
         np.concatenate([np.array(out_s, dtype=np.int64), ts[opt], ts[dl]]),
