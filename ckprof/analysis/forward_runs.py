@@ -71,7 +71,6 @@ from ckprof.analysis.intervals import mask_names as _mask_names
 from ckprof.analysis.intervals import name_codes as _names
 from ckprof.analysis.intervals import nearest_above as _nearest_above
 from ckprof.analysis.intervals import step_of as _step_of
-from ckprof.analysis.intervals import thread_ids
 from ckprof.analysis.phases import EVAL_PREFIX, _cumcount, _stripped
 from ckprof.trace.markers import CHECKPOINT_PREFIX
 from ckprof.trace.model import Trace
@@ -186,26 +185,24 @@ class _Tree:
             return lo, hi
         if len(start) == 0:
             return lo, hi
-        n_ops = len(ops)
-        ids = thread_ids(np.concatenate([self.pid[ops], pid]), np.concatenate([self.tid[ops], tid]))
-        # (thread, time) as one int64 key: the thread id times the number of distinct
-        # instants plus the instant's rank, so one sorted array answers every range
-        times, rank = np.unique(np.concatenate([self.ts[ops], start, end]), return_inverse=True)
-        rank = rank.reshape(-1)
-        m = np.int64(len(times))
-        key = ids[:n_ops] * m + rank[:n_ops]
-        order = np.argsort(key, kind="stable")
-        key, seq = key[order], self.seq[ops][order]
-        want = ids[n_ops:] * m
-        a = np.searchsorted(key, want + rank[n_ops:n_ops + len(start)], side="left")
-        b = np.searchsorted(key, want + rank[n_ops + len(start):], side="left")
-        some = b > a
-        # min / max over each [a, b): reduceat over the interleaved bounds (even results;
-        # a sentinel so that b may be the end)
-        bounds = np.stack([a, b], axis=1).reshape(-1)
-        padded = np.append(seq, seq[-1])
-        lo[some] = np.minimum.reduceat(padded, bounds)[0::2][some]
-        hi[some] = np.maximum.reduceat(padded, bounds)[0::2][some]
+        threads, which = np.unique(np.stack([pid, tid], axis=1), axis=0, return_inverse=True)
+        which = which.reshape(-1)
+        op_pid, op_tid = self.pid[ops], self.tid[ops]
+        for k, (p, t) in enumerate(threads.tolist()):  # the runs' threads: a few
+            mine = ops[(op_pid == p) & (op_tid == t)]    # sorted by ts (events are)
+            if len(mine) == 0:
+                continue
+            q = np.flatnonzero(which == k)
+            t_mine = self.ts[mine]
+            a = np.searchsorted(t_mine, start[q], side="left")
+            b = np.searchsorted(t_mine, end[q], side="left")
+            some = b > a
+            # min / max over each [a, b): reduceat over the interleaved bounds (even
+            # results; a sentinel so that b may be the end)
+            bounds = np.stack([a, b], axis=1).reshape(-1)
+            seq = np.append(self.seq[mine], 0)
+            lo[q[some]] = np.minimum.reduceat(seq, bounds)[0::2][some]
+            hi[q[some]] = np.maximum.reduceat(seq, bounds)[0::2][some]
         return lo, hi
 
 
