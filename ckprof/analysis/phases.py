@@ -41,7 +41,6 @@ from ckprof.analysis.detection import RECOMPUTE_DETECTIONS, check_recompute_dete
 from ckprof.analysis.intervals import kind_mask as _kind_mask
 from ckprof.analysis.intervals import lexicographic_score, thread_ids
 from ckprof.analysis.intervals import mask_names as _mask_names
-from ckprof.analysis.intervals import name_codes as _names
 from ckprof.analysis.intervals import nearest_above as _nearest_above
 from ckprof.analysis.intervals import outermost_above as _outermost_above
 from ckprof.analysis.intervals import step_of as _step_of
@@ -63,6 +62,8 @@ from ckprof.trace.table import Table, factorize, frame_of
 
 if TYPE_CHECKING:
     import pandas as pd
+
+    from ckprof.analysis.forward_runs import _Tree
 
 __all__ = [
     "EVAL_PREFIX",
@@ -223,28 +224,29 @@ def _group_cummax(group: np.ndarray, values: np.ndarray) -> np.ndarray:
 _STEP_DTYPES = {"step": "int64", "start_ns": "int64", "end_ns": "int64"}
 
 
-def _find_steps(ev: Table, codes: np.ndarray, cats: np.ndarray, notes: list[str]) -> Table:
+def _find_steps(ev: Table, tr: _Tree, notes: list[str]) -> Table:
     """The steps table (module docstring): one row per step number, sorted by start
     (then step), each ending no later than the next one starts."""
-    is_ann = _kind_mask(ev, "user_annotation", "cpu_op")  # legacy: record_function = Operator
-    # names are read once each, and only those of annotation rows
-    named = is_ann & (codes >= 0)
-    used = np.flatnonzero(np.bincount(codes[named], minlength=len(cats)))
+    codes, cats = tr.codes, tr.cats
+    # annotation rows (legacy: record_function = Operator); their names read once each
+    ann = np.flatnonzero((tr.is_ann | tr.is_op) & (codes >= 0))
+    ann_codes = codes[ann]
+    used = np.flatnonzero(np.bincount(ann_codes, minlength=len(cats)))
     step_of_cat = np.full(len(cats), -1, dtype=np.int64)
     step_of_cat[used] = [(int(m.group(1)) if (m := _STEP_RE.match(c)) else -1)
                          for c in cats[used].tolist()]
     step_like = np.zeros(len(cats), dtype=bool)
     step_like[used] = [c.startswith(_STEP_PREFIX) for c in cats[used].tolist()]
-    step_no = np.where(named, step_of_cat[np.maximum(codes, 0)], -1)
-    unusable = named & step_like[np.maximum(codes, 0)] & (step_no < 0)
-    if unusable.any():
-        example = str(cats[codes[int(np.flatnonzero(unusable)[0])]])
-        notes.append(f"ignored {int(unusable.sum())} ProfilerStep annotation(s) without a usable "
+    ann_step = step_of_cat[ann_codes]
+    unusable = ann[step_like[ann_codes] & (ann_step < 0)]
+    if len(unusable):
+        example = str(cats[codes[int(unusable[0])]])
+        notes.append(f"ignored {len(unusable)} ProfilerStep annotation(s) without a usable "
                      f"step number (e.g. {example[:60]!r}; a step is ProfilerStep#<0..2^63-1> "
                      "in ASCII digits): their time belongs to no step")
-    rows = np.flatnonzero(step_no >= 0)
-    ts = np.asarray(ev["ts_ns"], dtype=np.int64)
-    end = ts + np.asarray(ev["dur_ns"], dtype=np.int64)
+    rows = ann[ann_step >= 0]
+    step_no = ann_step[ann_step >= 0]
+    ts, end = tr.ts, tr.end
     if len(rows) == 0:
         cpu = ~_kind_mask(ev, *GPU_KINDS, "gpu_annotation")
         if not cpu.any():
@@ -255,7 +257,7 @@ def _find_steps(ev: Table, codes: np.ndarray, cats: np.ndarray, notes: list[str]
                        "end_ns": np.array([end[cpu].max()], dtype=np.int64)}, _STEP_DTYPES)
         _note_long_steps(steps, notes)
         return steps
-    step, start, stop = _renumber_repeated_steps(step_no[rows], ts[rows], end[rows], notes)
+    step, start, stop = _renumber_repeated_steps(step_no, ts[rows], end[rows], notes)
     number, inverse = np.unique(step, return_inverse=True)
     inverse = inverse.reshape(-1)
     first = np.full(len(number), np.iinfo(np.int64).max, dtype=np.int64)
@@ -381,19 +383,12 @@ def _no_occurrences(*, frame: bool = False) -> dict[str, np.ndarray]:
     return _occurrences(np.empty(0, dtype=object), empty, empty, empty if frame else None)
 
 
-def _markers_recompute(ev: Table, codes: np.ndarray, cats: np.ndarray
-                       ) -> dict[str, np.ndarray]:
+def _markers_recompute(tr: _Tree) -> dict[str, np.ndarray]:
     """One occurrence per ``ckprof::recompute::<region>`` range, in event order."""
-    is_rc = _mask_names(codes, cats, lambda c: c.startswith(RECOMPUTE_PREFIX),
-                        _kind_mask(ev, "user_annotation"))
-    rows = np.flatnonzero(is_rc)
-    ts = np.asarray(ev["ts_ns"], dtype=np.int64)[rows]
-    return _occurrences(_stripped(codes, cats, rows, RECOMPUTE_PREFIX), ts,
-                        ts + np.asarray(ev["dur_ns"], dtype=np.int64)[rows])
-
-
-def _evals(ev: Table, codes: np.ndarray, cats: np.ndarray) -> np.ndarray:
-    return _mask_names(codes, cats, lambda c: c.startswith(EVAL_PREFIX), _kind_mask(ev, "cpu_op"))
+    rows = np.flatnonzero(_mask_names(tr.codes, tr.cats,
+                                      lambda c: c.startswith(RECOMPUTE_PREFIX), tr.is_ann))
+    return _occurrences(_stripped(tr.codes, tr.cats, rows, RECOMPUTE_PREFIX), tr.ts[rows],
+                        tr.end[rows])
 
 
 def _sequence_tops(parent: np.ndarray, is_eval: np.ndarray, is_op: np.ndarray,
@@ -415,45 +410,35 @@ def _sequence_tops(parent: np.ndarray, is_eval: np.ndarray, is_op: np.ndarray,
     return np.flatnonzero(cand & ~under_cand), near_eval
 
 
-def _sequence_recompute(ev: Table, codes: np.ndarray, cats: np.ndarray
-                        ) -> dict[str, np.ndarray]:
+def _sequence_recompute(tr: _Tree) -> dict[str, np.ndarray]:
     """One occurrence per evaluate_function holding recomputed ops (NOTE [ Recompute
     detection ]), first op start -> last op end, in evaluate_function row order."""
-    parent = np.asarray(ev["parent"], dtype=np.int64)
-    seq = np.asarray(ev["seq"], dtype=np.int64)
-    is_eval = _evals(ev, codes, cats)
-    is_op = _kind_mask(ev, "cpu_op")
-    top, near_eval = _sequence_tops(parent, is_eval, is_op, seq)
+    top, near_eval = _sequence_tops(tr.parent, tr.is_eval, tr.is_op, tr.seq)
     if len(top) == 0:
         return _no_occurrences()
-    ts = np.asarray(ev["ts_ns"], dtype=np.int64)
-    end = ts + np.asarray(ev["dur_ns"], dtype=np.int64)
     node, inverse = np.unique(near_eval[top], return_inverse=True)
     inverse = inverse.reshape(-1)
     first = np.full(len(node), np.iinfo(np.int64).max, dtype=np.int64)
     last = np.full(len(node), np.iinfo(np.int64).min, dtype=np.int64)
-    np.minimum.at(first, inverse, ts[top])
-    np.maximum.at(last, inverse, end[top])
-    return _occurrences(_stripped(codes, cats, node, EVAL_PREFIX, "recompute@"), first, last)
+    np.minimum.at(first, inverse, tr.ts[top])
+    np.maximum.at(last, inverse, tr.end[top])
+    return _occurrences(_stripped(tr.codes, tr.cats, node, EVAL_PREFIX, "recompute@"), first,
+                        last)
 
 
-def _stack_recompute(ev: Table, codes: np.ndarray, cats: np.ndarray
-                     ) -> dict[str, np.ndarray]:
+def _stack_recompute(tr: _Tree) -> dict[str, np.ndarray]:
     """One occurrence per outermost ``recompute_fn`` Python frame, in event order, with
     its ``frame`` row and a provisional name (``recompute@<Node>`` of the enclosing
     evaluate_function, ``recompute@?`` without one)."""
-    parent = np.asarray(ev["parent"], dtype=np.int64)
-    is_py = _kind_mask(ev, "python_function")
-    is_rf = _mask_names(codes, cats, lambda c: bool(_RECOMPUTE_FN_RE.search(c)), is_py)
-    top_rf = is_rf & (_outermost_above(parent, is_rf) < 0)  # outermost recompute_fn frames
+    codes, cats, ts, end = tr.codes, tr.cats, tr.ts, tr.end
+    is_rf = _mask_names(codes, cats, lambda c: bool(_RECOMPUTE_FN_RE.search(c)), tr.is_py)
+    top_rf = is_rf & (_outermost_above(tr.parent, is_rf) < 0)  # outermost recompute_fn frames
     rf_rows = np.flatnonzero(top_rf)
-    ts = np.asarray(ev["ts_ns"], dtype=np.int64)
-    end = ts + np.asarray(ev["dur_ns"], dtype=np.int64)
     if len(rf_rows) == 0:
         return _no_occurrences(frame=True)
     # provisional names (recompute@<Node> of the enclosing evaluate_function); the
     # region's own name comes from its forward run (ckprof.analysis.forward_runs)
-    ev_rows = np.flatnonzero(_evals(ev, codes, cats))
+    ev_rows = np.flatnonzero(tr.is_eval)
     j = np.searchsorted(ts[ev_rows], ts[rf_rows], side="right") - 1
     node = ev_rows[np.maximum(j, 0)] if len(ev_rows) else np.zeros(len(j), dtype=np.int64)
     known = (j >= 0) & (end[node] >= end[rf_rows])
@@ -676,11 +661,12 @@ def find_phases(trace: Trace, recompute_detection: str = "auto") -> PhaseTable:
         raise EmptyTraceError("trace has no complete (ph X) events", path=trace.path,
                               hint="Check that the profiler captured at least one step")
     notes: list[str] = []
-    codes, cats = _names(ev)
-    steps = _find_steps(ev, codes, cats, notes)
-    is_ann = _kind_mask(ev, "user_annotation")
-    ts = np.asarray(ev["ts_ns"], dtype=np.int64)
-    end = ts + np.asarray(ev["dur_ns"], dtype=np.int64)
+    # (ckprof.analysis.forward_runs reads this module's helpers, hence the import here)
+    from ckprof.analysis import forward_runs as _runs
+
+    tree = _runs._Tree(trace)  # the columns every part below reads
+    codes, cats, ts, end, is_ann = tree.codes, tree.cats, tree.ts, tree.end, tree.is_ann
+    steps = _find_steps(ev, tree, notes)
 
     # ---- marker ranges ------------------------------------------------------------
     std = {FORWARD, BACKWARD, OPTIMIZER, ZERO_GRAD}
@@ -694,7 +680,7 @@ def find_phases(trace: Trace, recompute_detection: str = "auto") -> PhaseTable:
 
     # ---- recompute ----------------------------------------------------------------
     method = recompute_detection
-    is_py = _kind_mask(ev, "python_function")
+    is_py = tree.is_py
     has_rf = bool(_mask_names(codes, cats, lambda c: bool(_RECOMPUTE_FN_RE.search(c)),
                               is_py).any())
     if method == "auto":
@@ -721,12 +707,12 @@ def find_phases(trace: Trace, recompute_detection: str = "auto") -> PhaseTable:
             path=trace.path,
             hint="Capture with with_stack=True, or use --recompute-detection auto")
     if method == "markers":
-        occ = _with_method(_markers_recompute(ev, codes, cats), "markers")
+        occ = _with_method(_markers_recompute(tree), "markers")
     elif method == "stack":
-        occ = _with_method(_stack_recompute(ev, codes, cats), "stack")
+        occ = _with_method(_stack_recompute(tree), "stack")
         # reentrant checkpoint has no recompute_fn frame: add what the sequence
         # heuristic finds outside every recompute_fn frame (rows say method=sequence)
-        extra = _outside(_sequence_recompute(ev, codes, cats), occ)
+        extra = _outside(_sequence_recompute(tree), occ)
         if len(extra["start_ns"]):
             notes.append(f"{len(extra['start_ns'])} recompute occurrence(s) without a "
                          "recompute_fn frame (reentrant checkpoint) found by the "
@@ -734,16 +720,12 @@ def find_phases(trace: Trace, recompute_detection: str = "auto") -> PhaseTable:
             extra["frame"] = np.full(len(extra["start_ns"]), -1, dtype=np.int64)
             occ = _concat([occ, _with_method(extra, "sequence")])
     elif method == "sequence":
-        occ = _with_method(_sequence_recompute(ev, codes, cats), "sequence")
+        occ = _with_method(_sequence_recompute(tree), "sequence")
     else:
         occ = _with_method(_no_occurrences(), "")
     eager_found = bool(len(occ["start_ns"]))
 
     # ---- forward runs; one name per region whatever the method ------------------------
-    # (ckprof.analysis.forward_runs reads this module's helpers, hence the import here)
-    from ckprof.analysis import forward_runs as _runs
-
-    tree = _runs._Tree(trace)
     runs = _runs.find_forward_runs(trace, steps, _tree=tree)
     if method in ("stack", "sequence") and eager_found:
         named = _runs.link_recompute_names(Table(occ), trace, runs, _tree=tree)
@@ -809,12 +791,11 @@ def find_phases(trace: Trace, recompute_detection: str = "auto") -> PhaseTable:
         used, inverse = np.unique(codes[mk], return_inverse=True)
         phase_of_code = _objects([MARKER_PHASE[c] if c in MARKER_PHASE
                                   else phase_of_user_marker(c) for c in cats[used].tolist()])
-        tkey = thread_ids(np.asarray(ev["pid"], dtype=np.int64)[mk],
-                          np.asarray(ev["tid"], dtype=np.int64)[mk])
+        tkey = thread_ids(tree.pid[mk], tree.tid[mk])
         parts.append(_labelled(ts[mk], end[mk], phase_of_code[inverse.reshape(-1)], "",
                                _LAYER_MARKERS, tkey))
     if phase_source == "rules":
-        parts.append(_rule_windows(ev, codes, cats, steps, notes, ts, end, is_ann))
+        parts.append(_rule_windows(ev, tree, steps, notes))
     # ckprof::checkpoint::<region> ranges name forward runs (see attribution); they
     # never set phases.
     iv = _labelled(np.empty(0, dtype=np.int64), np.empty(0, dtype=np.int64),
@@ -915,18 +896,18 @@ def _outside(occ: dict[str, np.ndarray], ref: dict[str, np.ndarray]) -> dict[str
     return {c: a[~hit] for c, a in occ.items()}
 
 
-def _rule_windows(ev: Table, codes: np.ndarray, cats: np.ndarray, steps: Table,
-                  notes: list[str], ts: np.ndarray, end: np.ndarray, is_ann: np.ndarray
+def _rule_windows(ev: Table, tr: _Tree, steps: Table, notes: list[str]
                   ) -> dict[str, np.ndarray]:
     """forward / backward / optimizer windows of plain traces (rules 3)."""
-    is_range = is_ann | _kind_mask(ev, "cpu_op")  # legacy traces: record_function = Operator
-    ev_rows = np.flatnonzero(_evals(ev, codes, cats))
+    codes, cats, ts, end = tr.codes, tr.cats, tr.ts, tr.end
+    is_range = tr.is_ann | tr.is_op  # legacy traces: record_function = Operator
+    ev_rows = np.flatnonzero(tr.is_eval)
     if len(ev_rows) == 0:
         # torch < 1.10 records backward nodes by their own name, without the
         # "autograd::engine::evaluate_function: " wrapper
         ev_rows = np.flatnonzero(_mask_names(
             codes, cats, lambda c: bool(_LEGACY_NODE_RE.search(c))
-            and not c.startswith("aten::"), _kind_mask(ev, "cpu_op")))
+            and not c.startswith("aten::"), tr.is_op))
         if len(ev_rows):
             notes.append("no autograd evaluate_function records (torch < 1.10 trace): "
                          "backward found from autograd node names (...Backward)")
@@ -946,8 +927,7 @@ def _rule_windows(ev: Table, codes: np.ndarray, cats: np.ndarray, steps: Table,
     # after the last node (DDP reducer finalisation, final callbacks) is still backward.
     # Backward threads = threads with evaluate_function records that do not hold the
     # ProfilerStep ranges (on CPU backward runs on the calling thread: no extension).
-    pid = np.asarray(ev["pid"], dtype=np.int64)
-    tid = np.asarray(ev["tid"], dtype=np.int64)
+    pid, tid = tr.pid, tr.tid
     step_rows = np.flatnonzero(_mask_names(codes, cats, lambda c: bool(_STEP_RE.match(c)),
                                            is_range))
     main = np.unique(np.stack([pid[step_rows], tid[step_rows]], axis=1), axis=0)
@@ -959,8 +939,7 @@ def _rule_windows(ev: Table, codes: np.ndarray, cats: np.ndarray, steps: Table,
         on_bwd = np.zeros(len(pid), dtype=bool)
         for p, t in bwd_threads:  # a few threads
             on_bwd |= (pid == p) & (tid == t)
-        depth = np.asarray(ev["depth"])
-        roots = np.flatnonzero(on_bwd & (depth == 0)
+        roots = np.flatnonzero(on_bwd & (tr.depth == 0)
                                & _kind_mask(ev, "cpu_op", "user_annotation", "runtime"))
         r_step = _step_of(ts[roots], steps)
         pos = np.searchsorted(b_step, r_step)
