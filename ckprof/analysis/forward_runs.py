@@ -94,6 +94,7 @@ _REENTRANT_FN = "CheckpointFunction"
 
 
 def _empty_runs() -> Table:
+    """The runs table without rows (``RUN_COLUMNS``)."""
     return Table({c: np.empty(0, dtype=d) for c, d in RUN_COLUMNS.items()}, RUN_COLUMNS)
 
 
@@ -136,7 +137,11 @@ def _inside_intervals(t: np.ndarray, s: np.ndarray, e: np.ndarray) -> np.ndarray
 
 
 class _Tree:
-    """Arrays of the event table the stage reads, computed once."""
+    """Arrays of the event table (``trace.event_table``) that this stage and
+    :func:`ckprof.analysis.phases.find_phases` read, computed once: name codes and
+    categories, ``ts`` / ``end`` (ns), ``pid``, ``tid``, ``seq``, ``parent``, ``depth``
+    (int64) and the row masks ``is_op``, ``is_py``, ``is_ann``, ``is_eval`` (autograd
+    evaluate_function ops), ``is_user`` (user Python frames). Read-only."""
 
     def __init__(self, trace: Trace) -> None:
         ev = trace.event_table

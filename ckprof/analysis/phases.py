@@ -166,6 +166,7 @@ _RECOMPUTE_COLUMNS = ("step", "region", "start_ns", "end_ns", "method")
 
 
 def _empty_recompute() -> Table:
+    """The recompute table without rows (``region`` and ``method`` object columns)."""
     return Table({c: np.empty(0, dtype=object if c in ("region", "method") else np.int64)
                   for c in _RECOMPUTE_COLUMNS},
                  {"step": "int64", "region": "object", "start_ns": "int64", "end_ns": "int64",
@@ -323,6 +324,7 @@ def _renumber_repeated_steps(step: np.ndarray, start: np.ndarray, end: np.ndarra
 
 
 def _note_long_steps(steps: Table, notes: list[str]) -> None:
+    """Append a note when some step lasts longer than ``LONG_STEP_NS``."""
     dur = (np.asarray(steps["end_ns"], dtype=np.int64)
            - np.asarray(steps["start_ns"], dtype=np.int64))
     long = np.flatnonzero(dur > LONG_STEP_NS)
@@ -371,6 +373,7 @@ def _note_long_steps(steps: Table, notes: list[str]) -> None:
 
 def _occurrences(region: np.ndarray, start_ns: np.ndarray, end_ns: np.ndarray,
                  frame: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """Occurrence columns (``frame`` only when given)."""
     occ = {"region": region, "start_ns": np.asarray(start_ns, dtype=np.int64),
            "end_ns": np.asarray(end_ns, dtype=np.int64)}
     if frame is not None:
@@ -379,6 +382,7 @@ def _occurrences(region: np.ndarray, start_ns: np.ndarray, end_ns: np.ndarray,
 
 
 def _no_occurrences(*, frame: bool = False) -> dict[str, np.ndarray]:
+    """Occurrence columns without rows (with an empty ``frame`` when asked)."""
     empty = np.empty(0, dtype=np.int64)
     return _occurrences(np.empty(0, dtype=object), empty, empty, empty if frame else None)
 
