@@ -710,10 +710,14 @@ def find_phases(trace: Trace, recompute_detection: str = "auto") -> PhaseTable:
             "trace has no Python frames, so recompute cannot be found by stack",
             path=trace.path,
             hint="Capture with with_stack=True, or use --recompute-detection auto")
+    # float_ns: the ns columns of the DataFrame version's occurrences were float64 (an
+    # empty frame of the stack / sequence methods, or of none, was built from empty
+    # lists); rows joined to them went through float64 (NOTE [ float64 joins ])
     if method == "markers":
-        occ = _with_method(_markers_recompute(tree), "markers")
+        occ, float_ns = _with_method(_markers_recompute(tree), "markers"), False
     elif method == "stack":
         occ = _with_method(_stack_recompute(tree), "stack")
+        float_ns = not len(occ["start_ns"])
         # reentrant checkpoint has no recompute_fn frame: add what the sequence
         # heuristic finds outside every recompute_fn frame (rows say method=sequence)
         extra = _outside(_sequence_recompute(tree), occ)
@@ -722,11 +726,12 @@ def find_phases(trace: Trace, recompute_detection: str = "auto") -> PhaseTable:
                          "recompute_fn frame (reentrant checkpoint) found by the "
                          "Sequence-number heuristic")
             extra["frame"] = np.full(len(extra["start_ns"]), -1, dtype=np.int64)
-            occ = _concat([occ, _with_method(extra, "sequence")])
+            occ = _concat([occ, _with_method(extra, "sequence")], float_ns=float_ns)
     elif method == "sequence":
         occ = _with_method(_sequence_recompute(tree), "sequence")
+        float_ns = not len(occ["start_ns"])
     else:
-        occ = _with_method(_no_occurrences(), "")
+        occ, float_ns = _with_method(_no_occurrences(), ""), True
     eager_found = bool(len(occ["start_ns"]))
 
     # ---- forward runs; one name per region whatever the method ------------------------
@@ -753,7 +758,7 @@ def find_phases(trace: Trace, recompute_detection: str = "auto") -> PhaseTable:
     if len(c_occ):
         occ = _concat([occ, _with_method(_occurrences(
             np.asarray(c_occ["region"], dtype=object), c_occ["start_ns"], c_occ["end_ns"]),
-            "compiled")])
+            "compiled")], float_ns=float_ns)
     recompute = _recompute_table(occ, steps, notes, eager_found=eager_found,
                                  eager_method=method in ("markers", "stack", "sequence"),
                                  compiled_region_dtype=c_occ.dtypes.get("region", "object"))
@@ -827,9 +832,26 @@ def _with_method(occ: dict[str, np.ndarray], method: str) -> dict[str, np.ndarra
     return dict(occ, method=np.full(len(occ["start_ns"]), method, dtype=object))
 
 
-def _concat(parts: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
-    """Rows of ``parts`` one after another (the columns of the first)."""
-    return {c: np.concatenate([p[c] for p in parts]) for c in parts[0]}
+# NOTE [ float64 joins ]
+# The DataFrame version of this stage built an empty occurrence frame from empty lists,
+# whose columns pandas makes float64; joining rows to it (the reentrant rows of the
+# stack method, compiled occurrences) made their start_ns / end_ns float64 before they
+# went back to int64, and its rule windows joined per-step maxima the same way. That
+# is exact below 2**53 ns (104 days of a clock) and rounds to a multiple of 2**k ns
+# above. The same float64 round trips are made here, so that every result is the
+# same; dropping them (``float_ns``, ``last_lossy``, the float64 comparison in
+# _rule_windows) would keep every ns exact instead.
+
+def _concat(parts: list[dict[str, np.ndarray]], *, float_ns: bool = False
+            ) -> dict[str, np.ndarray]:
+    """Rows of ``parts`` one after another (the columns of the first); with
+    ``float_ns`` the ``start_ns`` / ``end_ns`` columns make a float64 round trip
+    (NOTE [ float64 joins ])."""
+    out = {c: np.concatenate([p[c] for p in parts]) for c in parts[0]}
+    if float_ns:
+        for c in ("start_ns", "end_ns"):
+            out[c] = out[c].astype(np.float64).astype(np.int64)
+    return out
 
 
 def _recompute_table(occ: dict[str, np.ndarray], steps: Table, notes: list[str], *,
@@ -949,7 +971,8 @@ def _rule_windows(ev: Table, tr: _Tree, steps: Table, notes: list[str]
         pos = np.searchsorted(b_step, r_step)
         known = (pos < len(b_step)) & (b_step[np.minimum(pos, len(b_step) - 1)] == r_step)
         ok = (r_step >= 0) & known
-        # pandas compared in float64 when some root's step had no first start
+        # pandas compared in float64 when some root's step had no first start (NOTE
+        # [ float64 joins ])
         r_ts, f_of = ts[roots][ok], first[pos[ok]]
         ok[ok] = (r_ts.astype(np.float64) >= f_of.astype(np.float64) if not known.all()
                   else r_ts >= f_of)
@@ -958,6 +981,7 @@ def _rule_windows(ev: Table, tr: _Tree, steps: Table, notes: list[str]
             np.maximum.at(tail, pos[ok], end[roots][ok])
             last = np.maximum(last, tail)
             # pandas joined the two per-step maxima as float64 when some step had no tail
+            # (NOTE [ float64 joins ])
             last_lossy = bool((tail == np.iinfo(np.int64).min).any())
     out_s, out_e, out_p = [], [], []
     no_bwd = []
