@@ -22,23 +22,25 @@ Contract::
 - ``lookup(ts_ns)`` -> ``(step, phase, region)`` arrays (step -1 / "other" / "" outside
   every step), one ``numpy.searchsorted`` over the segments.
 
-Only numpy/pandas here: importable and testable without torch.
+Only numpy here (NOTE [ Tables, not DataFrames, inside the stages ] in
+ckprof/trace/table.py): importable and testable without torch or pandas. The stage's
+tables are :class:`~ckprof.trace.table.Table` (``steps_table`` ...); the names above
+are their DataFrames, built on first use.
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
 
 from ckprof.analysis.compiled_recompute import CompiledRecompute, find_compiled_recompute
 from ckprof.analysis.detection import RECOMPUTE_DETECTIONS, check_recompute_detection
 from ckprof.analysis.intervals import kind_mask as _kind_mask
 from ckprof.analysis.intervals import lexicographic_score, thread_ids
 from ckprof.analysis.intervals import mask_names as _mask_names
-from ckprof.analysis.intervals import name_codes as _names
 from ckprof.analysis.intervals import nearest_above as _nearest_above
 from ckprof.analysis.intervals import outermost_above as _outermost_above
 from ckprof.analysis.intervals import step_of as _step_of
@@ -56,7 +58,12 @@ from ckprof.trace.markers import (
     phase_of_user_marker,
 )
 from ckprof.trace.model import GPU_KINDS, Trace
-from ckprof.trace.table import Table, frame_of
+from ckprof.trace.table import Table, factorize, frame_of
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from ckprof.analysis.forward_runs import _Tree
 
 __all__ = [
     "EVAL_PREFIX",
@@ -134,9 +141,9 @@ class PhaseTable:
         -1, phase ``"other"``, region ``""``.
         """
         ts = np.asarray(ts_ns, dtype=np.int64)
-        seg = self.segments
-        starts = seg["start_ns"].to_numpy(dtype=np.int64)
-        ends = seg["end_ns"].to_numpy(dtype=np.int64)
+        seg = self.segments_table
+        starts = np.asarray(seg["start_ns"], dtype=np.int64)
+        ends = np.asarray(seg["end_ns"], dtype=np.int64)
         idx = np.searchsorted(starts, ts, side="right") - 1
         ok = idx >= 0
         ok[ok] = ts[ok] < ends[idx[ok]]
@@ -145,9 +152,9 @@ class PhaseTable:
             n = len(ts)
             return (np.full(n, -1, dtype=np.int64), np.full(n, "other", dtype=object),
                     np.full(n, "", dtype=object))
-        step = np.where(ok, seg["step"].to_numpy(dtype=np.int64)[safe], -1)
-        phase = np.where(ok, seg["phase"].to_numpy(dtype=object)[safe], "other")
-        region = np.where(ok, seg["region"].to_numpy(dtype=object)[safe], "")
+        step = np.where(ok, np.asarray(seg["step"], dtype=np.int64)[safe], -1)
+        phase = np.where(ok, np.asarray(seg["phase"], dtype=object)[safe], "other")
+        region = np.where(ok, np.asarray(seg["region"], dtype=object)[safe], "")
         return step.astype(np.int64), phase.astype(object), region.astype(object)
 
 
@@ -155,105 +162,176 @@ class PhaseTable:
 # helpers
 # ---------------------------------------------------------------------------------
 
-def _empty_recompute() -> pd.DataFrame:
-    return pd.DataFrame({
-        "step": pd.Series([], dtype="int64"), "region": pd.Series([], dtype=object),
-        "start_ns": pd.Series([], dtype="int64"), "end_ns": pd.Series([], dtype="int64"),
-        "method": pd.Series([], dtype=object)})
+_RECOMPUTE_COLUMNS = ("step", "region", "start_ns", "end_ns", "method")
+
+
+def _empty_recompute() -> Table:
+    """The recompute table without rows (``region`` and ``method`` object columns)."""
+    return Table({c: np.empty(0, dtype=object if c in ("region", "method") else np.int64)
+                  for c in _RECOMPUTE_COLUMNS},
+                 {"step": "int64", "region": "object", "start_ns": "int64", "end_ns": "int64",
+                  "method": "object"})
+
+
+def _objects(values: list) -> np.ndarray:
+    """A 1-d object array of ``values`` (strings stay Python strings)."""
+    out = np.empty(len(values), dtype=object)
+    out[:] = values
+    return out
+
+
+def _stripped(codes: np.ndarray, cats: np.ndarray, rows: np.ndarray, prefix: str,
+              before: str = "") -> np.ndarray:
+    """``before`` + the name of each of ``rows`` (all named) less ``prefix``: an object
+    array, one string built per distinct name, not per row."""
+    used, inverse = np.unique(codes[rows], return_inverse=True)
+    names = _objects([before + str(c)[len(prefix):] for c in cats[used].tolist()])
+    return names[inverse.reshape(-1)]
+
+
+def _cumcount(ids: np.ndarray) -> np.ndarray:
+    """Per row, how many earlier rows have the same id (``groupby(ids).cumcount()``)."""
+    n = len(ids)
+    order = np.argsort(ids, kind="stable")
+    sorted_ids = ids[order]
+    new = np.ones(n, dtype=bool)
+    new[1:] = sorted_ids[1:] != sorted_ids[:-1]
+    pos = np.arange(n, dtype=np.int64)
+    out = np.empty(n, dtype=np.int64)
+    out[order] = pos - np.maximum.accumulate(np.where(new, pos, 0))
+    return out
+
+
+def _group_cummax(group: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """Running maximum of ``values`` within each run of equal ``group`` ids (rows sorted
+    by group: ``groupby(group).cummax()``). Exact for any int64 values: the running
+    maximum is taken over ``group * n + rank of the value``, which orders by group
+    first."""
+    n = len(values)
+    if n == 0:
+        return values.copy()
+    dense = np.cumsum(np.concatenate(([0], group[1:] != group[:-1]))).astype(np.int64)
+    order = np.argsort(values, kind="stable")
+    rank = np.empty(n, dtype=np.int64)
+    rank[order] = np.arange(n, dtype=np.int64)
+    best = np.maximum.accumulate(dense * n + rank) - dense * n
+    return values[order[best]]
 
 
 # ---------------------------------------------------------------------------------
 # steps
 # ---------------------------------------------------------------------------------
 
-def _find_steps(trace: Trace, codes, cats, notes: list[str]) -> pd.DataFrame:
-    ev = trace.events
-    is_ann = _kind_mask(ev, "user_annotation", "cpu_op")  # legacy: record_function = Operator
-    step_of_cat = np.array([(int(m.group(1)) if (m := _STEP_RE.match(c)) else -1)
-                            for c in cats], dtype=np.int64)
-    step_like = np.array([c.startswith(_STEP_PREFIX) for c in cats], dtype=bool)
-    step_no = np.where(codes >= 0, step_of_cat[np.maximum(codes, 0)], -1)
-    step_no = np.where(is_ann, step_no, -1)
-    unusable = is_ann & (codes >= 0) & step_like[np.maximum(codes, 0)] & (step_no < 0)
-    if unusable.any():
-        example = str(ev["name"].iloc[int(np.flatnonzero(unusable)[0])])
-        notes.append(f"ignored {int(unusable.sum())} ProfilerStep annotation(s) without a usable "
+_STEP_DTYPES = {"step": "int64", "start_ns": "int64", "end_ns": "int64"}
+
+
+def _find_steps(ev: Table, tr: _Tree, notes: list[str]) -> Table:
+    """The steps table (module docstring): one row per step number, sorted by start
+    (then step), each ending no later than the next one starts."""
+    codes, cats = tr.codes, tr.cats
+    # annotation rows (legacy: record_function = Operator); their names read once each
+    ann = np.flatnonzero((tr.is_ann | tr.is_op) & (codes >= 0))
+    ann_codes = codes[ann]
+    used = np.flatnonzero(np.bincount(ann_codes, minlength=len(cats)))
+    step_of_cat = np.full(len(cats), -1, dtype=np.int64)
+    step_of_cat[used] = [(int(m.group(1)) if (m := _STEP_RE.match(c)) else -1)
+                         for c in cats[used].tolist()]
+    step_like = np.zeros(len(cats), dtype=bool)
+    step_like[used] = [c.startswith(_STEP_PREFIX) for c in cats[used].tolist()]
+    ann_step = step_of_cat[ann_codes]
+    unusable = ann[step_like[ann_codes] & (ann_step < 0)]
+    if len(unusable):
+        example = str(cats[codes[int(unusable[0])]])
+        notes.append(f"ignored {len(unusable)} ProfilerStep annotation(s) without a usable "
                      f"step number (e.g. {example[:60]!r}; a step is ProfilerStep#<0..2^63-1> "
                      "in ASCII digits): their time belongs to no step")
-    rows = np.flatnonzero(step_no >= 0)
-    ts = ev["ts_ns"].to_numpy(dtype=np.int64)
-    end = ts + ev["dur_ns"].to_numpy(dtype=np.int64)
+    rows = ann[ann_step >= 0]
+    step_no = ann_step[ann_step >= 0]
+    ts, end = tr.ts, tr.end
     if len(rows) == 0:
         cpu = ~_kind_mask(ev, *GPU_KINDS, "gpu_annotation")
         if not cpu.any():
             cpu = np.ones(len(ev), dtype=bool)
         notes.append("no ProfilerStep#N annotations: the whole trace is reported as step 0")
-        df = pd.DataFrame({"step": np.array([0], dtype=np.int64),
-                           "start_ns": np.array([ts[cpu].min()], dtype=np.int64),
-                           "end_ns": np.array([end[cpu].max()], dtype=np.int64)})
-        _note_long_steps(df, notes)
-        return df
-    df = pd.DataFrame({"step": step_no[rows], "start_ns": ts[rows], "end_ns": end[rows]})
-    df = _renumber_repeated_steps(df, notes)
-    df = (df.groupby("step", as_index=False).agg(start_ns=("start_ns", "min"),
-                                                 end_ns=("end_ns", "max"))
-          .sort_values(["start_ns", "step"], kind="stable").reset_index(drop=True))
-    nxt = np.append(df["start_ns"].to_numpy()[1:], np.iinfo(np.int64).max)
-    clipped = df["end_ns"].to_numpy() > nxt
+        steps = Table({"step": np.array([0], dtype=np.int64),
+                       "start_ns": np.array([ts[cpu].min()], dtype=np.int64),
+                       "end_ns": np.array([end[cpu].max()], dtype=np.int64)}, _STEP_DTYPES)
+        _note_long_steps(steps, notes)
+        return steps
+    step, start, stop = _renumber_repeated_steps(step_no, ts[rows], end[rows], notes)
+    number, inverse = np.unique(step, return_inverse=True)
+    inverse = inverse.reshape(-1)
+    first = np.full(len(number), np.iinfo(np.int64).max, dtype=np.int64)
+    last = np.full(len(number), np.iinfo(np.int64).min, dtype=np.int64)
+    np.minimum.at(first, inverse, start)
+    np.maximum.at(last, inverse, stop)
+    order = np.lexsort((number, first))
+    number, first, last = number[order], first[order], last[order]
+    nxt = np.append(first[1:], np.iinfo(np.int64).max)
+    clipped = last > nxt
     if clipped.any():
         notes.append(f"{int(clipped.sum())} ProfilerStep range(s) overlap the next step: "
                      "cut at the next step's start")
-    df = df.assign(end_ns=np.minimum(df["end_ns"].to_numpy(), nxt).astype(np.int64))
-    _note_long_steps(df, notes)
-    return df
+    steps = Table({"step": number, "start_ns": first,
+                   "end_ns": np.minimum(last, nxt).astype(np.int64)}, _STEP_DTYPES)
+    _note_long_steps(steps, notes)
+    return steps
 
 
-def _renumber_repeated_steps(df: pd.DataFrame, notes: list[str]) -> pd.DataFrame:
+def _renumber_repeated_steps(step: np.ndarray, start: np.ndarray, end: np.ndarray,
+                             notes: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """A step number whose ranges occur at separate times (two runs' traces joined, a
     writer restarting its count) is not one step: the first occurrence keeps the
     number, later ones get numbers after the largest step (noted), so no content is
     merged into a wrong step or dropped. Overlapping ranges of one number (the same
-    step seen twice) stay one step."""
-    df = df.sort_values(["step", "start_ns", "end_ns"], kind="stable").reset_index(drop=True)
-    same = df["step"].to_numpy()[1:] == df["step"].to_numpy()[:-1]
+    step seen twice) stay one step. Returns new (step, start, end) arrays of the ranges
+    sorted by (step, start, end)."""
+    order = np.lexsort((end, start, step))
+    step, start, end = step[order], start[order], end[order]
+    same = step[1:] == step[:-1]
     if not same.any():
-        return df
-    reach = df.groupby("step")["end_ns"].cummax().to_numpy()
-    new_cluster = np.ones(len(df), dtype=bool)
-    new_cluster[1:] = ~same | (df["start_ns"].to_numpy()[1:] >= reach[:-1])
+        return step, start, end
+    reach = _group_cummax(step, end)
+    new_cluster = np.ones(len(step), dtype=bool)
+    new_cluster[1:] = ~same | (start[1:] >= reach[:-1])
     cluster = np.cumsum(new_cluster) - 1
-    first_of_step = np.ones(len(df), dtype=bool)
+    first_of_step = np.ones(len(step), dtype=bool)
     first_of_step[1:] = ~same
     # the cluster index within its step: 0 for the first occurrence
-    k = cluster - cluster[np.maximum.accumulate(np.where(first_of_step, np.arange(len(df)), 0))]
-    if not (k > 0).any():
-        return df
-    starts = pd.DataFrame({"cluster": cluster, "start_ns": df["start_ns"].to_numpy()})
-    repeats = starts[k > 0].groupby("cluster")["start_ns"].min().sort_values(kind="stable")
-    top = int(df["step"].max())
+    k = cluster - cluster[np.maximum.accumulate(np.where(first_of_step, np.arange(len(step)), 0))]
+    hit = k > 0
+    if not hit.any():
+        return step, start, end
+    # later occurrences, numbered in order of their first start (rows of a cluster are
+    # consecutive and sorted by start: its first row starts first)
+    repeats, first_row = np.unique(cluster[hit], return_index=True)
+    repeats = repeats[np.argsort(start[hit][first_row], kind="stable")]
+    top = int(step.max())
     if top + len(repeats) > np.iinfo(np.int64).max:
         notes.append(f"{len(repeats)} repeated ProfilerStep range(s) left out: no step numbers "
                      "are left above the largest one")
-        return df[k == 0].reset_index(drop=True)
-    new_number = dict(zip(repeats.index.tolist(), range(top + 1, top + 1 + len(repeats)),
-                          strict=True))
-    step = df["step"].to_numpy().copy()
-    hit = k > 0
-    step[hit] = [new_number[c] for c in cluster[hit].tolist()]
-    old = sorted(set(df["step"].to_numpy()[hit].tolist()))
+        keep = ~hit
+        return step[keep], start[keep], end[keep]
+    new_number = np.zeros(int(cluster[-1]) + 1, dtype=np.int64)
+    new_number[repeats] = np.arange(top + 1, top + 1 + len(repeats), dtype=np.int64)
+    old = np.unique(step[hit]).tolist()
+    renumbered = step.copy()
+    renumbered[hit] = new_number[cluster[hit]]
     shown = ", ".join(f"#{s}" for s in old[:5]) + (" ..." if len(old) > 5 else "")
     notes.append(f"ProfilerStep {shown} occur(s) again later in the trace: {len(repeats)} later "
                  f"occurrence(s) analysed as step(s) {top + 1}..{top + len(repeats)}")
-    return df.assign(step=step)
+    return renumbered, start, end
 
 
-def _note_long_steps(steps: pd.DataFrame, notes: list[str]) -> None:
-    dur = steps["end_ns"].to_numpy(dtype=np.int64) - steps["start_ns"].to_numpy(dtype=np.int64)
+def _note_long_steps(steps: Table, notes: list[str]) -> None:
+    """Append a note when some step lasts longer than ``LONG_STEP_NS``."""
+    dur = (np.asarray(steps["end_ns"], dtype=np.int64)
+           - np.asarray(steps["start_ns"], dtype=np.int64))
     long = np.flatnonzero(dur > LONG_STEP_NS)
     if len(long):
         i = int(long[0])
         notes.append(f"{len(long)} step(s) last longer than a day (step "
-                     f"{int(steps['step'].iloc[i])}: {dur[i] / 3.6e12:,.0f} h): implausible; "
+                     f"{int(steps['step'][i])}: {dur[i] / 3.6e12:,.0f} h): implausible; "
                      "check the trace's timestamps")
 
 
@@ -289,18 +367,32 @@ def _note_long_steps(steps: pd.DataFrame, notes: list[str]) -> None:
 # than one occurrence in some step, ``recompute@<Node>#k`` (k = 1.. in time order in
 # the step), so positions line up across steps of the same model.
 
-def _markers_recompute(ev, codes, cats) -> pd.DataFrame:
-    is_rc = _mask_names(codes, cats, lambda c: c.startswith(RECOMPUTE_PREFIX),
-                        _kind_mask(ev, "user_annotation"))
-    rows = np.flatnonzero(is_rc)
-    ts = ev["ts_ns"].to_numpy(dtype=np.int64)[rows]
-    return pd.DataFrame({
-        "region": [c[len(RECOMPUTE_PREFIX):] for c in cats[codes[rows]]],
-        "start_ns": ts, "end_ns": ts + ev["dur_ns"].to_numpy(dtype=np.int64)[rows]})
+# Occurrences inside the stage are dicts of columns: ``region`` (object), ``start_ns``,
+# ``end_ns`` (int64) and, from the stack method, ``frame`` (the recompute_fn row, -1
+# for none).
+
+def _occurrences(region: np.ndarray, start_ns: np.ndarray, end_ns: np.ndarray,
+                 frame: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """Occurrence columns (``frame`` only when given)."""
+    occ = {"region": region, "start_ns": np.asarray(start_ns, dtype=np.int64),
+           "end_ns": np.asarray(end_ns, dtype=np.int64)}
+    if frame is not None:
+        occ["frame"] = np.asarray(frame, dtype=np.int64)
+    return occ
 
 
-def _evals(ev, codes, cats) -> np.ndarray:
-    return _mask_names(codes, cats, lambda c: c.startswith(EVAL_PREFIX), _kind_mask(ev, "cpu_op"))
+def _no_occurrences(*, frame: bool = False) -> dict[str, np.ndarray]:
+    """Occurrence columns without rows (with an empty ``frame`` when asked)."""
+    empty = np.empty(0, dtype=np.int64)
+    return _occurrences(np.empty(0, dtype=object), empty, empty, empty if frame else None)
+
+
+def _markers_recompute(tr: _Tree) -> dict[str, np.ndarray]:
+    """One occurrence per ``ckprof::recompute::<region>`` range, in event order."""
+    rows = np.flatnonzero(_mask_names(tr.codes, tr.cats,
+                                      lambda c: c.startswith(RECOMPUTE_PREFIX), tr.is_ann))
+    return _occurrences(_stripped(tr.codes, tr.cats, rows, RECOMPUTE_PREFIX), tr.ts[rows],
+                        tr.end[rows])
 
 
 def _sequence_tops(parent: np.ndarray, is_eval: np.ndarray, is_op: np.ndarray,
@@ -322,60 +414,69 @@ def _sequence_tops(parent: np.ndarray, is_eval: np.ndarray, is_op: np.ndarray,
     return np.flatnonzero(cand & ~under_cand), near_eval
 
 
-def _sequence_recompute(ev, codes, cats) -> pd.DataFrame:
-    parent = ev["parent"].to_numpy(dtype=np.int64)
-    seq = ev["seq"].to_numpy(dtype=np.int64)
-    is_eval = _evals(ev, codes, cats)
-    is_op = _kind_mask(ev, "cpu_op")
-    top, near_eval = _sequence_tops(parent, is_eval, is_op, seq)
+def _sequence_recompute(tr: _Tree) -> dict[str, np.ndarray]:
+    """One occurrence per evaluate_function holding recomputed ops (NOTE [ Recompute
+    detection ]), first op start -> last op end, in evaluate_function row order."""
+    top, near_eval = _sequence_tops(tr.parent, tr.is_eval, tr.is_op, tr.seq)
     if len(top) == 0:
-        return pd.DataFrame({"region": [], "start_ns": [], "end_ns": []})
-    ts = ev["ts_ns"].to_numpy(dtype=np.int64)
-    end = ts + ev["dur_ns"].to_numpy(dtype=np.int64)
-    df = pd.DataFrame({"eval": near_eval[top], "start_ns": ts[top], "end_ns": end[top]})
-    occ = df.groupby("eval", as_index=False).agg(start_ns=("start_ns", "min"),
-                                                 end_ns=("end_ns", "max"))
-    node = cats[codes[occ["eval"].to_numpy()]]
-    occ["region"] = [f"recompute@{c[len(EVAL_PREFIX):]}" for c in node]
-    return occ[["region", "start_ns", "end_ns"]]
+        return _no_occurrences()
+    node, inverse = np.unique(near_eval[top], return_inverse=True)
+    inverse = inverse.reshape(-1)
+    first = np.full(len(node), np.iinfo(np.int64).max, dtype=np.int64)
+    last = np.full(len(node), np.iinfo(np.int64).min, dtype=np.int64)
+    np.minimum.at(first, inverse, tr.ts[top])
+    np.maximum.at(last, inverse, tr.end[top])
+    return _occurrences(_stripped(tr.codes, tr.cats, node, EVAL_PREFIX, "recompute@"), first,
+                        last)
 
 
-def _stack_recompute(ev, codes, cats) -> pd.DataFrame:
-    parent = ev["parent"].to_numpy(dtype=np.int64)
-    is_py = _kind_mask(ev, "python_function")
-    is_rf = _mask_names(codes, cats, lambda c: bool(_RECOMPUTE_FN_RE.search(c)), is_py)
-    top_rf = is_rf & (_outermost_above(parent, is_rf) < 0)  # outermost recompute_fn frames
+def _stack_recompute(tr: _Tree) -> dict[str, np.ndarray]:
+    """One occurrence per outermost ``recompute_fn`` Python frame, in event order, with
+    its ``frame`` row and a provisional name (``recompute@<Node>`` of the enclosing
+    evaluate_function, ``recompute@?`` without one)."""
+    codes, cats, ts, end = tr.codes, tr.cats, tr.ts, tr.end
+    is_rf = _mask_names(codes, cats, lambda c: bool(_RECOMPUTE_FN_RE.search(c)), tr.is_py)
+    top_rf = is_rf & (_outermost_above(tr.parent, is_rf) < 0)  # outermost recompute_fn frames
     rf_rows = np.flatnonzero(top_rf)
-    ts = ev["ts_ns"].to_numpy(dtype=np.int64)
-    end = ts + ev["dur_ns"].to_numpy(dtype=np.int64)
     if len(rf_rows) == 0:
-        return pd.DataFrame({"region": [], "start_ns": [], "end_ns": [], "frame": []})
+        return _no_occurrences(frame=True)
     # provisional names (recompute@<Node> of the enclosing evaluate_function); the
     # region's own name comes from its forward run (ckprof.analysis.forward_runs)
-    ev_rows = np.flatnonzero(_evals(ev, codes, cats))
+    ev_rows = np.flatnonzero(tr.is_eval)
     j = np.searchsorted(ts[ev_rows], ts[rf_rows], side="right") - 1
-    names: list[str] = []
-    for k, r in enumerate(rf_rows):
-        node = "?"
-        if j[k] >= 0 and end[ev_rows[j[k]]] >= end[r]:
-            node = str(cats[codes[ev_rows[j[k]]]])[len(EVAL_PREFIX):]
-        names.append(f"recompute@{node}")
-    return pd.DataFrame({"region": names, "start_ns": ts[rf_rows], "end_ns": end[rf_rows],
-                         "frame": rf_rows})
+    node = ev_rows[np.maximum(j, 0)] if len(ev_rows) else np.zeros(len(j), dtype=np.int64)
+    known = (j >= 0) & (end[node] >= end[rf_rows])
+    names = np.full(len(rf_rows), "recompute@?", dtype=object)
+    if known.any():
+        names[known] = _stripped(codes, cats, node[known], EVAL_PREFIX, "recompute@")
+    return _occurrences(names, ts[rf_rows], end[rf_rows], rf_rows)
 
 
-def _number_repeated(df: pd.DataFrame) -> pd.DataFrame:
-    """``recompute@X`` names that repeat within a step get ``#k`` (time order)."""
-    if df.empty:
-        return df
-    df = df.sort_values(["step", "start_ns"], kind="stable").reset_index(drop=True)
-    auto = df["region"].str.startswith("recompute@")
-    k = df.groupby(["step", "region"]).cumcount() + 1
+def _number_repeated(occ: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Occurrences sorted by (step, start) (stable), ``recompute@X`` names that repeat
+    within a step numbered ``#k`` (time order); new arrays."""
+    if len(occ["step"]) == 0:
+        return occ
+    order = np.lexsort((occ["start_ns"], occ["step"]))
+    occ = {c: a[order] for c, a in occ.items()}
+    region = occ["region"]
+    names, name_id = np.unique(region, return_inverse=True)
+    name_id = name_id.reshape(-1)
+    k = _cumcount(factorize(occ["step"], name_id)[0]) + 1
     # a name repeats when some step holds it more than once
-    per_step_max = df.assign(k=k).groupby("region")["k"].transform("max")
-    repeated = per_step_max > 1
-    region = np.where(auto & repeated, df["region"] + "#" + k.astype(str), df["region"])
-    return df.assign(region=region)
+    per_name_max = np.zeros(len(names), dtype=np.int64)
+    np.maximum.at(per_name_max, name_id, k)
+    auto = np.array([str(c).startswith("recompute@") for c in names.tolist()], dtype=bool)
+    renamed = np.flatnonzero((auto & (per_name_max > 1))[name_id])
+    if len(renamed):
+        # one string per distinct (name, k), not per row
+        pair, n_pairs = factorize(name_id[renamed], k[renamed])
+        first = np.zeros(n_pairs, dtype=np.int64)
+        first[pair] = renamed  # any row of a pair: same name, same k
+        label = _objects([f"{names[name_id[r]]}#{k[r]}" for r in first.tolist()])
+        region = region.copy()
+        region[renamed] = label[pair]
+    return dict(occ, region=region)
 
 
 # ---------------------------------------------------------------------------------
@@ -383,14 +484,17 @@ def _number_repeated(df: pd.DataFrame) -> pd.DataFrame:
 # ---------------------------------------------------------------------------------
 
 def _tile_step(step: int, s: int, e: int, iv: dict[str, np.ndarray],
-               sel: np.ndarray) -> list[tuple]:
-    """Segments tiling [s, e) from labelled intervals ``iv`` (columns as arrays, rows
-    ``sel``), see NOTE [ Phase precedence ]."""
+               sel: np.ndarray) -> dict[str, np.ndarray]:
+    """Segments (columns ``step``, ``phase``, ``region``, ``start_ns``, ``end_ns``)
+    tiling [s, e) from labelled intervals ``iv`` (columns as arrays, rows ``sel``), see
+    NOTE [ Phase precedence ]."""
     st = np.clip(iv["start_ns"][sel], s, e)
     en = np.clip(iv["end_ns"][sel], s, e)
     keep = en > st
     if not keep.any():
-        return [(step, "other", "", s, e)]
+        return {"step": np.array([step], dtype=np.int64), "phase": _objects(["other"]),
+                "region": _objects([""]), "start_ns": np.array([s], dtype=np.int64),
+                "end_ns": np.array([e], dtype=np.int64)}
     sel = sel[keep]
     st, en = st[keep], en[keep]
     layer, group, order, prio = (iv["layer"][sel], iv["group"][sel], iv["order"][sel],
@@ -417,22 +521,24 @@ def _tile_step(step: int, s: int, e: int, iv: dict[str, np.ndarray],
     any_active = score.max(axis=1) > 0
     ph = np.where(any_active, phase[win], "other")
     rg = np.where(any_active, region[win], "")
-    out: list[tuple] = []
-    for k in range(len(lo)):
-        if out and out[-1][1] == ph[k] and out[-1][2] == rg[k] and out[-1][4] == lo[k]:
-            out[-1] = (step, ph[k], rg[k], out[-1][3], int(hi[k]))
-        else:
-            out.append((step, ph[k], rg[k], int(lo[k]), int(hi[k])))
-    return out
+    # equal neighbours merge (the elementary spans are contiguous)
+    new = np.ones(len(lo), dtype=bool)
+    new[1:] = (ph[1:] != ph[:-1]) | (rg[1:] != rg[:-1])
+    first = np.flatnonzero(new)
+    last = np.append(first[1:], len(lo)) - 1
+    return {"step": np.full(len(first), step, dtype=np.int64), "phase": ph[first],
+            "region": rg[first], "start_ns": lo[first].astype(np.int64),
+            "end_ns": hi[last].astype(np.int64)}
 
 
 #: tile steps whose labelled intervals do not overlap in one vectorised pass (tests
 #: turn it off to compare with the per-step reference)
 _VECTOR_TILING = True
-_SEGMENT_COLUMNS = ["step", "phase", "region", "start_ns", "end_ns"]
+_SEGMENT_DTYPES = {"step": "int64", "phase": "object", "region": "object",
+                   "start_ns": "int64", "end_ns": "int64"}
 
 
-def _tile_steps(steps: pd.DataFrame, iv: dict[str, np.ndarray]) -> pd.DataFrame:
+def _tile_steps(steps: Table, iv: dict[str, np.ndarray]) -> Table:
     """Segments of every step (NOTE [ Phase precedence ]), in step then time order.
 
     The intervals meeting each step come from one sort (each interval meets a run of
@@ -441,9 +547,9 @@ def _tile_steps(steps: pd.DataFrame, iv: dict[str, np.ndarray]) -> pd.DataFrame:
     of most traces, or no interval at all -- are tiled together, vectorised (each
     interval is its own label, gaps are ``other``, equal neighbours merge); the others go
     through :func:`_tile_step`. Same segments either way, far fewer Python steps."""
-    st_step = steps["step"].to_numpy(dtype=np.int64)
-    st_s = steps["start_ns"].to_numpy(dtype=np.int64)
-    st_e = steps["end_ns"].to_numpy(dtype=np.int64)
+    st_step = np.asarray(steps["step"], dtype=np.int64)
+    st_s = np.asarray(steps["start_ns"], dtype=np.int64)
+    st_e = np.asarray(steps["end_ns"], dtype=np.int64)
     iv_s, iv_e = iv["start_ns"], iv["end_ns"]
     first = np.searchsorted(st_e, iv_s, side="right")    # first step ending after it starts
     last = np.searchsorted(st_s, iv_e, side="left") - 1  # last step starting before it ends
@@ -470,36 +576,29 @@ def _tile_steps(steps: pd.DataFrame, iv: dict[str, np.ndarray]) -> pd.DataFrame:
     if not _VECTOR_TILING:
         complex_step[:] = True
 
-    parts: list[pd.DataFrame] = []
+    parts: list[dict[str, np.ndarray]] = []
     simple = ~complex_step
     if simple.any():
         parts.append(_tile_disjoint(st_step, st_s, st_e, simple, pair_step[kept], cst[kept],
                                     cen[kept], iv["phase"][pair_iv[kept]],
                                     iv["region"][pair_iv[kept]]))
-    if complex_step.any():
-        rows: list[tuple] = []
-        pos: list[int] = []
-        for k in np.flatnonzero(complex_step):
-            tiles = _tile_step(int(st_step[k]), int(st_s[k]), int(st_e[k]), iv,
-                               pair_iv[bounds[k]:bounds[k + 1]])
-            rows.extend(tiles)
-            pos.extend([int(k)] * len(tiles))
-        df = pd.DataFrame(rows, columns=_SEGMENT_COLUMNS)
-        parts.append(df.assign(_pos=np.asarray(pos, dtype=np.int64)))
-    if not parts:
-        out = pd.DataFrame({c: [] for c in _SEGMENT_COLUMNS})
-    else:
-        out = pd.concat(parts, ignore_index=True)
-        out = out.iloc[np.lexsort((out["start_ns"].to_numpy(dtype=np.int64),
-                                   out["_pos"].to_numpy(dtype=np.int64)))]
-        out = out.drop(columns="_pos").reset_index(drop=True)
-    return out.astype({"step": "int64", "start_ns": "int64", "end_ns": "int64",
-                       "phase": object, "region": object})
+    for k in np.flatnonzero(complex_step).tolist():  # steps
+        tiles = _tile_step(int(st_step[k]), int(st_s[k]), int(st_e[k]), iv,
+                           pair_iv[bounds[k]:bounds[k + 1]])
+        parts.append(dict(tiles, _pos=np.full(len(tiles["step"]), k, dtype=np.int64)))
+    out = {c: np.concatenate([p[c] for p in parts]) if parts
+           else np.empty(0, dtype=np.int64 if d == "int64" else object)
+           for c, d in _SEGMENT_DTYPES.items()}
+    if parts:
+        pos_all = np.concatenate([p["_pos"] for p in parts])
+        order = np.lexsort((out["start_ns"], pos_all))
+        out = {c: a[order] for c, a in out.items()}
+    return Table(out, _SEGMENT_DTYPES)
 
 
 def _tile_disjoint(st_step: np.ndarray, st_s: np.ndarray, st_e: np.ndarray, which: np.ndarray,
                    k_pos: np.ndarray, k_st: np.ndarray, k_en: np.ndarray, k_phase: np.ndarray,
-                   k_region: np.ndarray) -> pd.DataFrame:
+                   k_region: np.ndarray) -> dict[str, np.ndarray]:
     """Segments of the steps ``which`` whose kept (clipped, non-empty) intervals -- step
     position ``k_pos``, ``[k_st, k_en)``, labels -- do not overlap: the intervals, the
     gaps between them and the step's edges as ``other``, equal neighbours merged."""
@@ -540,9 +639,8 @@ def _tile_disjoint(st_step: np.ndarray, st_s: np.ndarray, st_e: np.ndarray, whic
                    | (region[1:] != region[:-1]) | (seg_s[1:] != seg_e[:-1]))
     starts = np.flatnonzero(new_run)
     ends = np.concatenate([starts[1:], [len(pos)]]) - 1
-    return pd.DataFrame({"step": st_step[pos[starts]], "phase": phase[starts],
-                         "region": region[starts], "start_ns": seg_s[starts],
-                         "end_ns": seg_e[ends], "_pos": pos[starts]})
+    return {"step": st_step[pos[starts]], "phase": phase[starts], "region": region[starts],
+            "start_ns": seg_s[starts], "end_ns": seg_e[ends], "_pos": pos[starts]}
 
 
 # ---------------------------------------------------------------------------------
@@ -562,16 +660,17 @@ def find_phases(trace: Trace, recompute_detection: str = "auto") -> PhaseTable:
     needs what the trace lacks, :class:`EmptyTraceError` on a trace without events.
     """
     check_recompute_detection(recompute_detection)
-    ev = trace.events
+    ev = trace.event_table
     if len(ev) == 0:
         raise EmptyTraceError("trace has no complete (ph X) events", path=trace.path,
                               hint="Check that the profiler captured at least one step")
     notes: list[str] = []
-    codes, cats = _names(ev)
-    steps = _find_steps(trace, codes, cats, notes)
-    is_ann = _kind_mask(ev, "user_annotation")
-    ts = ev["ts_ns"].to_numpy(dtype=np.int64)
-    end = ts + ev["dur_ns"].to_numpy(dtype=np.int64)
+    # (ckprof.analysis.forward_runs reads this module's helpers, hence the import here)
+    from ckprof.analysis import forward_runs as _runs
+
+    tree = _runs._Tree(trace)  # the columns every part below reads
+    codes, cats, ts, end, is_ann = tree.codes, tree.cats, tree.ts, tree.end, tree.is_ann
+    steps = _find_steps(ev, tree, notes)
 
     # ---- marker ranges ------------------------------------------------------------
     std = {FORWARD, BACKWARD, OPTIMIZER, ZERO_GRAD}
@@ -585,7 +684,7 @@ def find_phases(trace: Trace, recompute_detection: str = "auto") -> PhaseTable:
 
     # ---- recompute ----------------------------------------------------------------
     method = recompute_detection
-    is_py = _kind_mask(ev, "python_function")
+    is_py = tree.is_py
     has_rf = bool(_mask_names(codes, cats, lambda c: bool(_RECOMPUTE_FN_RE.search(c)),
                               is_py).any())
     if method == "auto":
@@ -611,65 +710,59 @@ def find_phases(trace: Trace, recompute_detection: str = "auto") -> PhaseTable:
             "trace has no Python frames, so recompute cannot be found by stack",
             path=trace.path,
             hint="Capture with with_stack=True, or use --recompute-detection auto")
+    # float_ns: the ns columns of the DataFrame version's occurrences were float64 (an
+    # empty frame of the stack / sequence methods, or of none, was built from empty
+    # lists); rows joined to them went through float64 (NOTE [ float64 joins ])
     if method == "markers":
-        occ = _markers_recompute(ev, codes, cats).assign(method="markers")
+        occ, float_ns = _with_method(_markers_recompute(tree), "markers"), False
     elif method == "stack":
-        occ = _stack_recompute(ev, codes, cats).assign(method="stack")
+        occ = _with_method(_stack_recompute(tree), "stack")
+        float_ns = not len(occ["start_ns"])
         # reentrant checkpoint has no recompute_fn frame: add what the sequence
         # heuristic finds outside every recompute_fn frame (rows say method=sequence)
-        extra = _outside(_sequence_recompute(ev, codes, cats), occ)
-        if len(extra):
-            notes.append(f"{len(extra)} recompute occurrence(s) without a recompute_fn frame "
-                         "(reentrant checkpoint) found by the Sequence-number heuristic")
-            occ = pd.concat([occ, extra.assign(method="sequence")], ignore_index=True)
+        extra = _outside(_sequence_recompute(tree), occ)
+        if len(extra["start_ns"]):
+            notes.append(f"{len(extra['start_ns'])} recompute occurrence(s) without a "
+                         "recompute_fn frame (reentrant checkpoint) found by the "
+                         "Sequence-number heuristic")
+            extra["frame"] = np.full(len(extra["start_ns"]), -1, dtype=np.int64)
+            occ = _concat([occ, _with_method(extra, "sequence")], float_ns=float_ns)
     elif method == "sequence":
-        occ = _sequence_recompute(ev, codes, cats).assign(method="sequence")
+        occ = _with_method(_sequence_recompute(tree), "sequence")
+        float_ns = not len(occ["start_ns"])
     else:
-        occ = pd.DataFrame({"region": [], "start_ns": [], "end_ns": [], "method": []})
+        occ, float_ns = _with_method(_no_occurrences(), ""), True
+    eager_found = bool(len(occ["start_ns"]))
 
     # ---- forward runs; one name per region whatever the method ------------------------
-    # (ckprof.analysis.forward_runs reads this module's helpers, hence the import here)
-    from ckprof.analysis import forward_runs as _runs
-
-    tree = _runs._Tree(trace)
-    runs = _runs.find_forward_runs(trace, steps, _tree=tree).to_frame()
-    if method in ("stack", "sequence") and len(occ):
-        occ = _runs.link_recompute_names(occ, trace, runs, _tree=tree)
-        linked = occ["linked"].to_numpy(dtype=bool)
+    runs = _runs.find_forward_runs(trace, steps, _tree=tree)
+    if method in ("stack", "sequence") and eager_found:
+        named = _runs.link_recompute_names(Table(occ), trace, runs, _tree=tree)
+        linked = np.asarray(named["linked"], dtype=bool)
+        region = np.array(named["region"], dtype=object)  # a copy: filled in below
         if linked.any():
-            notes.append(f"{int(linked.sum())} of {len(occ)} recompute occurrence(s) named after "
-                         f"their region's forward run ({runs['source'].iloc[0]}), by the "
+            notes.append(f"{int(linked.sum())} of {len(linked)} recompute occurrence(s) named "
+                         f"after their region's forward run ({runs['source'][0]}), by the "
                          "Sequence number of the backward node that recomputed them")
         if "frame" in occ:
-            frames = occ["frame"].to_numpy(dtype=np.float64)
-            todo = np.flatnonzero(~linked & ~np.isnan(frames))
-            fallback = _runs.recompute_frame_names(trace, frames[todo].astype(np.int64),
-                                                   _tree=tree)
-            region = occ["region"].to_numpy(dtype=object).copy()
-            for k, name in zip(todo, fallback, strict=True):
+            todo = np.flatnonzero(~linked & (occ["frame"] >= 0))
+            fallback = _runs.recompute_frame_names(trace, occ["frame"][todo], _tree=tree)
+            for k, name in zip(todo.tolist(), fallback, strict=True):
                 if name is not None:
                     region[k] = name
-            occ = occ.assign(region=region)
+        occ = dict(occ, region=region)
     # recompute inside compiled backward graphs: what the eager methods cannot see
     compiled = (find_compiled_recompute(trace, steps) if method != "none"
                 else CompiledRecompute())
-    eager_found = bool(len(occ))
-    if len(compiled.occurrences):
-        occ = pd.concat([occ, compiled.occurrences.assign(method="compiled")],
-                        ignore_index=True)
-    if len(occ):
-        occ_start = occ["start_ns"].to_numpy(dtype=np.int64)
-        occ = occ.assign(step=_step_of(occ_start, steps))
-        outside = int((occ["step"] < 0).sum())
-        if outside:
-            notes.append(f"{outside} recompute occurrence(s) outside every step ignored")
-        occ = occ[occ["step"] >= 0]
-        recompute = _number_repeated(
-            occ[["step", "region", "start_ns", "end_ns", "method"]].astype(
-                {"step": "int64", "start_ns": "int64", "end_ns": "int64"}))
-    else:
-        recompute = _empty_recompute()
-    has_compiled = bool((recompute["method"] == "compiled").any()) if len(recompute) else False
+    c_occ = compiled.occurrences_table
+    if len(c_occ):
+        occ = _concat([occ, _with_method(_occurrences(
+            np.asarray(c_occ["region"], dtype=object), c_occ["start_ns"], c_occ["end_ns"]),
+            "compiled")], float_ns=float_ns)
+    recompute = _recompute_table(occ, steps, notes, eager_found=eager_found,
+                                 eager_method=method in ("markers", "stack", "sequence"),
+                                 compiled_region_dtype=c_occ.dtypes.get("region", "object"))
+    has_compiled = bool((recompute["method"] == "compiled").any())
     if method == "compiled" or not eager_found:
         found = "compiled" if has_compiled else "none"
     else:
@@ -690,119 +783,212 @@ def find_phases(trace: Trace, recompute_detection: str = "auto") -> PhaseTable:
                          "regions named after their modules")
 
     # ---- labelled intervals ---------------------------------------------------------
-    parts: list[pd.DataFrame] = []
+    parts: list[dict[str, np.ndarray]] = []
     # compiled occurrences span backward work between their pieces: label the pieces
-    labelled = recompute[recompute["method"] != "compiled"] if len(recompute) else recompute
-    if len(compiled.pieces):
-        labelled = pd.concat([labelled[["region", "start_ns", "end_ns"]],
-                              compiled.pieces[["region", "start_ns", "end_ns"]]],
-                             ignore_index=True)
-    if len(labelled):
-        parts.append(pd.DataFrame({
-            "start_ns": labelled["start_ns"].to_numpy(), "end_ns": labelled["end_ns"].to_numpy(),
-            "phase": "recompute", "region": labelled["region"].to_numpy(dtype=object),
-            "layer": _LAYER_RECOMPUTE, "group": -1}))
+    eager = np.flatnonzero(np.asarray(recompute["method"], dtype=object) != "compiled")
+    pieces = compiled.pieces_table
+    l_start = np.concatenate([np.asarray(recompute["start_ns"], dtype=np.int64)[eager],
+                              np.asarray(pieces["start_ns"], dtype=np.int64)])
+    if len(l_start):
+        l_end = np.concatenate([np.asarray(recompute["end_ns"], dtype=np.int64)[eager],
+                                np.asarray(pieces["end_ns"], dtype=np.int64)])
+        l_region = np.concatenate([np.asarray(recompute["region"], dtype=object)[eager],
+                                   np.asarray(pieces["region"], dtype=object)])
+        parts.append(_labelled(l_start, l_end, "recompute", l_region, _LAYER_RECOMPUTE, -1))
     mk = np.flatnonzero(is_std | is_user)
     if len(mk):
-        mnames = cats[codes[mk]]
-        mphase = [MARKER_PHASE[c] if c in MARKER_PHASE else phase_of_user_marker(c)
-                  for c in mnames]
-        tkey = thread_ids(ev["pid"].to_numpy(dtype=np.int64)[mk],
-                          ev["tid"].to_numpy(dtype=np.int64)[mk])
-        parts.append(pd.DataFrame({"start_ns": ts[mk], "end_ns": end[mk], "phase": mphase,
-                                   "region": "", "layer": _LAYER_MARKERS,
-                                   "group": tkey}))
+        used, inverse = np.unique(codes[mk], return_inverse=True)
+        phase_of_code = _objects([MARKER_PHASE[c] if c in MARKER_PHASE
+                                  else phase_of_user_marker(c) for c in cats[used].tolist()])
+        tkey = thread_ids(tree.pid[mk], tree.tid[mk])
+        parts.append(_labelled(ts[mk], end[mk], phase_of_code[inverse.reshape(-1)], "",
+                               _LAYER_MARKERS, tkey))
     if phase_source == "rules":
-        parts.append(_rule_windows(ev, codes, cats, steps, notes, ts, end, is_ann))
+        parts.append(_rule_windows(ev, tree, steps, notes))
     # ckprof::checkpoint::<region> ranges name forward runs (see attribution); they
     # never set phases.
-    iv = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(
-        {"start_ns": [], "end_ns": [], "phase": [], "region": [], "layer": [], "group": []})
-    iv = iv.astype({"start_ns": "int64", "end_ns": "int64", "layer": "int64", "group": "int64"})
-    iv = iv.assign(_neg=-iv["end_ns"]).sort_values(["start_ns", "_neg"], kind="stable")
-    iv = iv.drop(columns="_neg").reset_index(drop=True)
-    iv["order"] = np.arange(len(iv), dtype=np.int64)
-    base_prio = iv["phase"].map(PHASE_PRIORITY).fillna(0)
-    iv["prio"] = (iv["prio"].fillna(base_prio) if "prio" in iv else base_prio).astype(np.int64)
+    iv = _labelled(np.empty(0, dtype=np.int64), np.empty(0, dtype=np.int64),
+                   np.empty(0, dtype=object), "", 0, 0)
+    if parts:
+        iv = {c: np.concatenate([p[c] for p in parts]) for c in iv}
+    order = np.lexsort((-iv["end_ns"], iv["start_ns"]))
+    iv = {c: a[order] for c, a in iv.items()}
+    iv["order"] = np.arange(len(order), dtype=np.int64)
     # non-marker intervals never share a group: each is its own "thread"
-    solo = iv["layer"].to_numpy() != _LAYER_MARKERS
-    grp = iv["group"].to_numpy().copy()
-    grp[solo] = -(np.arange(int(solo.sum())) + 2)
-    iv["group"] = grp
+    solo = iv["layer"] != _LAYER_MARKERS
+    iv["group"] = iv["group"].copy()
+    iv["group"][solo] = -(np.arange(int(solo.sum()), dtype=np.int64) + 2)
 
-    arrays = {c: iv[c].to_numpy(dtype=object if c in ("phase", "region") else np.int64)
-              for c in ("start_ns", "end_ns", "layer", "group", "order", "prio", "phase",
-                        "region")}
-    segments = _tile_steps(steps, arrays)
-    unknown = set(segments["phase"]) - set(PHASES)
+    segments = _tile_steps(steps, iv)
+    unknown = set(segments["phase"].tolist()) - set(PHASES)
     assert not unknown, f"phases outside PHASES: {unknown}"
-    return PhaseTable(steps_table=Table.from_frame(steps), segments_table=Table.from_frame(segments),
-                      recompute_table=Table.from_frame(recompute), recompute_found_by=found,
-                      notes=tuple(notes), phase_source=phase_source,
-                      forward_runs_table=None if runs is None else Table.from_frame(runs),
-                      compiled=compiled)
+    return PhaseTable(steps_table=steps, segments_table=segments, recompute_table=recompute,
+                      recompute_found_by=found, notes=tuple(notes), phase_source=phase_source,
+                      forward_runs_table=runs, compiled=compiled)
 
 
-def _outside(occ: pd.DataFrame, ref: pd.DataFrame) -> pd.DataFrame:
+def _with_method(occ: dict[str, np.ndarray], method: str) -> dict[str, np.ndarray]:
+    """``occ`` with a ``method`` column (every row ``method``)."""
+    return dict(occ, method=np.full(len(occ["start_ns"]), method, dtype=object))
+
+
+# NOTE [ float64 joins ]
+# The DataFrame version of this stage built an empty occurrence frame from empty lists,
+# whose columns pandas makes float64; joining rows to it (the reentrant rows of the
+# stack method, compiled occurrences) made their start_ns / end_ns float64 before they
+# went back to int64, and its rule windows joined per-step maxima the same way. That
+# is exact below 2**53 ns (104 days of a clock) and rounds to a multiple of 2**k ns
+# above. The same float64 round trips are made here, so that every result is the
+# same; dropping them (``float_ns``, ``last_lossy``, the float64 comparison in
+# _rule_windows) would keep every ns exact instead.
+
+def _concat(parts: list[dict[str, np.ndarray]], *, float_ns: bool = False
+            ) -> dict[str, np.ndarray]:
+    """Rows of ``parts`` one after another (the columns of the first); with
+    ``float_ns`` the ``start_ns`` / ``end_ns`` columns make a float64 round trip
+    (NOTE [ float64 joins ])."""
+    out = {c: np.concatenate([p[c] for p in parts]) for c in parts[0]}
+    if float_ns:
+        for c in ("start_ns", "end_ns"):
+            out[c] = out[c].astype(np.float64).astype(np.int64)
+    return out
+
+
+def _recompute_table(occ: dict[str, np.ndarray], steps: Table, notes: list[str], *,
+                     eager_found: bool, eager_method: bool, compiled_region_dtype: str
+                     ) -> Table:
+    """The ``recompute`` table: occurrences ``occ`` (eager rows, then compiled ones) in
+    their step (those outside every step dropped, noted), sorted by (step, start),
+    repeated ``recompute@X`` names numbered.
+
+    The pandas dtypes pinned are those the DataFrame version of this stage produced:
+    ``region`` ``str`` when rows are left; ``method`` ``str`` when an eager method ran
+    (``object`` for ``compiled`` alone); an empty table is ``object``, or, when every
+    occurrence lay outside the steps, what its parts joined to (``str`` only when
+    every part's column was ``str``)."""
+    n = len(occ["start_ns"])
+    if n == 0:
+        return _empty_recompute()
+    step = _step_of(occ["start_ns"], steps)
+    outside = int((step < 0).sum())
+    if outside:
+        notes.append(f"{outside} recompute occurrence(s) outside every step ignored")
+    inside = np.flatnonzero(step >= 0)
+    kept = _number_repeated({"step": step[inside], "region": occ["region"][inside],
+                             "start_ns": occ["start_ns"][inside],
+                             "end_ns": occ["end_ns"][inside],
+                             "method": occ["method"][inside]})
+    method_dtype = "str" if eager_method else "object"
+    if len(inside):
+        region_dtype = "str"
+    elif eager_found:  # eager "str" joined to the compiled rows' column, if any
+        has_compiled = bool((occ["method"] == "compiled").any())
+        region_dtype = "str" if not has_compiled or compiled_region_dtype == "str" else "object"
+    else:  # the eager part was an empty column (float64 to pandas) joined to compiled rows
+        region_dtype = "object"
+    return Table(kept, {"step": "int64", "region": region_dtype, "start_ns": "int64",
+                        "end_ns": "int64", "method": method_dtype})
+
+
+def _labelled(start_ns: np.ndarray, end_ns: np.ndarray, phase: np.ndarray | str,
+              region: np.ndarray | str, layer: int, group: np.ndarray | int,
+              prio: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """Labelled intervals for the tiling (NOTE [ Phase precedence ]): scalars are
+    broadcast; ``prio`` defaults to the phase's PHASE_PRIORITY (0 when it has none)."""
+    n = len(start_ns)
+    phase = np.full(n, phase, dtype=object) if isinstance(phase, str) else phase
+    if prio is None:
+        names, inverse = np.unique(phase, return_inverse=True)
+        prio = np.array([PHASE_PRIORITY.get(p, 0) for p in names.tolist()],
+                        dtype=np.int64)[inverse.reshape(-1)]
+    return {"start_ns": np.asarray(start_ns, dtype=np.int64),
+            "end_ns": np.asarray(end_ns, dtype=np.int64), "phase": phase,
+            "region": np.full(n, region, dtype=object) if isinstance(region, str) else region,
+            "layer": np.full(n, layer, dtype=np.int64),
+            "group": np.broadcast_to(np.asarray(group, dtype=np.int64), (n,)).copy(),
+            "prio": np.asarray(prio, dtype=np.int64)}
+
+
+def _outside(occ: dict[str, np.ndarray], ref: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Rows of ``occ`` that overlap no row of ``ref`` (ref rows do not overlap)."""
-    if occ.empty or ref.empty:
+    if len(occ["start_ns"]) == 0 or len(ref["start_ns"]) == 0:
         return occ
-    ref = ref.sort_values("start_ns", kind="stable")
-    rs = ref["start_ns"].to_numpy(dtype=np.int64)
-    re_ = ref["end_ns"].to_numpy(dtype=np.int64)
-    s = occ["start_ns"].to_numpy(dtype=np.int64)
-    e = occ["end_ns"].to_numpy(dtype=np.int64)
+    order = np.argsort(ref["start_ns"], kind="stable")
+    rs, re_ = ref["start_ns"][order], ref["end_ns"][order]
+    s, e = occ["start_ns"], occ["end_ns"]
     j = np.searchsorted(rs, e, side="left") - 1      # last ref starting before e
     hit = j >= 0
     hit[hit] = re_[j[hit]] > s[hit]
-    return occ[~hit].reset_index(drop=True)
+    return {c: a[~hit] for c, a in occ.items()}
 
 
-def _rule_windows(ev, codes, cats, steps, notes, ts, end, is_ann) -> pd.DataFrame:
+def _rule_windows(ev: Table, tr: _Tree, steps: Table, notes: list[str]
+                  ) -> dict[str, np.ndarray]:
     """forward / backward / optimizer windows of plain traces (rules 3)."""
-    is_range = is_ann | _kind_mask(ev, "cpu_op")  # legacy traces: record_function = Operator
-    ev_rows = np.flatnonzero(_evals(ev, codes, cats))
+    codes, cats, ts, end = tr.codes, tr.cats, tr.ts, tr.end
+    is_range = tr.is_ann | tr.is_op  # legacy traces: record_function = Operator
+    ev_rows = np.flatnonzero(tr.is_eval)
     if len(ev_rows) == 0:
         # torch < 1.10 records backward nodes by their own name, without the
         # "autograd::engine::evaluate_function: " wrapper
         ev_rows = np.flatnonzero(_mask_names(
             codes, cats, lambda c: bool(_LEGACY_NODE_RE.search(c))
-            and not c.startswith("aten::"), _kind_mask(ev, "cpu_op")))
+            and not c.startswith("aten::"), tr.is_op))
         if len(ev_rows):
             notes.append("no autograd evaluate_function records (torch < 1.10 trace): "
                          "backward found from autograd node names (...Backward)")
     e_step = _step_of(ts[ev_rows], steps)
-    st = steps["step"].to_numpy(dtype=np.int64)
-    s0 = steps["start_ns"].to_numpy(dtype=np.int64)
-    s1 = steps["end_ns"].to_numpy(dtype=np.int64)
-    first = pd.Series(ts[ev_rows]).groupby(e_step).min()
-    last = pd.Series(end[ev_rows]).groupby(e_step).max()
+    st = np.asarray(steps["step"], dtype=np.int64)
+    s0 = np.asarray(steps["start_ns"], dtype=np.int64)
+    s1 = np.asarray(steps["end_ns"], dtype=np.int64)
+    # per step holding evaluate_function rows (-1: outside every step): first start,
+    # last end
+    b_step, inverse = np.unique(e_step, return_inverse=True)
+    inverse = inverse.reshape(-1)
+    first = np.full(len(b_step), np.iinfo(np.int64).max, dtype=np.int64)
+    last = np.full(len(b_step), np.iinfo(np.int64).min, dtype=np.int64)
+    np.minimum.at(first, inverse, ts[ev_rows])
+    np.maximum.at(last, inverse, end[ev_rows])
     # On CUDA the engine runs backward on its own device thread; what that thread does
     # after the last node (DDP reducer finalisation, final callbacks) is still backward.
     # Backward threads = threads with evaluate_function records that do not hold the
     # ProfilerStep ranges (on CPU backward runs on the calling thread: no extension).
-    pid = ev["pid"].to_numpy(dtype=np.int64)
-    tid = ev["tid"].to_numpy(dtype=np.int64)
+    pid, tid = tr.pid, tr.tid
     step_rows = np.flatnonzero(_mask_names(codes, cats, lambda c: bool(_STEP_RE.match(c)),
                                            is_range))
-    main = set(zip(pid[step_rows].tolist(), tid[step_rows].tolist(), strict=True))
-    bwd_threads = set(zip(pid[ev_rows].tolist(), tid[ev_rows].tolist(), strict=True)) - main
-    if bwd_threads and len(first):
-        on_bwd = pd.MultiIndex.from_arrays([pid, tid]).isin(list(bwd_threads))
-        roots = np.flatnonzero(on_bwd & (ev["depth"].to_numpy() == 0)
+    main = np.unique(np.stack([pid[step_rows], tid[step_rows]], axis=1), axis=0)
+    bwd = np.unique(np.stack([pid[ev_rows], tid[ev_rows]], axis=1), axis=0)
+    main_set = set(map(tuple, main.tolist()))
+    bwd_threads = [(p, t) for p, t in bwd.tolist() if (p, t) not in main_set]
+    last_lossy = False
+    if bwd_threads and len(b_step):
+        on_bwd = np.zeros(len(pid), dtype=bool)
+        for p, t in bwd_threads:  # a few threads
+            on_bwd |= (pid == p) & (tid == t)
+        roots = np.flatnonzero(on_bwd & (tr.depth == 0)
                                & _kind_mask(ev, "cpu_op", "user_annotation", "runtime"))
         r_step = _step_of(ts[roots], steps)
-        f_of = first.reindex(r_step).to_numpy()
-        ok = (r_step >= 0) & ~np.isnan(f_of)
-        ok[ok] = ts[roots][ok] >= f_of[ok]
+        pos = np.searchsorted(b_step, r_step)
+        known = (pos < len(b_step)) & (b_step[np.minimum(pos, len(b_step) - 1)] == r_step)
+        ok = (r_step >= 0) & known
+        # pandas compared in float64 when some root's step had no first start (NOTE
+        # [ float64 joins ])
+        r_ts, f_of = ts[roots][ok], first[pos[ok]]
+        ok[ok] = (r_ts.astype(np.float64) >= f_of.astype(np.float64) if not known.all()
+                  else r_ts >= f_of)
         if ok.any():
-            tail = pd.Series(end[roots][ok]).groupby(r_step[ok]).max()
-            last = pd.concat([last, tail], axis=1).max(axis=1)
+            tail = np.full(len(b_step), np.iinfo(np.int64).min, dtype=np.int64)
+            np.maximum.at(tail, pos[ok], end[roots][ok])
+            last = np.maximum(last, tail)
+            # pandas joined the two per-step maxima as float64 when some step had no tail
+            # (NOTE [ float64 joins ])
+            last_lossy = bool((tail == np.iinfo(np.int64).min).any())
     out_s, out_e, out_p = [], [], []
     no_bwd = []
-    first_of = dict(zip(first.index.tolist(), first.tolist(), strict=True))
-    last_of = dict(zip(last.index.tolist(), last.tolist(), strict=True))
-    for k, step in enumerate(st.tolist()):
+    first_of = dict(zip(b_step.tolist(), first.tolist(), strict=True))
+    last_of = dict(zip(b_step.tolist(), (last.astype(np.float64) if last_lossy else last).tolist(),
+                       strict=True))
+    for k, step in enumerate(st.tolist()):  # steps
         if step in first_of:
             f, la = int(first_of[step]), min(int(last_of[step]), int(s1[k]))
             out_s += [int(s0[k]), f]
@@ -816,19 +1002,18 @@ def _rule_windows(ev, codes, cats, steps, notes, ts, end, is_ann) -> pd.DataFram
     if no_bwd:
         notes.append(f"step(s) {', '.join(map(str, no_bwd[:10]))} have no backward "
                      "(no autograd evaluate_function): counted as forward")
-    opt = np.flatnonzero(is_range & _mask_names(codes, cats,
-                                              lambda c: c.startswith(_OPTIMIZER_PREFIXES)))
-    out_s += ts[opt].tolist()
-    out_e += end[opt].tolist()
-    out_p += ["optimizer"] * len(opt)
-    prio = [PHASE_PRIORITY[p] for p in out_p]
+    opt = np.flatnonzero(_mask_names(codes, cats, lambda c: c.startswith(_OPTIMIZER_PREFIXES),
+                                     is_range))
     # data loading (torch records ``enumerate(DataLoader)#...``) is not forward: it wins
     # over the forward window (same priority, starts later) and loses to the others
-    dl = np.flatnonzero(is_range & _mask_names(codes, cats,
-                                               lambda c: c.startswith(_DATALOADER_PREFIX)))
-    out_s += ts[dl].tolist()
-    out_e += end[dl].tolist()
-    out_p += ["other"] * len(dl)
-    prio += [PHASE_PRIORITY["forward"]] * len(dl)
-    return pd.DataFrame({"start_ns": out_s, "end_ns": out_e, "phase": out_p, "region": "",
-                         "layer": _LAYER_RULES, "group": 0, "prio": prio})
+    dl = np.flatnonzero(_mask_names(codes, cats, lambda c: c.startswith(_DATALOADER_PREFIX),
+                                    is_range))
+    windows = np.array([PHASE_PRIORITY[p] for p in out_p], dtype=np.int64)
+    return _labelled(
+        np.concatenate([np.array(out_s, dtype=np.int64), ts[opt], ts[dl]]),
+        np.concatenate([np.array(out_e, dtype=np.int64), end[opt], end[dl]]),
+        np.concatenate([_objects(out_p), np.full(len(opt), "optimizer", dtype=object),
+                        np.full(len(dl), "other", dtype=object)]),
+        "", _LAYER_RULES, 0,
+        np.concatenate([windows, np.full(len(opt), PHASE_PRIORITY["optimizer"], dtype=np.int64),
+                        np.full(len(dl), PHASE_PRIORITY["forward"], dtype=np.int64)]))
