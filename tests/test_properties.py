@@ -200,3 +200,69 @@ def check_memory_peaks_equal_linear_scan(t, pt):
     if cpu:
         first = t.memory[t.memory["device"].astype(str) == "cpu"].iloc[0]
         assert cpu[0] == 123 + first["bytes"]
+
+
+# ---------------------------------------------------------------------------------
+# time shift: absolute clocks (epoch ns, above 2**53) change nothing but the clock
+# ---------------------------------------------------------------------------------
+
+_SHIFT_NS = 2**60  # float64 holds multiples of 256 ns here: any float round trip shows
+
+
+def _shifted(trace, offset_ns: int):
+    """``trace`` with every timestamp moved by ``offset_ns``."""
+    import dataclasses
+
+    ev, mem = trace.event_table, trace.memory_table
+    return dataclasses.replace(
+        trace, event_table=ev.assign(ts_ns=np.asarray(ev["ts_ns"]) + offset_ns),
+        memory_table=mem.assign(ts_ns=np.asarray(mem["ts_ns"]) + offset_ns))
+
+
+def _shift_traces():
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    return sorted([*root.glob("traces/examples/*.json.gz"),
+                   *root.glob("tests/data/gpu/h200/*.pt.trace.json.gz")])
+
+
+def test_shifting_the_clock_shifts_every_figure_by_exactly_that(tmp_path):
+    """GIVEN real CPU and GPU traces (eager, compiled, reentrant, SAC; markers and plain)
+    WHEN every timestamp is moved by 2**60 ns (an absolute clock far above 2**53, where
+    float64 cannot hold every ns) THEN, with every recompute-detection method, the steps,
+    segments and recompute occurrences move by exactly 2**60 ns and the time per phase,
+    per region and the memory peaks do not change."""
+    from ckprof.errors import NotCapturedError
+    from ckprof.trace.load import load_trace
+
+    from test_compiled_recompute import compiled_step, metadata
+
+    compiled = TraceBuilder().meta(ckprof=metadata())  # compiled recompute, separated
+    compiled_step(compiled, 1, 0)
+    compiled_step(compiled, 2, 1000)
+    paths = _shift_traces()
+    assert paths, "no example traces"
+    for path, trace in [(p, load_trace(p)) for p in paths] + [
+            (tmp_path / "compiled_builder", compiled.to_trace())]:
+        moved = _shifted(trace, _SHIFT_NS)
+        for method in ("auto", "markers", "stack", "sequence", "compiled", "none"):
+            try:
+                a = find_phases(trace, recompute_detection=method)
+            except NotCapturedError:
+                continue
+            b = find_phases(moved, recompute_detection=method)
+            for name in ("steps_table", "segments_table", "recompute_table"):
+                x, y = getattr(a, name), getattr(b, name)
+                assert x.columns == y.columns, (path.name, method, name)
+                for col in x.columns:
+                    want = x[col] + _SHIFT_NS if col in ("start_ns", "end_ns") else x[col]
+                    assert np.array_equal(y[col], want), (path.name, method, name, col)
+            ta, tb = attribute_time(trace, a), attribute_time(moved, b)
+            for name in ("by_step_table", "regions_table"):
+                for col in getattr(ta, name).columns:
+                    assert np.array_equal(getattr(ta, name)[col], getattr(tb, name)[col],
+                                          equal_nan=getattr(ta, name)[col].dtype.kind == "f"), \
+                        (path.name, method, name, col)
+            pa, pb = peak_memory_by_phase(trace, a), peak_memory_by_phase(moved, b)
+            assert pa.peaks_table["peak_bytes"].tolist() == pb.peaks_table["peak_bytes"].tolist()

@@ -36,10 +36,10 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ckprof.analysis.intervals import kind_mask
+from ckprof.analysis.intervals import distinct, kind_mask, phase_index, positions
 from ckprof.trace.markers import PHASES
 from ckprof.trace.model import GPU_KINDS, Trace
-from ckprof.trace.table import Table, frame_of
+from ckprof.trace.table import Table, frame_of, text_dtype
 
 if TYPE_CHECKING:
     from ckprof.analysis.phases import PhaseTable
@@ -75,7 +75,7 @@ class TimeAttribution:
         event is attributed exactly once, totals and regions agree with by_step."""
         bs = self.by_step_table
         step = np.asarray(bs["step"], dtype=np.int64)
-        pidx = _phase_index(np.asarray(bs["phase"], dtype=object))
+        pidx = phase_index(np.asarray(bs["phase"], dtype=object))
         wall = np.asarray(bs["wall_ns"], dtype=np.int64)
         gpu = np.asarray(bs["gpu_ns"], dtype=np.float64)
         assert (pidx >= 0).all(), "unknown phase in by_step"
@@ -90,17 +90,17 @@ class TimeAttribution:
                     - np.asarray(st["start_ns"], dtype=np.int64))
             per_step = np.zeros(len(uniq), dtype=np.int64)
             np.add.at(per_step, inv, wall)
-            at = _positions(uniq, np.asarray(st["step"], dtype=np.int64))
+            at = positions(uniq, np.asarray(st["step"], dtype=np.int64))
             got = np.where(at >= 0, per_step[np.maximum(at, 0)].astype(np.float64), np.nan) \
                 if len(uniq) else np.full(len(at), np.nan)
             assert np.array_equal(want, got), f"phase wall times {got} != step durations {want}"
         g = self.gpu_events_table
         g_event = np.asarray(g["event"], dtype=np.int64)
-        assert len(_distinct(g_event)) == len(g_event), "a GPU event is attributed twice"
+        assert len(distinct(g_event)) == len(g_event), "a GPU event is attributed twice"
         if self.has_gpu:
             g_dur = np.asarray(g["dur_ns"], dtype=np.int64)
-            g_at = _positions(uniq, np.asarray(g["step"], dtype=np.int64))
-            g_pidx = _phase_index(np.asarray(g["phase"], dtype=object))
+            g_at = positions(uniq, np.asarray(g["step"], dtype=np.int64))
+            g_pidx = phase_index(np.asarray(g["phase"], dtype=object))
             ok = (g_at >= 0) & (g_pidx >= 0)
             per = np.zeros(len(uniq) * _N_PHASES, dtype=np.int64)
             np.add.at(per, g_at[ok] * _N_PHASES + g_pidx[ok], g_dur[ok])
@@ -113,7 +113,7 @@ class TimeAttribution:
         tot = np.zeros(_N_PHASES, dtype=np.int64)
         np.add.at(tot, pidx, wall)
         tt = self.totals_table
-        t_pidx = _phase_index(np.asarray(tt["phase"], dtype=object))
+        t_pidx = phase_index(np.asarray(tt["phase"], dtype=object))
         t_wall = np.zeros(_N_PHASES, dtype=np.int64)
         t_wall[t_pidx[t_pidx >= 0]] = np.asarray(tt["wall_ns"], dtype=np.int64)[t_pidx >= 0]
         assert np.array_equal(np.sort(t_pidx), np.arange(_N_PHASES)) \
@@ -123,60 +123,19 @@ class TimeAttribution:
             "regions do not add up to recompute"
 
 
-def _phase_index(phase: np.ndarray) -> np.ndarray:
-    """Position of each phase name in ``PHASES`` (int64, -1 for any other value)."""
-    out = np.full(len(phase), -1, dtype=np.int64)
-    for i, name in enumerate(PHASES):
-        out[phase == name] = i
-    return out
 
 
-def _distinct(values: np.ndarray) -> np.ndarray:
-    """The sorted distinct values (``np.unique`` without its hash table, which numpy 2.4
-    takes for plain ``unique`` and which is several times slower than a sort on int64)."""
-    out = np.sort(values)
-    return out[np.r_[True, out[1:] != out[:-1]]] if len(out) else out
 
 
-def _positions(sorted_keys: np.ndarray, values: np.ndarray) -> np.ndarray:
-    """Index of each value in the sorted distinct ``sorted_keys``, -1 when absent."""
-    at = np.searchsorted(sorted_keys, values)
-    ok = at < len(sorted_keys)
-    ok[ok] = sorted_keys[at[ok]] == values[ok]
-    return np.where(ok, at, -1)
 
 
-def _text_dtype(n_rows: int) -> str:
-    """The dtype pandas gives a column of ``n_rows`` Python strings: "str", or "object"
-    when it is empty (pinned so the frames are those the pandas stage built)."""
-    return "str" if n_rows else "object"
 
 
-def _segment_rows(segments: Table, ts_ns: np.ndarray) -> np.ndarray:
-    """Row of the segment (``phases.segments_table``) whose ``[start_ns, end_ns)``
-    holds each instant, -1 when none: one ``numpy.searchsorted`` over the segments,
-    as ``PhaseTable.lookup``."""
-    ts = np.asarray(ts_ns, dtype=np.int64)
-    starts = np.asarray(segments["start_ns"], dtype=np.int64)
-    ends = np.asarray(segments["end_ns"], dtype=np.int64)
-    if len(starts) == 0:
-        return np.full(len(ts), -1, dtype=np.int64)
-    idx = np.searchsorted(starts, ts, side="right") - 1
-    return np.where((idx >= 0) & (ts < ends[np.maximum(idx, 0)]), idx, -1)
 
 
-def _lookup_rows(segments: Table, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``(step, phase, region)`` arrays (int64, object, object) of segment ``rows`` from
-    :func:`_segment_rows`: step -1, phase ``"other"``, region ``""`` where the row is -1
-    (``PhaseTable.lookup`` without pandas)."""
-    # each column ends with the value for "no segment", which row -1 picks
-    step = np.append(np.asarray(segments["step"], dtype=np.int64), np.int64(-1))
-    phase = np.append(np.asarray(segments["phase"], dtype=object), np.array(["other"], dtype=object))
-    region = np.append(np.asarray(segments["region"], dtype=object), np.array([""], dtype=object))
-    return step[rows], phase[rows], region[rows]
 
 
-def _gpu_attribution(trace: Trace, segments: Table,
+def _gpu_attribution(trace: Trace, phases: PhaseTable,
                      notes: list[str]) -> tuple[Table, np.ndarray]:
     """The ``gpu_events`` table, and the segment row each of its events was placed in."""
     # NOTE [ GPU attribution ]
@@ -233,12 +192,12 @@ def _gpu_attribution(trace: Trace, segments: Table,
     at[hit] = ts[launched_by[hit]]
     prev_rt = rt[np.maximum(pos - 1, 0)] if len(rt) else np.zeros(len(g), dtype=np.int64)
     at[between] = ts[prev_rt[between]]
-    rows = _segment_rows(segments, at)
-    step, phase, region = _lookup_rows(segments, rows)
+    rows = phases.segment_rows(at)
+    step, phase, region = phases.segment_labels(rows)
     step[before] = -1
     if between.any():
         nxt = rt[np.minimum(pos[between], len(rt) - 1)]
-        s2, p2, r2 = _lookup_rows(segments, _segment_rows(segments, ts[nxt]))
+        s2, p2, r2 = phases.segment_labels(phases.segment_rows(ts[nxt]))
         unsure = int(((s2 != step[between]) | (p2 != phase[between])
                       | (r2 != region[between])).sum())
         notes.append(f"{int(between.sum())} GPU event(s) whose launch is not in the trace "
@@ -274,9 +233,9 @@ def _gpu_attribution(trace: Trace, segments: Table,
         "dur_ns": dur[g_in],
         "launched_by": launched_by[inside].astype(np.int64, copy=False),
         "placed_by": np.array(["runtime", "neighbours", "own_start"], dtype=object)[how[inside]],
-    }, dtypes={"event": "int64", "step": "int64", "phase": _text_dtype(n),
-               "region": _text_dtype(n), "dur_ns": "int64", "launched_by": "int64",
-               "placed_by": _text_dtype(n)})
+    }, dtypes={"event": "int64", "step": "int64", "phase": text_dtype(n),
+               "region": text_dtype(n), "dur_ns": "int64", "launched_by": "int64",
+               "placed_by": text_dtype(n)})
     return table, rows[inside]
 
 
@@ -319,11 +278,11 @@ def attribute_time(trace: Trace, phases: PhaseTable) -> TimeAttribution:
     steps = Table({"step": step_ids, "start_ns": step_start, "end_ns": step_end},
                   dtypes={"step": "int64", "start_ns": "int64", "end_ns": "int64"})
     has_gpu = bool(trace.has_gpu)
-    gpu_events, gpu_rows = _gpu_attribution(trace, seg, notes)
+    gpu_events, gpu_rows = _gpu_attribution(trace, phases, notes)
 
     # per segment: wall time and the GPU time launched in it
     seg_step = np.asarray(seg["step"], dtype=np.int64)
-    seg_phase = _phase_index(np.asarray(seg["phase"], dtype=object))
+    seg_phase = phase_index(np.asarray(seg["phase"], dtype=object))
     seg_region = np.asarray(seg["region"], dtype=object)
     seg_wall = np.asarray(seg["end_ns"], dtype=np.int64) - np.asarray(seg["start_ns"],
                                                                        dtype=np.int64)
@@ -331,8 +290,8 @@ def attribute_time(trace: Trace, phases: PhaseTable) -> TimeAttribution:
     np.add.at(seg_gpu, gpu_rows, np.asarray(gpu_events["dur_ns"], dtype=np.int64))
 
     # by_step: every step (as listed) x every phase; sums are per step number
-    uniq = _distinct(step_ids)
-    at = _positions(uniq, seg_step)
+    uniq = distinct(step_ids)
+    at = positions(uniq, seg_step)
     ok = (at >= 0) & (seg_phase >= 0)
     key = at[ok] * _N_PHASES + seg_phase[ok]
     wall_by = np.zeros(len(uniq) * _N_PHASES, dtype=np.int64)

@@ -11,7 +11,9 @@ Each takes a :class:`~ckprof.trace.table.Table` (``trace.event_table``) or a Dat
   once per distinct value;
 - :func:`nearest_above`, :func:`outermost_above`: ancestor queries on the event tree
   (pointer jumping, any depth);
-- :func:`step_of`: the step each instant falls in.
+- :func:`step_of`: the step each instant falls in;
+- :func:`distinct`, :func:`positions`, :func:`phase_index`: sorted distinct keys, where
+  values sit among them, a phase name's place in ``PHASES``.
 """
 
 from __future__ import annotations
@@ -21,13 +23,14 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ckprof.trace.markers import PHASES
 from ckprof.trace.table import Table, factorize
 
 if TYPE_CHECKING:
     import pandas as pd
 
-__all__ = ["kind_mask", "lexicographic_score", "mask_names", "name_codes", "nearest_above",
-           "outermost_above", "step_of", "thread_ids", "union_length"]
+__all__ = ["distinct", "kind_mask", "lexicographic_score", "mask_names", "name_codes", "nearest_above",
+           "outermost_above", "phase_index", "positions", "step_of", "thread_ids", "union_length"]
 
 
 def thread_ids(pid: np.ndarray, tid: np.ndarray) -> np.ndarray:
@@ -156,3 +159,26 @@ def step_of(starts: np.ndarray, steps: Any) -> np.ndarray:
     ok = idx >= 0
     ok[ok] = starts[ok] < e[idx[ok]]
     return np.where(ok, np.asarray(steps["step"], dtype=np.int64)[np.maximum(idx, 0)], -1)
+
+
+def distinct(values: np.ndarray) -> np.ndarray:
+    """The sorted distinct values (``np.unique`` without its hash table, which numpy 2.4
+    takes for plain ``unique`` and which is several times slower than a sort on int64)."""
+    out = np.sort(values)
+    return out[np.r_[True, out[1:] != out[:-1]]] if len(out) else out
+
+
+def positions(sorted_keys: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """Index of each value in the sorted distinct ``sorted_keys``, -1 when absent."""
+    at = np.searchsorted(sorted_keys, values)
+    ok = at < len(sorted_keys)
+    ok[ok] = sorted_keys[at[ok]] == values[ok]
+    return np.where(ok, at, -1)
+
+
+def phase_index(phase: np.ndarray) -> np.ndarray:
+    """Position of each phase name in ``PHASES`` (int64, -1 for any other value)."""
+    out = np.full(len(phase), -1, dtype=np.int64)
+    for i, name in enumerate(PHASES):
+        out[phase == name] = i
+    return out

@@ -50,19 +50,11 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ckprof.analysis.attribution import (
-    _distinct,
-    _lookup_rows,
-    _phase_index,
-    _positions,
-    _segment_rows,
-    _text_dtype,
-)
-from ckprof.analysis.intervals import kind_mask, nearest_above
+from ckprof.analysis.intervals import distinct, kind_mask, nearest_above, phase_index, positions
 from ckprof.trace.capture_metadata import clean_ckprof_metadata
 from ckprof.trace.markers import ZERO_GRAD
 from ckprof.trace.model import Trace
-from ckprof.trace.table import Table, factorize, frame_of
+from ckprof.trace.table import Table, factorize, frame_of, text_dtype
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -266,13 +258,13 @@ def _last_started(ts: np.ndarray, candidates: np.ndarray, ev_pid: np.ndarray,
         # each candidate's thread among those asked about: pids and tids ranked apart,
         # the pair of ranks packed (both < n_threads, so the product fits)
         rows = np.flatnonzero(candidates)
-        up, ut = _distinct(th_pid), _distinct(th_tid)
-        c_pid = _positions(up, ev_pid[rows])
-        c_tid = _positions(ut, ev_tid[rows])
+        up, ut = distinct(th_pid), distinct(th_tid)
+        c_pid = positions(up, ev_pid[rows])
+        c_tid = positions(ut, ev_tid[rows])
         asked = (c_pid >= 0) & (c_tid >= 0)
-        th_key = _positions(up, th_pid) * len(ut) + _positions(ut, th_tid)
+        th_key = positions(up, th_pid) * len(ut) + positions(ut, th_tid)
         key_order = np.argsort(th_key)
-        at = _positions(th_key[key_order], c_pid[asked] * len(ut) + c_tid[asked])
+        at = positions(th_key[key_order], c_pid[asked] * len(ut) + c_tid[asked])
         rows = rows[asked][at >= 0]
         thread = key_order[at[at >= 0]]
         by_thread = np.argsort(thread, kind="stable")      # stable: time order kept
@@ -395,7 +387,7 @@ def peak_memory_by_phase(trace: Trace, phases: PhaseTable) -> PhaseMemory:
     s_end = np.asarray(seg["end_ns"], dtype=np.int64)
     s_step = np.asarray(seg["step"], dtype=np.int64)
     s_phase = np.asarray(seg["phase"], dtype=object)
-    s_pcode = _phase_index(s_phase)
+    s_pcode = phase_index(s_phase)
     parts: list[dict[str, np.ndarray]] = []
     for rank, code in enumerate(devices):
         device = str(dev_names[code])
@@ -424,8 +416,8 @@ def peak_memory_by_phase(trace: Trace, phases: PhaseTable) -> PhaseMemory:
                       "device": np.full(len(lo_v), rank, dtype=np.int64),
                       "peak_bytes": peak.astype(np.int64), "at_ts_ns": t[at_pos],
                       "mem_row": rows[at_pos]})
-    step, phase, region = _lookup_rows(seg, _segment_rows(seg, ts_all))
-    text = _text_dtype(len(mem))
+    step, phase, region = phases.segment_labels(phases.segment_rows(ts_all))
+    text = text_dtype(len(mem))
     timeline = Table({"ts_ns": ts_all, "device": dev_names[dev_code],
                       "allocated_bytes": level_all, "step": step, "phase": phase,
                       "region": region},

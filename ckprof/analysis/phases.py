@@ -140,22 +140,30 @@ class PhaseTable:
         A segment covers ``[start_ns, end_ns)``; instants outside every step give step
         -1, phase ``"other"``, region ``""``.
         """
+        return self.segment_labels(self.segment_rows(ts_ns))
+
+    def segment_rows(self, ts_ns: np.ndarray | list[int]) -> np.ndarray:
+        """Row of ``segments_table`` whose ``[start_ns, end_ns)`` holds each instant, -1
+        when none: one ``numpy.searchsorted`` over the segments."""
         ts = np.asarray(ts_ns, dtype=np.int64)
         seg = self.segments_table
         starts = np.asarray(seg["start_ns"], dtype=np.int64)
         ends = np.asarray(seg["end_ns"], dtype=np.int64)
+        if len(starts) == 0:
+            return np.full(len(ts), -1, dtype=np.int64)
         idx = np.searchsorted(starts, ts, side="right") - 1
-        ok = idx >= 0
-        ok[ok] = ts[ok] < ends[idx[ok]]
-        safe = np.where(ok, idx, 0)
-        if len(seg) == 0:
-            n = len(ts)
-            return (np.full(n, -1, dtype=np.int64), np.full(n, "other", dtype=object),
-                    np.full(n, "", dtype=object))
-        step = np.where(ok, np.asarray(seg["step"], dtype=np.int64)[safe], -1)
-        phase = np.where(ok, np.asarray(seg["phase"], dtype=object)[safe], "other")
-        region = np.where(ok, np.asarray(seg["region"], dtype=object)[safe], "")
-        return step.astype(np.int64), phase.astype(object), region.astype(object)
+        return np.where((idx >= 0) & (ts < ends[np.maximum(idx, 0)]), idx, -1)
+
+    def segment_labels(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(step, phase, region)`` arrays (int64, object, object) of segment ``rows``
+        (from :meth:`segment_rows`): step -1, phase ``"other"``, region ``""`` where the
+        row is -1."""
+        seg = self.segments_table
+        # each column ends with the value for "no segment", which row -1 picks
+        step = np.append(np.asarray(seg["step"], dtype=np.int64), np.int64(-1))
+        phase = np.append(np.asarray(seg["phase"], dtype=object), np.array(["other"], dtype=object))
+        region = np.append(np.asarray(seg["region"], dtype=object), np.array([""], dtype=object))
+        return step[rows], phase[rows], region[rows]
 
 
 # ---------------------------------------------------------------------------------
@@ -710,14 +718,10 @@ def find_phases(trace: Trace, recompute_detection: str = "auto") -> PhaseTable:
             "trace has no Python frames, so recompute cannot be found by stack",
             path=trace.path,
             hint="Capture with with_stack=True, or use --recompute-detection auto")
-    # float_ns: the ns columns of the DataFrame version's occurrences were float64 (an
-    # empty frame of the stack / sequence methods, or of none, was built from empty
-    # lists); rows joined to them went through float64 (NOTE [ float64 joins ])
     if method == "markers":
-        occ, float_ns = _with_method(_markers_recompute(tree), "markers"), False
+        occ = _with_method(_markers_recompute(tree), "markers")
     elif method == "stack":
         occ = _with_method(_stack_recompute(tree), "stack")
-        float_ns = not len(occ["start_ns"])
         # reentrant checkpoint has no recompute_fn frame: add what the sequence
         # heuristic finds outside every recompute_fn frame (rows say method=sequence)
         extra = _outside(_sequence_recompute(tree), occ)
@@ -726,12 +730,11 @@ def find_phases(trace: Trace, recompute_detection: str = "auto") -> PhaseTable:
                          "recompute_fn frame (reentrant checkpoint) found by the "
                          "Sequence-number heuristic")
             extra["frame"] = np.full(len(extra["start_ns"]), -1, dtype=np.int64)
-            occ = _concat([occ, _with_method(extra, "sequence")], float_ns=float_ns)
+            occ = _concat([occ, _with_method(extra, "sequence")])
     elif method == "sequence":
         occ = _with_method(_sequence_recompute(tree), "sequence")
-        float_ns = not len(occ["start_ns"])
     else:
-        occ, float_ns = _with_method(_no_occurrences(), ""), True
+        occ = _with_method(_no_occurrences(), "")
     eager_found = bool(len(occ["start_ns"]))
 
     # ---- forward runs; one name per region whatever the method ------------------------
@@ -758,7 +761,7 @@ def find_phases(trace: Trace, recompute_detection: str = "auto") -> PhaseTable:
     if len(c_occ):
         occ = _concat([occ, _with_method(_occurrences(
             np.asarray(c_occ["region"], dtype=object), c_occ["start_ns"], c_occ["end_ns"]),
-            "compiled")], float_ns=float_ns)
+            "compiled")])
     recompute = _recompute_table(occ, steps, notes, eager_found=eager_found,
                                  eager_method=method in ("markers", "stack", "sequence"),
                                  compiled_region_dtype=c_occ.dtypes.get("region", "object"))
@@ -832,26 +835,9 @@ def _with_method(occ: dict[str, np.ndarray], method: str) -> dict[str, np.ndarra
     return dict(occ, method=np.full(len(occ["start_ns"]), method, dtype=object))
 
 
-# NOTE [ float64 joins ]
-# The DataFrame version of this stage built an empty occurrence frame from empty lists,
-# whose columns pandas makes float64; joining rows to it (the reentrant rows of the
-# stack method, compiled occurrences) made their start_ns / end_ns float64 before they
-# went back to int64, and its rule windows joined per-step maxima the same way. That
-# is exact below 2**53 ns (104 days of a clock) and rounds to a multiple of 2**k ns
-# above. The same float64 round trips are made here, so that every result is the
-# same; dropping them (``float_ns``, ``last_lossy``, the float64 comparison in
-# _rule_windows) would keep every ns exact instead.
-
-def _concat(parts: list[dict[str, np.ndarray]], *, float_ns: bool = False
-            ) -> dict[str, np.ndarray]:
-    """Rows of ``parts`` one after another (the columns of the first); with
-    ``float_ns`` the ``start_ns`` / ``end_ns`` columns make a float64 round trip
-    (NOTE [ float64 joins ])."""
-    out = {c: np.concatenate([p[c] for p in parts]) for c in parts[0]}
-    if float_ns:
-        for c in ("start_ns", "end_ns"):
-            out[c] = out[c].astype(np.float64).astype(np.int64)
-    return out
+def _concat(parts: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """Rows of ``parts`` one after another (the columns of the first)."""
+    return {c: np.concatenate([p[c] for p in parts]) for c in parts[0]}
 
 
 def _recompute_table(occ: dict[str, np.ndarray], steps: Table, notes: list[str], *,
@@ -960,7 +946,6 @@ def _rule_windows(ev: Table, tr: _Tree, steps: Table, notes: list[str]
     bwd = np.unique(np.stack([pid[ev_rows], tid[ev_rows]], axis=1), axis=0)
     main_set = set(map(tuple, main.tolist()))
     bwd_threads = [(p, t) for p, t in bwd.tolist() if (p, t) not in main_set]
-    last_lossy = False
     if bwd_threads and len(b_step):
         on_bwd = np.zeros(len(pid), dtype=bool)
         for p, t in bwd_threads:  # a few threads
@@ -971,23 +956,15 @@ def _rule_windows(ev: Table, tr: _Tree, steps: Table, notes: list[str]
         pos = np.searchsorted(b_step, r_step)
         known = (pos < len(b_step)) & (b_step[np.minimum(pos, len(b_step) - 1)] == r_step)
         ok = (r_step >= 0) & known
-        # pandas compared in float64 when some root's step had no first start (NOTE
-        # [ float64 joins ])
-        r_ts, f_of = ts[roots][ok], first[pos[ok]]
-        ok[ok] = (r_ts.astype(np.float64) >= f_of.astype(np.float64) if not known.all()
-                  else r_ts >= f_of)
+        ok[ok] = ts[roots][ok] >= first[pos[ok]]
         if ok.any():
             tail = np.full(len(b_step), np.iinfo(np.int64).min, dtype=np.int64)
             np.maximum.at(tail, pos[ok], end[roots][ok])
             last = np.maximum(last, tail)
-            # pandas joined the two per-step maxima as float64 when some step had no tail
-            # (NOTE [ float64 joins ])
-            last_lossy = bool((tail == np.iinfo(np.int64).min).any())
     out_s, out_e, out_p = [], [], []
     no_bwd = []
     first_of = dict(zip(b_step.tolist(), first.tolist(), strict=True))
-    last_of = dict(zip(b_step.tolist(), (last.astype(np.float64) if last_lossy else last).tolist(),
-                       strict=True))
+    last_of = dict(zip(b_step.tolist(), last.tolist(), strict=True))
     for k, step in enumerate(st.tolist()):  # steps
         if step in first_of:
             f, la = int(first_of[step]), min(int(last_of[step]), int(s1[k]))

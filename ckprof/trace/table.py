@@ -33,7 +33,7 @@ import numpy as np
 if TYPE_CHECKING:
     import pandas as pd
 
-__all__ = ["Coded", "Column", "Table", "factorize", "frame_of"]
+__all__ = ["Coded", "Column", "Table", "factorize", "frame_of", "text_dtype"]
 
 
 def factorize(*keys: np.ndarray) -> tuple[np.ndarray, int]:
@@ -50,6 +50,12 @@ def factorize(*keys: np.ndarray) -> tuple[np.ndarray, int]:
     rank = np.empty(len(first), dtype=np.int64)
     rank[np.argsort(first, kind="stable")] = np.arange(len(first), dtype=np.int64)
     return rank[inverse.reshape(-1)], len(first)
+
+
+def text_dtype(n_rows: int) -> str:
+    """The pandas dtype of a column of ``n_rows`` Python strings: ``"str"``, or
+    ``"object"`` when it is empty (pinned so the frames are those pandas would build)."""
+    return "str" if n_rows else "object"
 
 
 @dataclass(frozen=True, eq=False)
