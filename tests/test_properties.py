@@ -233,10 +233,10 @@ def test_shifting_the_clock_shifts_every_figure_by_exactly_that(tmp_path):
     float64 cannot hold every ns) THEN, with every recompute-detection method, the steps,
     segments and recompute occurrences move by exactly 2**60 ns and the time per phase,
     per region and the memory peaks do not change."""
+    from test_compiled_recompute import compiled_step, metadata
+
     from ckprof.errors import NotCapturedError
     from ckprof.trace.load import load_trace
-
-    from test_compiled_recompute import compiled_step, metadata
 
     compiled = TraceBuilder().meta(ckprof=metadata())  # compiled recompute, separated
     compiled_step(compiled, 1, 0)
