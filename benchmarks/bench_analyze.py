@@ -39,12 +39,13 @@ MB = 1_000_000
 MIB = 1024 * 1024
 
 SNIPPETS: dict[str, str] = {
-    "imports": "import numpy, pandas, msgspec, ckprof.analysis",
+    # what `ckprof analyze` imports (numpy, msgspec, click, the stages; no pandas)
+    "imports": "import ckprof.cli.main, ckprof.trace.load, ckprof.analysis.bundle, ckprof.report.tables",
     "read": "import sys; open(sys.argv[1], 'rb').read()",
     "read_gz": "import sys, gzip; gzip.open(sys.argv[1], 'rb').read()",
     "orjson": "import sys, gc, orjson; gc.disable(); orjson.loads(open(sys.argv[1], 'rb').read())",
     "msgspec": "import sys, gc, msgspec; gc.disable(); msgspec.json.decode(open(sys.argv[1], 'rb').read())",
-    "load": "import sys; from ckprof.trace.load import load_trace; t = load_trace(sys.argv[1]); print(len(t.events))",
+    "load": "import sys; from ckprof.trace.load import load_trace; t = load_trace(sys.argv[1]); print(len(t.event_table))",
     "stages": ("import sys, time\n"
                "def now():\n"
                "    return (time.perf_counter(), time.process_time())\n"
@@ -65,7 +66,7 @@ SNIPPETS: dict[str, str] = {
                "prev = t0\n"
                "for name, at in t:\n"
                "    print(f'{name}\t{at[0] - prev[0]:.3f}\t{at[1] - prev[1]:.3f}'); prev = at\n"
-               "print(f'events\t{len(tr.events)}')\n"),
+               "print(f'events\t{len(tr.event_table)}')\n"),
     "hta": ("import sys, logging; logging.disable(logging.CRITICAL)\n"
             "from hta.trace_analysis import TraceAnalysis\n"
             "a = TraceAnalysis(trace_dir=sys.argv[1]); print(len(a.t.get_trace(0)))"),

@@ -38,6 +38,20 @@ def test_factorize_numbers_pairs_like_pandas(pairs):
     assert factorize(a)[0].tolist() == pd.factorize(a)[0].tolist()
 
 
+def test_factorize_finds_values_its_sample_skipped():
+    """GIVEN 20,000 rows of two common thread ids and a few rare ones placed between the
+    rows a sample would look at WHEN factorized THEN every rare value gets its own id, in
+    order of first appearance, as pandas numbers them."""
+    pid = np.full(20_000, 7, dtype=np.int64)
+    tid = np.where(np.arange(20_000) % 2 == 0, 2**40, 3).astype(np.int64)
+    tid[[4_001, 9_999, 15_003]] = [11, -(2**62), 11]
+    ids, n = factorize(pid, tid)
+    assert n == 4
+    assert ids.tolist() == pd.factorize(pd.MultiIndex.from_arrays([pid, tid]))[0].tolist()
+    names = np.array(["b", "a", "b", "c"], dtype=object)
+    assert factorize(names)[0].tolist() == [0, 1, 0, 2]
+
+
 def _frame() -> pd.DataFrame:
     return pd.DataFrame({
         "step": np.array([3, 1, 2], dtype=np.int64),

@@ -38,18 +38,41 @@ __all__ = ["Coded", "Column", "Table", "factorize", "frame_of", "text_dtype"]
 
 def factorize(*keys: np.ndarray) -> tuple[np.ndarray, int]:
     """Dense int64 ids of the rows' key tuples, numbered in order of first appearance
-    (``pandas.factorize`` without pandas), and how many distinct tuples there are."""
+    (``pandas.factorize`` without pandas), and how many distinct tuples there are.
+
+    Keys are combined one at a time (``ids * distinct + codes``, then coded again), so
+    the work is a few sorts of one int64 column whatever the number of keys, and no
+    product of key ranges can overflow."""
     n = len(keys[0]) if keys else 0
     if n == 0:
         return np.empty(0, dtype=np.int64), 0
-    if len(keys) == 1 and keys[0].dtype != object:
-        _, first, inverse = np.unique(keys[0], return_index=True, return_inverse=True)
-    else:
-        stacked = np.stack([np.asarray(k, dtype=np.int64) for k in keys], axis=1)
-        _, first, inverse = np.unique(stacked, axis=0, return_index=True, return_inverse=True)
-    rank = np.empty(len(first), dtype=np.int64)
-    rank[np.argsort(first, kind="stable")] = np.arange(len(first), dtype=np.int64)
-    return rank[inverse.reshape(-1)], len(first)
+    ids, count = _sorted_codes(np.asarray(keys[0]))
+    for key in keys[1:]:
+        codes, distinct = _sorted_codes(np.asarray(key))
+        ids, count = _sorted_codes(ids * np.int64(distinct) + codes)
+    first = np.full(count, n, dtype=np.int64)
+    np.minimum.at(first, ids, np.arange(n, dtype=np.int64))
+    rank = np.empty(count, dtype=np.int64)
+    rank[np.argsort(first, kind="stable")] = np.arange(count, dtype=np.int64)
+    return rank[ids], count
+
+
+def _sorted_codes(values: np.ndarray) -> tuple[np.ndarray, int]:
+    """Codes of ``values`` numbered in sorted order (int64), and how many there are.
+
+    The distinct values of a sample are found first and every value is looked up among
+    them (``searchsorted``); only the values the sample missed are sorted. Keys such as
+    thread ids take a few distinct values over millions of rows, so this is a lookup, not
+    a sort of every row."""
+    if values.dtype == object:
+        values = values.astype(str)
+    uniques = np.unique(values[:: max(1, len(values) // 4096)])
+    pos = np.searchsorted(uniques, values)
+    missed = uniques[np.minimum(pos, len(uniques) - 1)] != values
+    if missed.any():
+        uniques = np.union1d(uniques, values[missed])
+        pos = np.searchsorted(uniques, values)
+    return pos.astype(np.int64, copy=False), len(uniques)
 
 
 def text_dtype(n_rows: int) -> str:
