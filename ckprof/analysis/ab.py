@@ -83,7 +83,7 @@ def _from_ranges(trace: Trace, steps: Table | pd.DataFrame) -> dict[int, tuple[s
     if len(ev) == 0 or len(steps) == 0:
         return {}
     codes, cats = name_codes(ev)
-    rows = np.flatnonzero(mask_names(codes, cats, lambda n: str(n).startswith(VARIANT_PREFIX),
+    rows = np.flatnonzero(mask_names(codes, cats, VARIANT_PREFIX,
                                      among=kind_mask(ev, "user_annotation", "cpu_op")))
     if len(rows) == 0:
         return {}

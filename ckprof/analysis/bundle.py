@@ -49,6 +49,7 @@ from ckprof.analysis.ab import ABResult, ab_result, step_variant_table
 from ckprof.analysis.attribution import TimeAttribution, attribute_time
 from ckprof.analysis.compiled_recompute import find_compiled_recompute
 from ckprof.analysis.detection import check_recompute_detection
+from ckprof.analysis.intervals import distinct, phase_index, positions
 from ckprof.analysis.memory import PhaseMemory, peak_memory_by_phase
 from ckprof.analysis.phases import PhaseTable, find_phases
 from ckprof.errors import NotCapturedError, UsageError
@@ -256,7 +257,7 @@ class Analysis:
         by = self.time.by_step_table
         return Table({
             "step": np.asarray(by["step"], dtype=np.int64),
-            "phase": _str_values(by["phase"]),
+            "phase": np.asarray(by["phase"], dtype=object),  # names of PHASES (attribution)
             "wall_ms": _ms(by["wall_ns"]),
             "gpu_ms": _ms(by["gpu_ns"]),
         })
@@ -270,12 +271,12 @@ class Analysis:
         as 0) and ``<phase>_ms`` for every phase of PHASES (NaN where the step has no
         row for it)."""
         long = self._steps_long()
-        steps = sorted(set(long["step"].tolist()))
-        row_of = {s: i for i, s in enumerate(steps)}
+        step = np.asarray(long["step"], dtype=np.int64)
+        steps = distinct(step)
+        col = phase_index(long["phase"])
+        known = col >= 0
         grid = np.full((len(steps), len(PHASES)), np.nan)
-        for step, phase, wall_ms in long.rows("step", "phase", "wall_ms"):
-            if phase in _PHASE_RANK:
-                grid[row_of[step], _PHASE_RANK[phase]] = wall_ms
+        grid[positions(steps, step[known]), col[known]] = long["wall_ms"][known]
         return Table({
             "step": np.asarray(steps, dtype=np.int64),
             "step_ms": np.nansum(grid, axis=1),
@@ -518,15 +519,20 @@ class Analysis:
                 "gpu_ms": (round(float(gpu_ms), 6) if has_gpu and not math.isnan(gpu_ms) else None),
             }
 
+        long = self._steps_long()
         by_step: dict[int, dict[str, Any]] = {}
-        walls_ms: dict[int, list[float]] = {}
-        for step, phase, wall_ms, gpu_ms in self._steps_long().rows("step", "phase", "wall_ms", "gpu_ms"):
+        for step, phase, wall_ms, gpu_ms in long.rows("step", "phase", "wall_ms", "gpu_ms"):
             by_step.setdefault(step, {"step": step})[phase] = phase_entry(wall_ms, gpu_ms)
-            walls_ms.setdefault(step, []).append(wall_ms)
+        # each step's phases summed in row order, NaN as 0 (what a sum per step gives)
+        step_of_row = np.asarray(long["step"], dtype=np.int64)
+        steps = distinct(step_of_row)
+        step_ms = np.zeros(len(steps), dtype=np.float64)
+        np.add.at(step_ms, positions(steps, step_of_row),
+                  np.nan_to_num(np.asarray(long["wall_ms"], dtype=np.float64), nan=0.0))
         steps_out = []
-        for step in sorted(by_step):
+        for step, ms in zip(steps.tolist(), step_ms.tolist(), strict=True):
             entry = by_step[step]
-            entry["step_ms"] = round(float(np.nansum(np.asarray(walls_ms[step], dtype=np.float64))), 6)
+            entry["step_ms"] = round(ms, 6)
             steps_out.append(entry)
 
         regions = [

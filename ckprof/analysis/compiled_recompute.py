@@ -158,7 +158,7 @@ def _compiled_backwards(ev: Table, cats: np.ndarray, codes: np.ndarray
     """``CompiledFunctionBackward`` rows of the event Table ``ev``, the ``## Call
     CompiledFxGraph`` row each runs (-1 when the trace has none: torch < 2.5) and that
     call's graph key (or None)."""
-    bw_mask = mask_names(codes, cats, lambda c: str(c) == COMPILED_BACKWARD)
+    bw_mask = mask_names(codes, cats, frozenset({COMPILED_BACKWARD}))
     bw_rows = np.flatnonzero(bw_mask & kind_mask(ev, "cpu_op"))
     if len(bw_rows) == 0:
         return bw_rows, bw_rows, []

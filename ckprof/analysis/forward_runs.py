@@ -157,7 +157,7 @@ class _Tree:
         self.is_op = _kind_mask(ev, "cpu_op")
         self.is_py = _kind_mask(ev, "python_function")
         self.is_ann = _kind_mask(ev, "user_annotation")
-        self.is_eval = _mask_names(self.codes, self.cats, lambda c: c.startswith(EVAL_PREFIX),
+        self.is_eval = _mask_names(self.codes, self.cats, EVAL_PREFIX,
                                    self.is_op)
         self.is_user = _mask_names(self.codes, self.cats, _is_user_frame, self.is_py)
         self._modules: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
@@ -168,7 +168,7 @@ class _Tree:
         computed once."""
         if self._modules is None:
             is_mod = _mask_names(self.codes, self.cats,
-                                 lambda c: c.startswith(_MODULE_PREFIX), self.is_py)
+                                 _MODULE_PREFIX, self.is_py)
             self._modules = (_nearest_above(self.parent, is_mod), is_mod,
                              _nearest_above(self.parent, is_mod | self.is_user))
         return self._modules
@@ -218,7 +218,7 @@ def _marker_runs(tr: _Tree) -> dict[str, np.ndarray] | None:
     """Runs from ``ckprof::checkpoint::<region>`` ranges (columns but ``step`` and
     ``first_run``), in event order; None when the trace has none."""
     rows = np.flatnonzero(_mask_names(tr.codes, tr.cats,
-                                      lambda c: c.startswith(CHECKPOINT_PREFIX), tr.is_ann))
+                                      CHECKPOINT_PREFIX, tr.is_ann))
     if len(rows) == 0:
         return None
     lo, hi = tr.seq_ranges(tr.ts[rows], tr.end[rows], tr.pid[rows], tr.tid[rows])
@@ -312,7 +312,7 @@ def _stack_runs(tr: _Tree) -> dict[str, np.ndarray] | None:
     """Runs from ``checkpoint`` Python frames (columns but ``step`` and ``first_run``),
     in event order; None when the trace has none."""
     rows = np.flatnonzero(_mask_names(
-        tr.codes, tr.cats, lambda c: bool(_CHECKPOINT_FRAME_RE.search(c)), tr.is_py))
+        tr.codes, tr.cats, _CHECKPOINT_FRAME_RE.search, tr.is_py))
     if len(rows) == 0:
         return None
     names = []

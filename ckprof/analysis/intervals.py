@@ -18,7 +18,8 @@ Each takes a :class:`~ckprof.trace.table.Table` (``trace.event_table``) or a Dat
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
+from itertools import repeat
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -101,16 +102,28 @@ def name_codes(ev: Table | pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
     return np.asarray(cat.codes), np.asarray(cat.categories, dtype=object)
 
 
-def mask_names(codes: np.ndarray, cats: np.ndarray, pred,
-                among: np.ndarray | None = None) -> np.ndarray:
+def mask_names(codes: np.ndarray, cats: np.ndarray,
+               pred: Callable[[str], Any] | str | tuple[str, ...] | frozenset[str],
+               among: np.ndarray | None = None) -> np.ndarray:
     """Rows whose name satisfies ``pred``, tested once per distinct name; with ``among``
     only those rows (and only the names they use are tested: a trace with a million
-    distinct op names does not run every marker test a million times)."""
+    distinct op names does not run every marker test a million times).
+
+    ``pred`` is a function of the name, a prefix (or a tuple of prefixes: the name starts
+    with one), or a frozenset (the name is one of them); the last two run without a
+    Python call per name (half a million distinct step names: ~30 ms, not ~100 ms)."""
     out = np.zeros(len(codes), dtype=bool)
     valid = codes >= 0 if among is None else (codes >= 0) & among
     used = np.flatnonzero(np.bincount(codes[valid], minlength=len(cats)))
+    names = cats[used].tolist()
+    if isinstance(pred, (str, tuple)):
+        tests: Iterable[Any] = map(str.startswith, names, repeat(pred))
+    elif isinstance(pred, frozenset):
+        tests = map(pred.__contains__, names)
+    else:
+        tests = map(pred, names)
     hit = np.zeros(len(cats), dtype=bool)
-    hit[used] = np.fromiter((bool(pred(c)) for c in cats[used]), dtype=bool, count=len(used))
+    hit[used] = np.fromiter(map(bool, tests), dtype=bool, count=len(used))
     out[valid] = hit[codes[valid]]
     return out
 

@@ -398,7 +398,7 @@ def _no_occurrences(*, frame: bool = False) -> dict[str, np.ndarray]:
 def _markers_recompute(tr: _Tree) -> dict[str, np.ndarray]:
     """One occurrence per ``ckprof::recompute::<region>`` range, in event order."""
     rows = np.flatnonzero(_mask_names(tr.codes, tr.cats,
-                                      lambda c: c.startswith(RECOMPUTE_PREFIX), tr.is_ann))
+                                      RECOMPUTE_PREFIX, tr.is_ann))
     return _occurrences(_stripped(tr.codes, tr.cats, rows, RECOMPUTE_PREFIX), tr.ts[rows],
                         tr.end[rows])
 
@@ -443,7 +443,7 @@ def _stack_recompute(tr: _Tree) -> dict[str, np.ndarray]:
     its ``frame`` row and a provisional name (``recompute@<Node>`` of the enclosing
     evaluate_function, ``recompute@?`` without one)."""
     codes, cats, ts, end = tr.codes, tr.cats, tr.ts, tr.end
-    is_rf = _mask_names(codes, cats, lambda c: bool(_RECOMPUTE_FN_RE.search(c)), tr.is_py)
+    is_rf = _mask_names(codes, cats, _RECOMPUTE_FN_RE.search, tr.is_py)
     top_rf = is_rf & (_outermost_above(tr.parent, is_rf) < 0)  # outermost recompute_fn frames
     rf_rows = np.flatnonzero(top_rf)
     if len(rf_rows) == 0:
@@ -682,18 +682,18 @@ def find_phases(trace: Trace, recompute_detection: str = "auto") -> PhaseTable:
 
     # ---- marker ranges ------------------------------------------------------------
     std = {FORWARD, BACKWARD, OPTIMIZER, ZERO_GRAD}
-    is_std = _mask_names(codes, cats, lambda c: c in std, is_ann)
-    is_user = _mask_names(codes, cats, lambda c: c.startswith(PHASE_PREFIX), is_ann)
+    is_std = _mask_names(codes, cats, frozenset(std), is_ann)
+    is_user = _mask_names(codes, cats, PHASE_PREFIX, is_ann)
     has_rc_markers = bool(_mask_names(
-        codes, cats, lambda c: c.startswith(RECOMPUTE_PREFIX), is_ann).any())
+        codes, cats, RECOMPUTE_PREFIX, is_ann).any())
     has_region_markers = has_rc_markers or bool(_mask_names(
-        codes, cats, lambda c: c.startswith(CHECKPOINT_PREFIX), is_ann).any())
+        codes, cats, CHECKPOINT_PREFIX, is_ann).any())
     phase_source = "markers" if is_std.any() else "rules"
 
     # ---- recompute ----------------------------------------------------------------
     method = recompute_detection
     is_py = tree.is_py
-    has_rf = bool(_mask_names(codes, cats, lambda c: bool(_RECOMPUTE_FN_RE.search(c)),
+    has_rf = bool(_mask_names(codes, cats, _RECOMPUTE_FN_RE.search,
                               is_py).any())
     if method == "auto":
         method = "markers" if has_rc_markers else ("stack" if has_rf else "sequence")
@@ -908,6 +908,14 @@ def _outside(occ: dict[str, np.ndarray], ref: dict[str, np.ndarray]) -> dict[str
     return {c: a[~hit] for c, a in occ.items()}
 
 
+def _thread_set(pid: np.ndarray, tid: np.ndarray) -> set[tuple[int, int]]:
+    """The distinct (pid, tid) pairs of some rows."""
+    ids, count = factorize(pid, tid)
+    first = np.full(count, len(ids), dtype=np.int64)
+    np.minimum.at(first, ids, np.arange(len(ids), dtype=np.int64))
+    return set(zip(pid[first].tolist(), tid[first].tolist(), strict=True))
+
+
 def _rule_windows(ev: Table, tr: _Tree, steps: Table, notes: list[str]
                   ) -> dict[str, np.ndarray]:
     """forward / backward / optimizer windows of plain traces (rules 3)."""
@@ -940,12 +948,10 @@ def _rule_windows(ev: Table, tr: _Tree, steps: Table, notes: list[str]
     # Backward threads = threads with evaluate_function records that do not hold the
     # ProfilerStep ranges (on CPU backward runs on the calling thread: no extension).
     pid, tid = tr.pid, tr.tid
-    step_rows = np.flatnonzero(_mask_names(codes, cats, lambda c: bool(_STEP_RE.match(c)),
+    step_rows = np.flatnonzero(_mask_names(codes, cats, _STEP_RE.match,
                                            is_range))
-    main = np.unique(np.stack([pid[step_rows], tid[step_rows]], axis=1), axis=0)
-    bwd = np.unique(np.stack([pid[ev_rows], tid[ev_rows]], axis=1), axis=0)
-    main_set = set(map(tuple, main.tolist()))
-    bwd_threads = [(p, t) for p, t in bwd.tolist() if (p, t) not in main_set]
+    main_set = _thread_set(pid[step_rows], tid[step_rows])
+    bwd_threads = sorted(_thread_set(pid[ev_rows], tid[ev_rows]) - main_set)
     if bwd_threads and len(b_step):
         on_bwd = np.zeros(len(pid), dtype=bool)
         for p, t in bwd_threads:  # a few threads
@@ -961,35 +967,40 @@ def _rule_windows(ev: Table, tr: _Tree, steps: Table, notes: list[str]
             tail = np.full(len(b_step), np.iinfo(np.int64).min, dtype=np.int64)
             np.maximum.at(tail, pos[ok], end[roots][ok])
             last = np.maximum(last, tail)
-    out_s, out_e, out_p = [], [], []
-    no_bwd = []
-    first_of = dict(zip(b_step.tolist(), first.tolist(), strict=True))
-    last_of = dict(zip(b_step.tolist(), last.tolist(), strict=True))
-    for k, step in enumerate(st.tolist()):  # steps
-        if step in first_of:
-            f, la = int(first_of[step]), min(int(last_of[step]), int(s1[k]))
-            out_s += [int(s0[k]), f]
-            out_e += [f, la]
-            out_p += ["forward", "backward"]
-        else:
-            out_s.append(int(s0[k]))
-            out_e.append(int(s1[k]))
-            out_p.append("forward")
-            no_bwd.append(int(step))
+    # per step: forward from its start to its first evaluate_function, then backward to
+    # its last end (cut at the step's end); a step without any: forward throughout
+    at = np.searchsorted(b_step, st)
+    has = (at < len(b_step)) & (b_step[np.minimum(at, max(len(b_step) - 1, 0))] == st) \
+        if len(b_step) else np.zeros(len(st), dtype=bool)
+    f_ns = first[at[has]]
+    n_out = np.where(has, 2, 1)
+    fwd_at = np.cumsum(n_out) - n_out
+    out_s = np.empty(int(n_out.sum()), dtype=np.int64)
+    out_e = np.empty_like(out_s)
+    out_p = np.full(len(out_s), "forward", dtype=object)
+    out_s[fwd_at] = s0
+    out_e[fwd_at] = s1
+    out_e[fwd_at[has]] = f_ns
+    bwd_at = fwd_at[has] + 1
+    out_s[bwd_at] = f_ns
+    out_e[bwd_at] = np.minimum(last[at[has]], s1[has])
+    out_p[bwd_at] = "backward"
+    no_bwd = st[~has][:10].tolist()
     if no_bwd:
-        notes.append(f"step(s) {', '.join(map(str, no_bwd[:10]))} have no backward "
+        notes.append(f"step(s) {', '.join(map(str, no_bwd))} have no backward "
                      "(no autograd evaluate_function): counted as forward")
-    opt = np.flatnonzero(_mask_names(codes, cats, lambda c: c.startswith(_OPTIMIZER_PREFIXES),
+    opt = np.flatnonzero(_mask_names(codes, cats, _OPTIMIZER_PREFIXES,
                                      is_range))
     # data loading (torch records ``enumerate(DataLoader)#...``) is not forward: it wins
     # over the forward window (same priority, starts later) and loses to the others
-    dl = np.flatnonzero(_mask_names(codes, cats, lambda c: c.startswith(_DATALOADER_PREFIX),
+    dl = np.flatnonzero(_mask_names(codes, cats, _DATALOADER_PREFIX,
                                     is_range))
-    windows = np.array([PHASE_PRIORITY[p] for p in out_p], dtype=np.int64)
+    windows = np.where(out_p == "backward", PHASE_PRIORITY["backward"],
+                       PHASE_PRIORITY["forward"]).astype(np.int64)
     return _labelled(
-        np.concatenate([np.array(out_s, dtype=np.int64), ts[opt], ts[dl]]),
-        np.concatenate([np.array(out_e, dtype=np.int64), end[opt], end[dl]]),
-        np.concatenate([_objects(out_p), np.full(len(opt), "optimizer", dtype=object),
+        np.concatenate([out_s, ts[opt], ts[dl]]),
+        np.concatenate([out_e, end[opt], end[dl]]),
+        np.concatenate([out_p, np.full(len(opt), "optimizer", dtype=object),
                         np.full(len(dl), "other", dtype=object)]),
         "", _LAYER_RULES, 0,
         np.concatenate([windows, np.full(len(opt), PHASE_PRIORITY["optimizer"], dtype=np.int64),

@@ -85,7 +85,7 @@ def user_phase_time(trace: Trace, phases: PhaseTable) -> Table:
     if len(ev) == 0:
         return _table([], [], [])
     codes, cats = name_codes(ev)
-    is_user = mask_names(codes, cats, lambda n: str(n).startswith(PHASE_PREFIX),
+    is_user = mask_names(codes, cats, PHASE_PREFIX,
                          among=kind_mask(ev, "user_annotation"))
     if not is_user.any():
         return _table([], [], [])

@@ -142,6 +142,8 @@ _MEMORY_HEAD = ["phase", "peak", "bytes", "step", "at op"]
 
 def _steps_rows(analysis: Analysis) -> list[list[str]]:
     """Per-step wall ms, shown when there are 2..20 steps (else [])."""
+    if not 1 < analysis.step_count <= 20:
+        return []
     wide = analysis._steps_wide()
     if not 1 < len(wide) <= 20:
         return []

@@ -79,6 +79,11 @@ __all__ = ["SQLITE_MAGIC", "find_rank_candidates", "find_trace_files", "is_nsys_
 
 #: bytes of JSON text the fast reader decodes at once
 CHUNK_BYTES = 24 * 1024 * 1024
+#: blocks a gzip (or unmappable) file is streamed in. The scan threads start once two
+#: blocks are there and the last one is scanned alone, so small blocks keep both cores
+#: busy: a 300 MB .json.gz (stack shape) loads in 0.52 s with 16 MiB blocks, 0.43 s with
+#: 4 MiB and 0.45 s with 2 MiB (median of 5, 2 cores)
+STREAM_BLOCK_BYTES = 4 * 1024 * 1024
 #: plain files at least this big are decoded by worker processes (NOTE [ Parallel pieces ])
 PARALLEL_MIN_BYTES = 256 * 1024 * 1024
 #: ... or by threads, when the native scanner is there (no process start-up to pay for)
@@ -245,7 +250,8 @@ def _check_text_encoding(reader: _source.BlockReader, shown: str) -> None:
 
 
 def _load_file(p: Path, shown: str, salvage: bool, workers: int | None) -> Trace:
-    reader = _source.BlockReader(p, max_bytes=max_stream_bytes(FAST_BYTES_PER_BYTE))
+    reader = _source.BlockReader(p, block_bytes=STREAM_BLOCK_BYTES,
+                                 max_bytes=max_stream_bytes(FAST_BYTES_PER_BYTE))
     if reader.file_bytes == 0:
         raise EmptyTraceError("the file is empty (0 bytes)", path=shown,
                               hint="Capture the trace again; the profiler wrote nothing")
@@ -317,9 +323,11 @@ def _read_fast_file(reader: _source.BlockReader, workers: int | None,
                 bar.total = bar.done + n
             bar.update(n)
 
-        if reader.compressed:  # inflate in a thread while this one decodes
+        if reader.compressed:  # inflate in a thread while threads scan what it gave
+            scanners = (workers or _workers()) if _native.available() \
+                and total >= NATIVE_PARALLEL_MIN_BYTES else 1
             return read_fast(prefetch(reader.blocks()), chunk_bytes=CHUNK_BYTES,
-                             on_consumed=consumed)
+                             workers=scanners, on_consumed=consumed)
         with open(reader.path, "rb") as f, _read_lease(f) as leased:
             if not leased:  # the mapping could not be protected: read it as a stream
                 return read_fast(reader.blocks(), chunk_bytes=CHUNK_BYTES, on_consumed=consumed)

@@ -41,7 +41,7 @@ import mmap
 import re
 from collections.abc import Callable, Iterator
 from operator import attrgetter
-from typing import Any, Union
+from typing import TYPE_CHECKING, Any, Union
 
 import msgspec
 import numpy as np
@@ -49,6 +49,9 @@ import numpy as np
 from ckprof.trace import _native
 from ckprof.trace._build import Columns, device_label
 from ckprof.trace.kineto.careful import read_careful_piece
+
+if TYPE_CHECKING:
+    from concurrent.futures import Future
 
 __all__ = ["Blank", "NeedsCarefulReader", "prefetch", "read_fast"]
 
@@ -709,44 +712,75 @@ def _run_threads(win: _Window, pattern: bytes, workers: int, cols: Columns) -> N
             raise
 
 
-def _stream_blocks(win: _Window, pattern: bytes, cols: Columns) -> None:
+def _stream_blocks(win: _Window, pattern: bytes, cols: Columns, workers: int = 1) -> None:
     """Decompressed blocks read natively where they lie (NOTE [ Native scanner ]).
 
     Each block is scanned in place from its first to its last event boundary; only the
     few bytes around block edges (the partial event before the first boundary, plus
     the carry from the previous block) are copied -- the window's grow-and-trim would
-    copy every byte two or three times. A piece the scanner refuses goes the usual way
-    (msgspec, then the careful rules). The last block and the carry stay in the window
-    for ``_finish`` (the trailer may hold the boundary pattern too)."""
+    copy every byte two or three times. With ``workers`` > 1 the pieces are scanned by
+    that many threads (the scanner runs without the GIL) while the blocks keep coming
+    and this thread adds the results in file order; a piece the scanner refuses goes
+    the usual way (msgspec, then the careful rules). The last block and the carry stay
+    in the window for ``_finish`` (the trailer may hold the boundary pattern too)."""
+    from collections import deque
+    from concurrent.futures import ThreadPoolExecutor
+
     assert win.blocks is not None
     carry = bytes(win.buf[win.pos:win.end])
     blocks = win.blocks
-    block = next(blocks, None)
-    while block is not None:
-        following = next(blocks, None)
-        if following is None:  # the last block: _finish reads it with the carry
-            carry += block
-            break
-        first = block.find(pattern)
-        last = block.rfind(pattern)
-        if first < 0:  # no boundary in the whole block (a huge event): carry it on
-            carry += block
-        else:
-            _read_piece(carry + block[:first], 0, len(carry) + first, cols, win)
-            if last > first:
-                _read_piece(block, first, last, cols, win)
-            carry = block[last:]
-        block = following
+    pending: deque[tuple[bytes, int, int, Future[Any] | None]] = deque()
+    with ThreadPoolExecutor(max_workers=max(1, workers),
+                            thread_name_prefix="ckprof-scan") as pool:
+
+        def add(buf: bytes, start: int, stop: int) -> None:
+            s, e = _trim(buf, start, stop)
+            scanning = pool.submit(_native.scan, buf, s, e) if workers > 1 and e > s else None
+            pending.append((buf, start, stop, scanning))
+            while len(pending) > (workers + 1 if workers > 1 else 0):  # bounded memory
+                _read_piece(*pending.popleft(), cols, win)
+
+        try:
+            block = next(blocks, None)
+            while block is not None:
+                following = next(blocks, None)
+                if following is None:  # the last block: _finish reads it with the carry
+                    carry += block
+                    break
+                first = block.find(pattern)
+                last = block.rfind(pattern)
+                if first < 0:  # no boundary in the whole block (a huge event): carry it on
+                    carry += block
+                else:
+                    add(carry + block[:first], 0, len(carry) + first)
+                    if last > first:
+                        add(block, first, last)
+                    carry = block[last:]
+                block = following
+            while pending:
+                _read_piece(*pending.popleft(), cols, win)
+        except BaseException:
+            for *_, scanning in pending:
+                if scanning is not None:
+                    scanning.cancel()
+            raise
     win.blocks = iter(())
     win.buf = bytearray(carry)
     win.pos, win.end, win.eof = 0, len(carry), True
 
 
-def _read_piece(buf: bytes, start: int, stop: int, cols: Columns, win: _Window) -> None:
-    """One piece of ``buf`` (events separated by commas) into ``cols``: natively, else
-    msgspec, else the careful rules. Progress is reported to ``win``."""
+def _read_piece(buf: bytes, start: int, stop: int, scanning: Future[Any] | None,
+                cols: Columns, win: _Window) -> None:
+    """One piece of ``buf`` (events separated by commas) into ``cols``: natively (the
+    result of ``scanning``, a scan already under way, else scanned here), else msgspec,
+    else the careful rules. Progress is reported to ``win``."""
     s, e = _trim(buf, start, stop)
-    if e > s and not _scan_into(buf, s, e, cols):
+    if scanning is not None:
+        result = scanning.result()
+        scanned = not isinstance(result, str) and _ingest_scanned(result, cols)
+    else:
+        scanned = e <= s or _scan_into(buf, s, e, cols)
+    if not scanned:
         piece = _Window(iter(()), None)  # a writable copy: the decoder brackets it in place
         piece.buf = bytearray(buf[start:stop])
         piece.end, piece.eof = len(piece.buf), True
@@ -794,7 +828,7 @@ def _read_fast(win: _Window, chunk_bytes: int, path: str | None,
         else:
             _run_parallel(win, path, pattern, chunk_bytes, workers, cols)
     if pattern is not None and win.mm is None and _native.scan is not None:
-        _stream_blocks(win, pattern, cols)
+        _stream_blocks(win, pattern, cols, workers)
     while pattern is not None:
         win.fill(chunk_bytes)
         limit = min(win.end, win.pos + chunk_bytes)
