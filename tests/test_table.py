@@ -74,21 +74,15 @@ def test_from_frame_to_frame_gives_the_frame_back_dtypes_too():
 
 
 def test_table_reads_and_new_tables_leave_the_original_alone():
-    """GIVEN a table WHEN rows are taken, sorted, columns assigned or selected THEN new
-    tables come back and the original's arrays are unchanged."""
+    """GIVEN a table WHEN rows are taken, columns assigned or selected THEN new tables
+    come back and the original's arrays are unchanged."""
     t = Table.from_frame(_frame())
     before = {c: np.array(t[c], copy=True) for c in t.columns}
-    s = t.sort_by("step")
-    assert s["step"].tolist() == [1, 2, 3]
-    assert s["name"].tolist() == ["x", "y", "y"]
     assert t.take(t["step"] > 1)["region"].tolist() == ["a", "b"]
-    d = t.sort_by("phase", "step", descending=("step",))
-    assert list(zip(d["phase"], d["step"], strict=True)) == [("backward", 1), ("forward", 3),
-                                                             ("forward", 2)]
+    assert t.take(np.array([1, 0]))["name"].tolist() == ["x", "y"]
     assert t.assign(step=np.zeros(3, dtype=np.int64)).columns == t.columns
     assert t.select("ok", "step").columns == ("ok", "step")
     assert list(t.rows("step", "phase")) == [(3, "forward"), (1, "backward"), (2, "forward")]
-    assert t.records()[1]["name"] == "x"
     for c in t.columns:
         np.testing.assert_array_equal(t[c], before[c])
 
@@ -108,8 +102,8 @@ def test_coded_columns_test_and_decode_once_per_category():
     missing = Coded(np.array([0, -1], dtype=np.int32), np.array(["a"], dtype=object))
     assert missing.decode().tolist() == ["a", None]
     assert missing.isin({"a"}).tolist() == [True, False]
-    assert Table.concat([Table({"n": c}), Table({"n": missing})])["n"].tolist() == \
-        ["b", "a", "b", "c", "a", None]
+    assert Table({"n": np.array(["b", "a", "b"], dtype=object)}).coded("n").codes.tolist() == \
+        [0, 1, 0]
 
 
 def test_frame_of_builds_the_frame_once_and_none_for_none():

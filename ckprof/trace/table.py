@@ -172,10 +172,6 @@ class Table:
         col = self._columns[name]
         return col.decode() if isinstance(col, Coded) else col
 
-    def column(self, name: str) -> Column:
-        """A column as stored (numpy array or :class:`Coded`)."""
-        return self._columns[name]
-
     def coded(self, name: str) -> Coded:
         """A string column as :class:`Coded` (coded on the fly if stored as strings)."""
         col = self._columns[name]
@@ -185,11 +181,6 @@ class Table:
         """Rows as tuples of Python values (of ``names``, default every column)."""
         cols = [self[n].tolist() for n in (names or self.columns)]
         return zip(*cols, strict=True) if cols else iter(())
-
-    def records(self) -> list[dict[str, Any]]:
-        """Rows as dicts of Python values."""
-        names = self.columns
-        return [dict(zip(names, row, strict=True)) for row in self.rows()]
 
     # ---- new tables ----------------------------------------------------------------
     def take(self, rows: np.ndarray) -> Table:
@@ -207,34 +198,6 @@ class Table:
 
     def select(self, *names: str) -> Table:
         return Table({k: self._columns[k] for k in names}, self._dtypes)
-
-    def sort_by(self, *keys: str, descending: Sequence[str] = ()) -> Table:
-        """Stable sort by ``keys`` (first key first); strings sort as strings."""
-        if not keys or self._length < 2:
-            return self
-        sort_keys = []
-        for k in reversed(keys):  # lexsort: last key is primary
-            col = self[k]
-            if col.dtype == object:
-                _, col = np.unique(col.astype(str), return_inverse=True)
-            sort_keys.append(-col.astype(np.float64) if k in descending and col.dtype.kind == "f"
-                             else (-col.astype(np.int64) if k in descending else col))
-        return self.take(np.lexsort(sort_keys))
-
-    @classmethod
-    def concat(cls, tables: Sequence[Table]) -> Table:
-        """Rows of ``tables`` one after another (same columns)."""
-        if not tables:
-            raise ValueError("nothing to concatenate")
-        first = tables[0]
-        out: dict[str, Column] = {}
-        for k in first.columns:
-            parts = [t._columns[k] for t in tables]
-            if all(isinstance(p, np.ndarray) for p in parts):
-                out[k] = np.concatenate(parts)
-            else:
-                out[k] = Coded.encode(np.concatenate([t[k] for t in tables]))
-        return cls(out, first._dtypes)
 
     # ---- pandas --------------------------------------------------------------------
     def to_frame(self) -> pd.DataFrame:
