@@ -390,3 +390,22 @@ def test_stack_fills_reentrant_gaps_with_sequence():
     assert pt.recompute[["region", "method"]].to_dict("records") == [
         {"region": "Block_1", "method": "stack"},
         {"region": "recompute@CheckpointFunctionBackward", "method": "sequence"}]
+
+
+def test_recompute_wins_over_a_marker_listed_much_later():
+    """GIVEN a recompute occurrence and, inside it, a forward marker whose place among
+    all labelled intervals is far beyond the two intervals of this step (other steps'
+    intervals come between them) WHEN the step is tiled THEN recompute still wins where
+    they overlap (NOTE [ Phase precedence ]: the recompute layer beats every marker)."""
+    from ckprof.analysis import phases
+
+    iv = {"start_ns": np.array([10, 20]), "end_ns": np.array([50, 30]),
+          "layer": np.array([phases._LAYER_RECOMPUTE, phases._LAYER_MARKERS]),
+          "group": np.array([0, 1]), "order": np.array([0, 41]),
+          "prio": np.array([phases.PHASE_PRIORITY["recompute"], phases.PHASE_PRIORITY["forward"]]),
+          "phase": np.array(["recompute", "forward"], dtype=object),
+          "region": np.array(["blocks.0", ""], dtype=object)}
+    tiles = phases._tile_step(1, 0, 60, iv, np.array([0, 1]))
+    assert list(zip(tiles["phase"].tolist(), tiles["start_ns"].tolist(),
+                    tiles["end_ns"].tolist(), strict=True)) == [
+        ("other", 0, 10), ("recompute", 10, 50), ("other", 50, 60)]

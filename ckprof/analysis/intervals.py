@@ -48,15 +48,20 @@ def lexicographic_score(keys: Sequence[np.ndarray], bounds: Sequence[int]) -> np
     """Pack keys ``k0, k1, ...`` (each ``0 <= k_i < bounds[i]``) into one int64 that
     orders exactly like the tuple ``(k0, k1, ...)``: ``k0 * B1 * B2 ... + k1 * B2 ... + ...``.
 
-    Raises ``OverflowError`` if the product of the bounds does not fit in int64."""
+    Raises ``OverflowError`` if the product of the bounds does not fit in int64 and
+    ``ValueError`` if a key is outside ``[0, bound)`` (it would spill into the key
+    before it)."""
     total = 1
     for b in bounds:
         total *= int(b)
     if total >= 2**63:
         raise OverflowError("lexicographic_score: keys do not fit in int64")
     out = np.zeros(np.broadcast(*keys).shape, dtype=np.int64) if keys else np.zeros(0, np.int64)
-    for key, bound in zip(keys, bounds, strict=True):
-        out = out * np.int64(bound) + np.asarray(key, dtype=np.int64)
+    for i, (key, bound) in enumerate(zip(keys, bounds, strict=True)):
+        key = np.asarray(key, dtype=np.int64)
+        if key.size and (key.min() < 0 or key.max() >= bound):
+            raise ValueError(f"lexicographic_score: key {i} is outside [0, {bound})")
+        out = out * np.int64(bound) + key
     return out
 
 

@@ -511,7 +511,7 @@ def _tile_step(step: int, s: int, e: int, iv: dict[str, np.ndarray],
     bounds = np.unique(np.concatenate(([s, e], st, en)))
     lo, hi = bounds[:-1], bounds[1:]
     active = (st[None, :] <= lo[:, None]) & (en[None, :] >= hi[:, None])
-    big = np.int64(len(order) + 1)
+    big = np.int64(order.max() + 1)  # order is the interval's place among all of them
     # per thread group the innermost (latest order) marker wins; other layers are
     # single-interval groups so this keeps all of them
     winner_in_group = active.copy()
