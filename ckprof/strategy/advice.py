@@ -426,10 +426,31 @@ def _blocks(analysis: Analysis, device: str, *, gpu: bool = False) -> pd.DataFra
                          "kept_bytes": [kept[r] for r in order]})
 
 
+def _keep_windows(first_runs: pd.DataFrame, occ: pd.DataFrame) -> pd.DataFrame:
+    """``step``, ``region``, ``from_ns``, ``to_ns``: from the end of each forward run of a
+    region to the start of that region's next recompute in the same step (under gradient
+    accumulation one window per micro-batch); runs without a later recompute have none."""
+    out = []
+    rec = occ.sort_values("start_ns", kind="stable").groupby(["step", "region"])["start_ns"]
+    starts = {key: g.to_numpy(dtype=np.int64) for key, g in rec}
+    for (step, region), g in first_runs.groupby(["step", "region"], sort=False):
+        later = starts.get((step, region))
+        if later is None:
+            continue
+        ends = np.sort(g["end_ns"].to_numpy(dtype=np.int64))
+        at = np.searchsorted(later, ends, side="right")
+        ok = at < len(later)
+        out.append(pd.DataFrame({"step": step, "region": region, "from_ns": ends[ok],
+                                 "to_ns": later[at[ok]]}))
+    if not out:
+        return pd.DataFrame({"step": [], "region": [], "from_ns": [], "to_ns": []})
+    return pd.concat(out, ignore_index=True)
+
+
 def _peak_model(analysis: Analysis, device: str, peak_bytes: float) -> PeakOf:
     """``peak_of(extra_by_region) -> bytes``: the estimated peak when each region keeps
-    ``extra`` more bytes (per step) from the end of its first forward run to the start
-    of its recompute in the same step, on top of the trace's own live bytes (NOTE
+    ``extra`` more bytes (per step) from the end of each of its forward runs to the start
+    of its next recompute in the same step (:func:`_keep_windows`), on top of the trace's own live bytes (NOTE
     [ Selective checkpointing or unchecked blocks ], peaks). Without forward-run markers
     the extras simply add to the trace's peak (an upper bound)."""
     runs = analysis.phases.forward_runs
@@ -438,21 +459,20 @@ def _peak_model(analysis: Analysis, device: str, peak_bytes: float) -> PeakOf:
     tl = tl[(tl["device"] == device) & tl["step"].isin(set(analysis.phases.steps["step"]))]
     if runs is None or runs.empty or occ.empty or tl.empty:
         return lambda extra: peak_bytes + float(sum(extra.values()))
-    first = runs[runs["first_run"]]
-    fwd_end = first.groupby(["step", "region"])["end_ns"].max()
-    rec_start = occ.groupby(["step", "region"])["start_ns"].min()
-    win = pd.concat([fwd_end.rename("from_ns"), rec_start.rename("to_ns")], axis=1,
-                    join="inner").reset_index()
-    win = win[win["from_ns"] < win["to_ns"]]
+    win = _keep_windows(runs[runs["first_run"]], occ)
     ts = tl["ts_ns"].to_numpy(dtype=np.int64)
     order = np.argsort(ts, kind="stable")
     ts, level = ts[order], tl["allocated_bytes"].to_numpy(dtype=np.float64)[order]
     top = float(level.max())
     regions = win["region"].astype(str).to_numpy()
     starts, ends = win["from_ns"].to_numpy(dtype=np.int64), win["to_ns"].to_numpy(dtype=np.int64)
+    # ``extra`` is per step; a region kept over several windows a step (gradient
+    # accumulation: one per micro-batch) holds its share in each
+    windows_per_step = win.groupby("region")["from_ns"].size() / max(analysis.step_count, 1)
+    share = 1.0 / windows_per_step.reindex(regions).to_numpy(dtype=np.float64)
 
     def peak_of(extra: dict[str, float]) -> float:
-        amount = np.array([float(extra.get(r, 0.0)) for r in regions])
+        amount = np.array([float(extra.get(r, 0.0)) for r in regions]) * share
         if not (amount > 0).any():
             return peak_bytes
         edge_t = np.concatenate([ends, starts])   # ends first: a window closing as
