@@ -50,6 +50,9 @@ def test_factorize_finds_values_its_sample_skipped():
     assert ids.tolist() == pd.factorize(pd.MultiIndex.from_arrays([pid, tid]))[0].tolist()
     names = np.array(["b", "a", "b", "c"], dtype=object)
     assert factorize(names)[0].tolist() == [0, 1, 0, 2]
+    missing = np.array(["None", None, "None", None], dtype=object)  # text "None" is not None
+    assert factorize(missing)[0].tolist() == [0, 1, 0, 1]
+    assert factorize(missing)[1] == 2
 
 
 def _frame() -> pd.DataFrame:
@@ -104,6 +107,10 @@ def test_coded_columns_test_and_decode_once_per_category():
     assert missing.isin({"a"}).tolist() == [True, False]
     assert Table({"n": np.array(["b", "a", "b"], dtype=object)}).coded("n").codes.tolist() == \
         [0, 1, 0]
+    gaps = Table({"n": np.array(["a", None, "a"], dtype=object)})
+    assert gaps.coded("n").codes.tolist() == [0, -1, 0]
+    assert gaps.coded("n").categories.tolist() == ["a"]
+    assert Table({"n": gaps.coded("n")}).to_frame()["n"].isna().tolist() == [False, True, False]
 
 
 def test_frame_of_builds_the_frame_once_and_none_for_none():

@@ -38,7 +38,8 @@ __all__ = ["Coded", "Column", "Table", "factorize", "frame_of", "text_dtype"]
 
 def factorize(*keys: np.ndarray) -> tuple[np.ndarray, int]:
     """Dense int64 ids of the rows' key tuples, numbered in order of first appearance
-    (``pandas.factorize`` without pandas), and how many distinct tuples there are.
+    (``pandas.factorize`` without pandas, except that a missing string -- None -- is a
+    value of its own, not -1), and how many distinct tuples there are.
 
     Keys are combined one at a time (``ids * distinct + codes``, then coded again), so
     the work is a few sorts of one int64 column whatever the number of keys, and no
@@ -64,8 +65,10 @@ def _sorted_codes(values: np.ndarray) -> tuple[np.ndarray, int]:
     them (``searchsorted``); only the values the sample missed are sorted. Keys such as
     thread ids take a few distinct values over millions of rows, so this is a lookup, not
     a sort of every row."""
-    if values.dtype == object:
-        values = values.astype(str)
+    if values.dtype == object:  # strings: coded in one pass, None a group of its own
+        coded = Coded.encode(values)
+        n = len(coded.categories)
+        return np.where(coded.codes >= 0, coded.codes, n).astype(np.int64), n + 1
     uniques = np.unique(values[:: max(1, len(values) // 4096)])
     pos = np.searchsorted(uniques, values)
     missed = uniques[np.minimum(pos, len(uniques) - 1)] != values
@@ -91,13 +94,14 @@ class Coded:
 
     @classmethod
     def encode(cls, values: Iterable[Any] | np.ndarray) -> Coded:
-        """Code an array of strings (categories in order of first appearance)."""
+        """Code an array of strings (categories in order of first appearance; None and
+        NaN are missing: code -1)."""
         arr = np.asarray(values, dtype=object)
         if len(arr) == 0:
             return cls(np.empty(0, dtype=np.int32), np.empty(0, dtype=object))
         cats: dict[Any, int] = {}
-        codes = np.fromiter((cats.setdefault(v, len(cats)) for v in arr.tolist()),
-                            dtype=np.int32, count=len(arr))
+        codes = np.fromiter((-1 if v is None or v != v else cats.setdefault(v, len(cats))
+                             for v in arr.tolist()), dtype=np.int32, count=len(arr))
         return cls(codes, np.array(list(cats), dtype=object))
 
     def __len__(self) -> int:
