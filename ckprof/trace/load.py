@@ -79,9 +79,9 @@ __all__ = ["SQLITE_MAGIC", "find_rank_candidates", "find_trace_files", "is_nsys_
 
 #: bytes of JSON text the fast reader decodes at once
 CHUNK_BYTES = 24 * 1024 * 1024
-#: blocks a gzip (or unmappable) file is streamed in. The scan threads start once two
-#: blocks are there and the last one is scanned alone, so small blocks keep both cores
-#: busy: a 300 MB .json.gz (stack shape) loads in 0.52 s with 16 MiB blocks, 0.43 s with
+#: blocks a file is streamed in (gzip input; plain files are mapped when they can be).
+#: A gzip file's scan threads start once two blocks are there and the last one is
+#: scanned alone, so small blocks keep both cores busy: a 300 MB .json.gz (stack shape) loads in 0.52 s with 16 MiB blocks, 0.43 s with
 #: 4 MiB and 0.45 s with 2 MiB (median of 5, 2 cores)
 STREAM_BLOCK_BYTES = 4 * 1024 * 1024
 #: plain files at least this big are decoded by worker processes (NOTE [ Parallel pieces ])
@@ -260,7 +260,6 @@ def _load_file(p: Path, shown: str, salvage: bool, workers: int | None) -> Trace
     check_memory(shown, size, FAST_BYTES_PER_BYTE, "this trace")
     notes: list[str] = []
     result: tuple[Columns, dict, str] | None
-    events_seen = 0
     try:
         result = _read_fast_file(reader, workers, size)
     except NeedsCarefulReader:  # anything unexpected: start over with the careful reader
@@ -274,8 +273,7 @@ def _load_file(p: Path, shown: str, salvage: bool, workers: int | None) -> Trace
     if result is not None and reader.problem is None and result[0].n_events > 0:
         cols, metadata, fmt = result
     else:
-        if result is not None:
-            events_seen = result[0].n_events + result[0].n_memory
+        events_seen = 0 if result is None else result[0].n_events + result[0].n_memory
         result = None  # let the fast reader's columns go before the careful read
         what = "this trace has an unusual layout; the careful reader"
         size = max(size, reader.streamed_bytes)  # exact once a gzip stream was read through

@@ -46,12 +46,11 @@ can be rebuilt (:mod:`ckprof.analysis.composition`).
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from ckprof.trace.table import Table
+from ckprof.trace.table import Table, frame_of
 
 if TYPE_CHECKING:  # pandas is imported where it is used: reading and analysing need none
     import pandas as pd
@@ -139,15 +138,9 @@ class Trace:
             event_table=self.event_table if events is None else Table.from_frame(events),
             memory_table=self.memory_table if memory is None else Table.from_frame(memory))
 
-    @functools.cached_property
-    def events(self) -> pd.DataFrame:
-        """``event_table`` as a DataFrame (built once; do not modify it)."""
-        return self.event_table.to_frame()
-
-    @functools.cached_property
-    def memory(self) -> pd.DataFrame:
-        """``memory_table`` as a DataFrame (built once; do not modify it)."""
-        return self.memory_table.to_frame()
+    #: ``event_table`` / ``memory_table`` as DataFrames (built once; do not modify them)
+    events = frame_of("event_table")
+    memory = frame_of("memory_table")
 
     @property
     def has_gpu(self) -> bool:

@@ -729,14 +729,14 @@ def _stream_blocks(win: _Window, pattern: bytes, cols: Columns, workers: int = 1
     assert win.blocks is not None
     carry = bytes(win.buf[win.pos:win.end])
     blocks = win.blocks
-    pending: deque[tuple[bytes, int, int, Future[Any] | None]] = deque()
+    pending: deque[tuple[bytes, int, int, int, int, Future[Any] | None]] = deque()
     with ThreadPoolExecutor(max_workers=max(1, workers),
                             thread_name_prefix="ckprof-scan") as pool:
 
         def add(buf: bytes, start: int, stop: int) -> None:
             s, e = _trim(buf, start, stop)
             scanning = pool.submit(_native.scan, buf, s, e) if workers > 1 and e > s else None
-            pending.append((buf, start, stop, scanning))
+            pending.append((buf, start, stop, s, e, scanning))
             while len(pending) > (workers + 1 if workers > 1 else 0):  # bounded memory
                 _read_piece(*pending.popleft(), cols, win)
 
@@ -769,12 +769,12 @@ def _stream_blocks(win: _Window, pattern: bytes, cols: Columns, workers: int = 1
     win.pos, win.end, win.eof = 0, len(carry), True
 
 
-def _read_piece(buf: bytes, start: int, stop: int, scanning: Future[Any] | None,
-                cols: Columns, win: _Window) -> None:
-    """One piece of ``buf`` (events separated by commas) into ``cols``: natively (the
-    result of ``scanning``, a scan already under way, else scanned here), else msgspec,
-    else the careful rules. Progress is reported to ``win``."""
-    s, e = _trim(buf, start, stop)
+def _read_piece(buf: bytes, start: int, stop: int, s: int, e: int,
+                scanning: Future[Any] | None, cols: Columns, win: _Window) -> None:
+    """One piece ``buf[start:stop]`` (events separated by commas; ``[s, e)`` without the
+    whitespace and comma around them) into ``cols``: natively (the result of
+    ``scanning``, a scan already under way, else scanned here), else msgspec, else the
+    careful rules. Progress is reported to ``win``."""
     if scanning is not None:
         result = scanning.result()
         scanned = not isinstance(result, str) and _ingest_scanned(result, cols)
