@@ -14,7 +14,8 @@ step. :data:`LIVE` holds the markers of the one capture running in this process.
 #           opens or closes, or the step ends. The first call is seen by a stand-in
 #           for nn.Module.__call__ (no global module hook: torch.compile would warn),
 #           :class:`ModuleCallWatch`, shared with ``ckprof run``'s step detector and
-#           removed while nobody listens (a forward range open, backward running). Code that torch.compile traces may call our hooks and
+#           removed while nobody listens (a forward range open, backward running).
+#           Code that torch.compile traces may call our hooks and
 #           patched functions: they return at once under torch.compiler.is_compiling(),
 #           so a compile during a window makes the same graph as without ckprof
 #           (compiled code runs no Python hooks afterwards).
@@ -92,13 +93,11 @@ class ModuleCallWatch:
         watch = self
 
         def module_call(module: torch.nn.Module, *args: Any, **kwargs: Any) -> Any:
-            if watch._standin is module_call and not _compiling():
+            if watch._armed and watch._standin is module_call and not _compiling():
                 called: set[Any] = set()
-                while True:  # by priority; one armed meanwhile runs too
-                    todo = [f for f in sorted(watch._armed, key=watch._armed.__getitem__)
-                            if f not in called]
-                    if not todo:
-                        break
+                # by priority; one armed meanwhile runs too
+                while todo := [f for f in sorted(watch._armed, key=watch._armed.__getitem__)
+                               if f not in called]:
                     called.add(todo[0])
                     todo[0](module, args)
             return original(module, *args, **kwargs)

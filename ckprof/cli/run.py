@@ -369,20 +369,20 @@ def _report(outcome: object, session: object, out_dir: Path, key: str, rank: int
 
         with _suppress():
             sys.stdout.flush()
-        first = None
-        if report and len(paths) == 1:  # read once for the summary and the report
+        analysis = None
+        if len(paths) == 1:  # one trace, read once for the summary and the report
             from ckprof.report.tables import render
 
-            first = load(paths[0])
-            click.echo(render(first, fmt), nl=False)
+            analysis = load(paths[0])
+            click.echo(render(analysis, fmt), nl=False)
         else:
             click.echo(render_traces(paths, fmt, label=str(out_dir)), nl=False)
+        head = Path(paths[0])
         if report:
-            _write_report(Path(paths[0]), first or load(paths[0]))
+            _write_report(head, analysis if analysis is not None else load(head))
         elif fmt == "table":
-            first = Path(paths[0])
             click.echo("\nNext:\n"
-                       f"  ckprof report {first} -o {first.with_name(_stem_of(first) + '.html')}\n"
+                       f"  ckprof report {head} -o {head.with_name(_stem_of(head) + '.html')}\n"
                        f"  ckprof analyze {' '.join(paths)} --format json")
     except CkprofError as err:
         click.echo(f"ckprof: error: {err}", err=True)
