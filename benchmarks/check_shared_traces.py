@@ -60,9 +60,11 @@ def main() -> int:
                              ("forward", "backward", "recompute", "optimizer", "other"))
                 if abs(gpu_ms * 1e6 - gpu_raw.get(n, 0)) > 5:  # 5 phases rounded to 1e-6 ms
                     gpu_off += 1
-        bad += step_off + gpu_off
-        first = d["steps"][0]
-        print(f"{p.name:40s} {len(d['steps'])} step(s) (raw {len(step_ns)}); step ms off: {step_off}; "
+        missing = sorted(set(step_ns) - {s["step"] for s in d["steps"]})  # raw steps ckprof lost
+        bad += step_off + gpu_off + len(missing) + (not d["steps"])
+        first = d["steps"][0] if d["steps"] else {"step": None, "step_ms": float("nan")}
+        print(f"{p.name:40s} {len(d['steps'])} step(s) (raw {len(step_ns)}, missing {missing or 0}); "
+              f"step ms off: {step_off}; "
               f"GPU ms off: {gpu_off if d['has_gpu'] else 'n/a (no GPU)'}; step {first['step']}: "
               f"{first['step_ms']:.3f} ms, raw {step_ns.get(first['step'], 0) / 1e6:.3f} ms")
     print("all equal" if not bad else f"{bad} mismatch(es)")

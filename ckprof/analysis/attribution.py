@@ -123,18 +123,6 @@ class TimeAttribution:
             "regions do not add up to recompute"
 
 
-
-
-
-
-
-
-
-
-
-
-
-
 def _gpu_attribution(trace: Trace, phases: PhaseTable,
                      notes: list[str]) -> tuple[Table, np.ndarray]:
     """The ``gpu_events`` table, and the segment row each of its events was placed in."""

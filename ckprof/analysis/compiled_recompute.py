@@ -56,7 +56,7 @@ import numpy as np
 
 from ckprof.analysis.intervals import kind_mask, mask_names, name_codes, step_of
 from ckprof.trace.model import GPU_KINDS, Trace
-from ckprof.trace.table import Table, factorize, frame_of
+from ckprof.trace.table import Table, factorize, frame_of, text_dtype
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -98,7 +98,7 @@ def _occurrence_table(pieces: Table) -> Table:
     order = np.argsort(first_ns, kind="stable")
     return Table({"region": np.asarray(pieces["region"], dtype=object)[first_row][order],
                   "start_ns": first_ns[order], "end_ns": last_ns[order]},
-                 {"region": "str" if n else "object"})
+                 {"region": text_dtype(n)})
 
 
 @dataclass(frozen=True)

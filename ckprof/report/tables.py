@@ -145,8 +145,6 @@ def _steps_rows(analysis: Analysis) -> list[list[str]]:
     if not 1 < analysis.step_count <= 20:
         return []
     wide = analysis._steps_wide()
-    if not 1 < len(wide) <= 20:
-        return []
     return [[str(int(step)), format_ms(step_ms), *(format_ms(ms) for ms in phase_ms)]
             for step, step_ms, *phase_ms in wide.rows("step", "step_ms", *(f"{p}_ms" for p in PHASES))]
 
