@@ -503,3 +503,20 @@ def test_real_gpu_trace_whose_peak_is_the_optimizers():
     assert (adv.alternatives["est_peak_bytes"] == adv.estimate["peak_bytes"]).all()
     assert adv.save_ops == () and adv.recommended == "none"
     assert any("does not raise the peak" in n for n in adv.notes)
+
+
+def test_kept_bytes_windows_pair_each_micro_batch_with_its_own_recompute():
+    """GIVEN one step of gradient accumulation: block a runs forward twice (micro-batches
+    1 and 2) and is recomputed after each WHEN the windows its kept bytes live in are
+    found THEN each forward run pairs with the recompute that follows it (two windows,
+    none dropped); a run with no recompute after it has none."""
+    import pandas as pd
+
+    from ckprof.strategy.advice import _keep_windows
+
+    runs = pd.DataFrame({"step": [1, 1, 1], "region": ["a", "a", "b"],
+                         "end_ns": [100, 300, 500]})
+    occ = pd.DataFrame({"step": [1, 1, 1], "region": ["a", "a", "b"],
+                        "start_ns": [400, 200, 450]})
+    win = _keep_windows(runs, occ)
+    assert list(win.itertuples(index=False, name=None)) == [(1, "a", 100, 200), (1, "a", 300, 400)]
