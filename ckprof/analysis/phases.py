@@ -233,9 +233,10 @@ def _group_cummax(group: np.ndarray, values: np.ndarray) -> np.ndarray:
 _STEP_DTYPES = {"step": "int64", "start_ns": "int64", "end_ns": "int64"}
 
 
-def _find_steps(ev: Table, tr: _Tree, notes: list[str]) -> Table:
+def _find_steps(ev: Table, tr: _Tree, notes: list[str]) -> tuple[Table, np.ndarray]:
     """The steps table (module docstring): one row per step number, sorted by start
-    (then step), each ending no later than the next one starts."""
+    (then step), each ending no later than the next one starts; and the event rows of
+    the ``ProfilerStep#N`` ranges it was made from (none when the trace has none)."""
     codes, cats = tr.codes, tr.cats
     # annotation rows (legacy: record_function = Operator); their names read once each
     ann = np.flatnonzero((tr.is_ann | tr.is_op) & (codes >= 0))
@@ -265,7 +266,7 @@ def _find_steps(ev: Table, tr: _Tree, notes: list[str]) -> Table:
                        "start_ns": np.array([ts[cpu].min()], dtype=np.int64),
                        "end_ns": np.array([end[cpu].max()], dtype=np.int64)}, _STEP_DTYPES)
         _note_long_steps(steps, notes)
-        return steps
+        return steps, rows
     step, start, stop = _renumber_repeated_steps(step_no, ts[rows], end[rows], notes)
     number, inverse = np.unique(step, return_inverse=True)
     inverse = inverse.reshape(-1)
@@ -283,7 +284,7 @@ def _find_steps(ev: Table, tr: _Tree, notes: list[str]) -> Table:
     steps = Table({"step": number, "start_ns": first,
                    "end_ns": np.minimum(last, nxt).astype(np.int64)}, _STEP_DTYPES)
     _note_long_steps(steps, notes)
-    return steps
+    return steps, rows
 
 
 def _renumber_repeated_steps(step: np.ndarray, start: np.ndarray, end: np.ndarray,
@@ -678,7 +679,7 @@ def find_phases(trace: Trace, recompute_detection: str = "auto") -> PhaseTable:
 
     tree = _runs._Tree(trace)  # the columns every part below reads
     codes, cats, ts, end, is_ann = tree.codes, tree.cats, tree.ts, tree.end, tree.is_ann
-    steps = _find_steps(ev, tree, notes)
+    steps, step_rows = _find_steps(ev, tree, notes)
 
     # ---- marker ranges ------------------------------------------------------------
     std = {FORWARD, BACKWARD, OPTIMIZER, ZERO_GRAD}
@@ -807,7 +808,7 @@ def find_phases(trace: Trace, recompute_detection: str = "auto") -> PhaseTable:
         parts.append(_labelled(ts[mk], end[mk], phase_of_code[inverse.reshape(-1)], "",
                                _LAYER_MARKERS, tkey))
     if phase_source == "rules":
-        parts.append(_rule_windows(ev, tree, steps, notes))
+        parts.append(_rule_windows(ev, tree, steps, step_rows, notes))
     # ckprof::checkpoint::<region> ranges name forward runs (see attribution); they
     # never set phases.
     iv = _labelled(np.empty(0, dtype=np.int64), np.empty(0, dtype=np.int64),
@@ -916,9 +917,10 @@ def _thread_set(pid: np.ndarray, tid: np.ndarray) -> set[tuple[int, int]]:
     return set(zip(pid[first].tolist(), tid[first].tolist(), strict=True))
 
 
-def _rule_windows(ev: Table, tr: _Tree, steps: Table, notes: list[str]
-                  ) -> dict[str, np.ndarray]:
-    """forward / backward / optimizer windows of plain traces (rules 3)."""
+def _rule_windows(ev: Table, tr: _Tree, steps: Table, step_rows: np.ndarray,
+                  notes: list[str]) -> dict[str, np.ndarray]:
+    """forward / backward / optimizer windows of plain traces (rules 3); ``step_rows``:
+    the ``ProfilerStep#N`` ranges (:func:`_find_steps`)."""
     codes, cats, ts, end = tr.codes, tr.cats, tr.ts, tr.end
     is_range = tr.is_ann | tr.is_op  # legacy traces: record_function = Operator
     ev_rows = np.flatnonzero(tr.is_eval)
@@ -948,8 +950,6 @@ def _rule_windows(ev: Table, tr: _Tree, steps: Table, notes: list[str]
     # Backward threads = threads with evaluate_function records that do not hold the
     # ProfilerStep ranges (on CPU backward runs on the calling thread: no extension).
     pid, tid = tr.pid, tr.tid
-    step_rows = np.flatnonzero(_mask_names(codes, cats, _STEP_RE.match,
-                                           is_range))
     main_set = _thread_set(pid[step_rows], tid[step_rows])
     bwd_threads = sorted(_thread_set(pid[ev_rows], tid[ev_rows]) - main_set)
     if bwd_threads and len(b_step):
